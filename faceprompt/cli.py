@@ -1,0 +1,216 @@
+"""Command line: ``faceprompt analyze | identity create | identity show | demo``.
+
+Exit codes: 0 success, 2 bad input (an unreadable photo, no face, a damaged file, ...): the message on stderr
+names the file and what was wrong. ``analyze`` keeps going over the other files and exits 2 at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import FacepromptError
+
+EXIT_BAD_INPUT = 2
+
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True, soft_wrap=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    try:
+        return args.handler(args)
+    except FacepromptError as error:
+        stderr.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        stderr.print("interrupted")
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="faceprompt", description="Photos of a person + a prompt -> new images.")
+    parser.add_argument("--version", action="version", version=f"faceprompt {__version__}")
+    commands = parser.add_subparsers(title="commands")
+
+    analyze = commands.add_parser("analyze", help="detect faces, landmarks, embeddings and quality in photos")
+    analyze.add_argument("images", nargs="+", help="image files or folders")
+    _add_analyzer_options(analyze)
+    analyze.add_argument("--json", action="store_true", help="print one JSON object per file instead of a table")
+    analyze.add_argument("--save-crops", metavar="DIR", help="write the aligned 224-px crops of every face here")
+    analyze.add_argument("--segment", action="store_true", help="remove the background of saved crops")
+    analyze.add_argument("--workers", type=int, default=1, help="processes to use (default 1)")
+    analyze.set_defaults(handler=run_analyze)
+
+    identity = commands.add_parser("identity", help="create or inspect identity files").add_subparsers(title="identity")
+    create = identity.add_parser("create", help="make an identity file from photos of one person")
+    create.add_argument("images", nargs="+", help="photos (or folders of photos) of the same person")
+    create.add_argument("-o", "--output", required=True, help="the .safetensors file to write")
+    create.add_argument("--select", default="largest", help="face to use per photo: largest (default) or index:N")
+    create.add_argument("--name", help="a label stored in the file")
+    create.add_argument("--no-crops", action="store_true", help="do not store the aligned crops")
+    create.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
+    _add_analyzer_options(create)
+    create.set_defaults(handler=run_identity_create)
+
+    show = identity.add_parser("show", help="describe an identity file")
+    show.add_argument("file")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=run_identity_show)
+
+    demo = commands.add_parser("demo", help="offline demo on the sample photos shipped in installed packages")
+    demo.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
+    demo.add_argument("--backend", default="auto", choices=["auto", "insightface", "dlib"])
+    demo.set_defaults(handler=run_demo)
+    return parser
+
+
+def _add_analyzer_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", default="auto", choices=["auto", "insightface", "dlib"],
+                        help="face backend (auto: insightface when its model files are present, else dlib)")
+    parser.add_argument("--model-root", help="insightface model root (the folder containing models/<pack>/)")
+    parser.add_argument("--pack", default="buffalo_l", choices=["buffalo_l", "antelopev2"], help="insightface pack")
+    parser.add_argument("--min-face-size", type=float, default=0.0, help="drop faces smaller than this (px)")
+    parser.add_argument("--max-faces", type=int, help="keep at most this many faces per photo, largest first")
+
+
+def _make_analyzer(args: argparse.Namespace):
+    from .faces import FaceAnalyzer, QualityFilter
+
+    analyzer = FaceAnalyzer(
+        args.backend,
+        model_root=args.model_root,
+        pack=args.pack,
+        quality=QualityFilter(min_face_size=args.min_face_size, max_faces=args.max_faces),
+    )
+    stderr.print(f"face backend: [bold]{analyzer.backend_name}[/] ({analyzer.face_model})", highlight=False)
+    return analyzer
+
+
+# --- analyze --------------------------------------------------------------------------------------
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    from .images import list_image_files, save_png
+
+    analyzer = _make_analyzer(args)
+    files = list_image_files(args.images)
+    failed = 0
+    table = _analysis_table()
+    for result in analyzer.analyze_files(files, workers=args.workers):
+        if result.error is not None:
+            failed += 1
+            stderr.print(f"[bold red]error:[/] {result.error}", highlight=False)
+            continue
+        if args.save_crops:
+            for face in result.faces:
+                crop = face.crop(224, segment=args.segment)
+                target = Path(args.save_crops) / f"{Path(result.path).stem}_face{face.index}.png"
+                face_record = {"source": result.path, "face": json.dumps(face.to_dict())}
+                save_png(crop, target, metadata=face_record)
+        if args.json:
+            print(json.dumps(_analysis_record(result)), flush=True)
+        else:
+            _add_rows(table, result)
+    if not args.json:
+        stdout.print(table)
+    if failed:
+        stderr.print(f"{failed} of {len(files)} file(s) could not be read")
+    return EXIT_BAD_INPUT if failed else 0
+
+
+def _analysis_record(result) -> dict[str, Any]:
+    return {
+        "file": result.path,
+        "faces": [face.to_dict() for face in result.faces],
+        "rejected": result.rejected,
+    }
+
+
+def _analysis_table() -> Table:
+    table = Table(title="faces")
+    for column in ("file", "face", "bbox (x1,y1,x2,y2)", "score", "size px", "blur", "embedding"):
+        table.add_column(column)
+    return table
+
+
+def _add_rows(table: Table, result) -> None:
+    name = Path(result.path).name
+    if not result.faces:
+        reason = f"no face ({len(result.rejected)} rejected)" if result.rejected else "no face"
+        table.add_row(name, "-", reason, "", "", "", "")
+    for face in result.faces:
+        table.add_row(
+            name,
+            str(face.index),
+            ",".join(f"{v:.0f}" for v in face.bbox),
+            f"{face.score:.2f}",
+            f"{face.size:.0f}",
+            f"{face.blur_score:.0f}",
+            f"{face.face_model} [{0 if face.embedding is None else face.embedding.shape[-1]}]",
+        )
+
+
+# --- identity -------------------------------------------------------------------------------------
+
+
+def run_identity_create(args: argparse.Namespace) -> int:
+    from .identity import Identity
+    from .images import list_image_files
+
+    output = Path(args.output)
+    if output.exists() and not args.force:
+        stderr.print(f"[bold red]error:[/] {output} already exists; choose another name or pass --force", highlight=False)
+        return EXIT_BAD_INPUT
+    analyzer = _make_analyzer(args)
+    files = list_image_files(args.images)
+    identity = Identity.from_images(files, analyzer, select=args.select, name=args.name, keep_crops=not args.no_crops)
+    for source in identity.sources:
+        stderr.print(f"{source['file']}: face {source['face_index']} ({args.select})", highlight=False)
+    identity.save(output, overwrite=args.force)
+    stdout.print(f"wrote {output} ({len(identity)} photo(s), {identity.face_model})", highlight=False)
+    return 0
+
+
+def run_identity_show(args: argparse.Namespace) -> int:
+    from .identity import Identity
+
+    summary = Identity.load(args.file).summary()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    table = Table(title=str(args.file), show_header=False)
+    for key, value in summary.items():
+        if key != "sources":
+            table.add_row(key, str(value))
+    for index, source in enumerate(summary["sources"]):
+        table.add_row(f"photo {index}", f"{source['file']}  face {source['face_index']}  sha256 {source['sha256'][:12]}")
+    stdout.print(table)
+    return 0
+
+
+# --- demo -----------------------------------------------------------------------------------------
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo as demo
+
+    report = demo(Path(args.out), backend=args.backend, console=stderr)
+    stdout.print(f"demo written to {report}", highlight=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

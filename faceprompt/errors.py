@@ -1,0 +1,88 @@
+"""One small exception hierarchy for everything a user can get wrong.
+
+Every message names the file or value at fault, says what was wrong and what to do. Callers catch
+:class:`FacepromptError` (or a narrower class); nothing from PIL, OpenCV, dlib or torch escapes for bad input.
+Classes also derive from the matching built-in (``FileNotFoundError``, ``ValueError``, ...) so code that
+already catches those keeps working.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class FacepromptError(Exception):
+    """Base class of every error faceprompt raises on purpose."""
+
+
+# --- images ---------------------------------------------------------------------------------------
+
+
+class ImageError(FacepromptError):
+    """An input image could not be used. ``path`` names the file (``None`` for in-memory images)."""
+
+    def __init__(self, message: str, path: str | Path | None = None):
+        self.path = None if path is None else str(path)
+        prefix = f"{self.path}: " if self.path else ""
+        super().__init__(prefix + message)
+
+
+class ImageNotFoundError(ImageError, FileNotFoundError):
+    """The image path does not exist or is not a file."""
+
+
+class ImageDecodeError(ImageError, ValueError):
+    """The file exists but is empty, truncated, corrupt or not an image."""
+
+
+class ImageTooLargeError(ImageError, ValueError):
+    """The image has more pixels than allowed (decompression-bomb protection)."""
+
+
+class ImageFormatError(ImageError, ValueError):
+    """An in-memory image has a shape, dtype or channel order faceprompt cannot interpret."""
+
+
+# --- faces ----------------------------------------------------------------------------------------
+
+
+class FaceError(FacepromptError, ValueError):
+    """A photo did not give the face(s) that were asked for."""
+
+
+class NoFaceFoundError(FaceError):
+    """No face was detected (or none passed the quality filters)."""
+
+
+class FaceSelectionError(FaceError):
+    """A face selection (e.g. ``index:3``) does not match the faces found."""
+
+
+class BackendError(FacepromptError):
+    """A face-analysis backend cannot run."""
+
+
+class ModelFilesMissingError(BackendError, FileNotFoundError):
+    """Model files a backend needs are not on disk (and faceprompt never downloads them silently)."""
+
+
+# --- identities -----------------------------------------------------------------------------------
+
+
+class IdentityError(FacepromptError, ValueError):
+    """An identity is invalid or used in a way that cannot work."""
+
+
+class IdentityFileError(IdentityError):
+    """A file is not a valid faceprompt identity (foreign, corrupt, or from an unknown format version)."""
+
+
+class FaceModelMismatchError(IdentityError):
+    """Embeddings from different face-recognition models were mixed."""
+
+
+# --- files ----------------------------------------------------------------------------------------
+
+
+class OutputExistsError(FacepromptError, FileExistsError):
+    """Writing would overwrite an existing file; pass ``overwrite=True`` (or ``--force``) to allow it."""

@@ -1,0 +1,26 @@
+"""Face analysis: detection, five-point landmarks, ArcFace alignment, ID embeddings, segmentation, quality."""
+
+from .align import ARCFACE_TEMPLATE_112, align_face, alignment_matrix, arcface_template, transform_points
+from .analyzer import FaceAnalyzer, FileAnalysis, QualityFilter, create_backend, parse_selection, select_faces
+from .face import Face, l2_normalize, laplacian_blur_score
+from .segment import FaceSegmenter, LandmarkSegmenter, apply_mask
+
+__all__ = [
+    "ARCFACE_TEMPLATE_112",
+    "Face",
+    "FaceAnalyzer",
+    "FaceSegmenter",
+    "FileAnalysis",
+    "LandmarkSegmenter",
+    "QualityFilter",
+    "align_face",
+    "alignment_matrix",
+    "apply_mask",
+    "arcface_template",
+    "create_backend",
+    "l2_normalize",
+    "laplacian_blur_score",
+    "parse_selection",
+    "select_faces",
+    "transform_points",
+]
