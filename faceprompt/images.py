@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageDecodeError, ImageFormatError, ImageNotFoundError, ImageTooLargeError
+from .errors import ImageDecodeError, ImageError, ImageFormatError, ImageNotFoundError, ImageTooLargeError
 
 ChannelOrder = Literal["rgb", "bgr"]
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
@@ -107,6 +107,8 @@ def _load_path(path: Path, max_pixels: int) -> LoadedImage:
                 _check_pixel_count(opened.width, opened.height, max_pixels, path)
                 opened.load()
                 rgb = pil_to_rgb_array(opened)
+    except ImageError:
+        raise
     except Image.DecompressionBombError as error:
         raise ImageTooLargeError(f"refused as a possible decompression bomb ({error})", path) from None
     except UnidentifiedImageError:

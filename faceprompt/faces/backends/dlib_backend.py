@@ -80,6 +80,8 @@ class DlibBackend:
             with 1 and 2 only when nothing was found, so faces down to ~30 px are found without paying the 4x/16x
             cost on ordinary photos.
         max_upsampled_pixels: never upsample beyond this many pixels (bounds time and memory on large photos).
+        hog_threshold: minimum HOG detection score (SVM margin). dlib's own default, 0, lets through clothing
+            patterns with margins below 0.1 that can be larger than the real face.
     """
 
     name = "dlib"
@@ -92,12 +94,14 @@ class DlibBackend:
         detector: Literal["hog", "cnn"] = "hog",
         upsample: int | None = None,
         max_upsampled_pixels: int = 2048 * 2048,
+        hog_threshold: float = 0.15,
     ):
         if detector not in ("hog", "cnn"):
             raise BackendError(f"dlib detector must be 'hog' or 'cnn', got {detector!r}")
         self.detector_kind = detector
         self.upsample = upsample
         self.max_upsampled_pixels = max_upsampled_pixels
+        self.hog_threshold = hog_threshold
         folder = Path(model_dir) if model_dir is not None else dlib_model_dir()
         self._detector, self._shape_predictor, self._descriptor = _load_models(str(folder), detector)
 
@@ -121,7 +125,7 @@ class DlibBackend:
     def _run_detector(self, rgb: np.ndarray, upsample: int) -> list[tuple[dlib.rectangle, float]]:
         if self.detector_kind == "cnn":
             return [(found.rect, float(found.confidence)) for found in self._detector(rgb, upsample)]
-        rects, scores, _ = self._detector.run(rgb, upsample, 0.0)
+        rects, scores, _ = self._detector.run(rgb, upsample, self.hog_threshold)
         return list(zip(rects, map(float, scores)))
 
     def landmarks(self, rgb: np.ndarray, rect: dlib.rectangle, score: float) -> Detection:

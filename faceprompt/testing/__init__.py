@@ -1,0 +1,40 @@
+"""Tiny offline models for tests and the offline demo (no network, fixed seeds).
+
+Anything produced with them is labelled: diffusion components carry :data:`TINY_MODEL_NOTICE`, and the
+insightface stand-in packs carry :data:`STANDIN_NOTICE`.
+"""
+
+from .diffusion import (
+    TINY_MODEL_NOTICE,
+    is_tiny_model,
+    populate_hf_cache,
+    save_tiny_clip_vision,
+    save_tiny_sd15,
+    save_tiny_sdxl,
+    tiny_clip_image_processor,
+    tiny_clip_tokenizer,
+    tiny_clip_vision_model,
+    tiny_sd15_pipeline,
+    tiny_sd15_unet,
+    tiny_sdxl_pipeline,
+    tiny_sdxl_unet,
+)
+from .insightface_models import STANDIN_NOTICE, write_standin_insightface_pack
+
+__all__ = [
+    "STANDIN_NOTICE",
+    "TINY_MODEL_NOTICE",
+    "is_tiny_model",
+    "populate_hf_cache",
+    "save_tiny_clip_vision",
+    "save_tiny_sd15",
+    "save_tiny_sdxl",
+    "tiny_clip_image_processor",
+    "tiny_clip_tokenizer",
+    "tiny_clip_vision_model",
+    "tiny_sd15_pipeline",
+    "tiny_sd15_unet",
+    "tiny_sdxl_pipeline",
+    "tiny_sdxl_unet",
+    "write_standin_insightface_pack",
+]
