@@ -23,7 +23,7 @@ from safetensors.numpy import save_file
 from . import __version__
 from .errors import FaceModelMismatchError, FaceSelectionError, IdentityError, IdentityFileError, OutputExistsError
 from .faces import Face, FaceAnalyzer, l2_normalize, select_faces
-from .images import ImageInput
+from .images import ChannelOrder, ImageInput
 
 FILE_FORMAT = "faceprompt.identity"
 FORMAT_VERSION = 1
@@ -83,20 +83,22 @@ class Identity:
         select: str | int = "largest",
         name: str | None = None,
         keep_crops: bool = True,
+        channels: ChannelOrder | None = None,
     ) -> Identity:
         """Analyse one or more photos of the same person and keep one face per photo.
 
         Args:
-            images: paths, PIL images or RGB arrays (one photo or a list).
+            images: paths, PIL images or numpy arrays (one photo or a list).
             analyzer: the :class:`FaceAnalyzer` to use (default: ``FaceAnalyzer("auto")``).
             select: which face of each photo: ``"largest"`` or ``"index:N"``.
+            channels: channel order of numpy arrays, ``"rgb"`` or ``"bgr"``.
         """
         if isinstance(images, (str, Path)) or not isinstance(images, Sequence):
             images = [images]
         if select == "all":
             raise FaceSelectionError("an identity is one person: select 'largest' or 'index:N', not 'all'")
         analyzer = analyzer or FaceAnalyzer()
-        faces = [analyzer.get_face(image, select) for image in images]
+        faces = [analyzer.get_face(image, select, channels=channels) for image in images]
         return cls.from_faces(faces, name=name, keep_crops=keep_crops)
 
     @classmethod
