@@ -86,3 +86,22 @@ class FaceModelMismatchError(IdentityError):
 
 class OutputExistsError(FacepromptError, FileExistsError):
     """Writing would overwrite an existing file; pass ``overwrite=True`` (or ``--force``) to allow it."""
+
+
+# --- adapters -------------------------------------------------------------------------------------
+
+
+class CheckpointError(FacepromptError, ValueError):
+    """An adapter checkpoint cannot be read or does not have the expected layout."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A ``.bin`` checkpoint needs arbitrary code to unpickle; it was refused and nothing in it ran."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """An adapter checkpoint does not fit the model it is attached to (e.g. an SDXL adapter on SD1.5)."""
+
+
+class AdapterError(FacepromptError, ValueError):
+    """An adapter was used with inputs or settings it cannot take (missing face crop, out-of-range scale, ...)."""

@@ -1,0 +1,168 @@
+"""Projection models: a face embedding (and, for Plus, CLIP image features) -> image-prompt tokens.
+
+Parameter names follow the published checkpoints' ``image_proj`` layout exactly, so the reference state dicts
+load with a strict ``load_state_dict``. diffusers has equivalents for two of the three models, but with renamed
+(and, for Plus, split) parameters and a stateful ``clip_embeds`` attribute; owning the modules keeps checkpoints
+in the reference layout and makes Plus a pure function of its inputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class FaceIDMLPProjection(nn.Module):
+    """FaceID and Portrait: ``LayerNorm(MLP(id).reshape(N, C))`` (reference ``MLPProjModel``).
+
+    Input ``[B, id_dim]`` -> ``[B, num_tokens, cross_attention_dim]``.
+    """
+
+    def __init__(self, cross_attention_dim: int, id_embeddings_dim: int = 512, num_tokens: int = 4):
+        super().__init__()
+        self.cross_attention_dim = cross_attention_dim
+        self.num_tokens = num_tokens
+        self.proj = nn.Sequential(
+            nn.Linear(id_embeddings_dim, id_embeddings_dim * 2),
+            nn.GELU(),
+            nn.Linear(id_embeddings_dim * 2, cross_attention_dim * num_tokens),
+        )
+        self.norm = nn.LayerNorm(cross_attention_dim)
+
+    def forward(self, id_embeds: torch.Tensor) -> torch.Tensor:
+        tokens = self.proj(id_embeds).reshape(-1, self.num_tokens, self.cross_attention_dim)
+        return self.norm(tokens)
+
+
+def perceiver_feed_forward(dim: int, mult: int = 4) -> nn.Sequential:
+    """``LayerNorm -> Linear -> GELU -> Linear`` without biases (indices 0, 1, 3 hold the parameters)."""
+    inner = dim * mult
+    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, inner, bias=False), nn.GELU(), nn.Linear(inner, dim, bias=False))
+
+
+class PerceiverAttention(nn.Module):
+    """Latents attend to ``[context, latents]``; queries and keys are both scaled by ``dim_head ** -0.25``."""
+
+    def __init__(self, dim: int, dim_head: int = 64, heads: int = 8):
+        super().__init__()
+        self.dim_head = dim_head
+        self.heads = heads
+        inner = dim_head * heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_kv = nn.Linear(dim, inner * 2, bias=False)
+        self.to_out = nn.Linear(inner, dim, bias=False)
+
+    def forward(self, context: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        context = self.norm1(context)
+        latents = self.norm2(latents)
+        batch, num_latents, _ = latents.shape
+        query = self.to_q(latents)
+        key, value = self.to_kv(torch.cat([context, latents], dim=-2)).chunk(2, dim=-1)
+        query, key, value = (self._split_heads(t) for t in (query, key, value))
+        scale = 1.0 / math.sqrt(math.sqrt(self.dim_head))
+        weights = ((query * scale) @ (key * scale).transpose(-2, -1)).float().softmax(dim=-1).type(query.dtype)
+        out = (weights @ value).permute(0, 2, 1, 3).reshape(batch, num_latents, -1)
+        return self.to_out(out)
+
+    def _split_heads(self, tensor: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = tensor.shape
+        return tensor.view(batch, length, self.heads, -1).transpose(1, 2)
+
+
+class _PerceiverLayers(nn.Module):
+    """``proj_in`` -> ``depth`` x (attention + feed-forward, residual) -> ``proj_out`` -> ``norm_out``."""
+
+    def __init__(self, dim: int, depth: int, dim_head: int, heads: int, embedding_dim: int, output_dim: int, ff_mult: int):
+        super().__init__()
+        self.proj_in = nn.Linear(embedding_dim, dim)
+        self.proj_out = nn.Linear(dim, output_dim)
+        self.norm_out = nn.LayerNorm(output_dim)
+        self.layers = nn.ModuleList(
+            nn.ModuleList([PerceiverAttention(dim, dim_head, heads), perceiver_feed_forward(dim, ff_mult)])
+            for _ in range(depth)
+        )
+
+    def refine(self, latents: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        context = self.proj_in(context)
+        for attention, feed_forward in self.layers:
+            latents = attention(context, latents) + latents
+            latents = feed_forward(latents) + latents
+        return self.norm_out(self.proj_out(latents))
+
+
+class FacePerceiverResampler(_PerceiverLayers):
+    """FaceID-Plus resampler: the ID tokens are the queries (no learned latents); CLIP tokens are the context."""
+
+    def forward(self, latents: torch.Tensor, clip_embeds: torch.Tensor) -> torch.Tensor:
+        return self.refine(latents, clip_embeds)
+
+
+class FaceIDPlusProjection(nn.Module):
+    """FaceID-Plus / PlusV2 (reference ``ProjPlusModel``).
+
+    ``forward(id [B, 512], clip [B, L, 1280], shortcut, scale)``: ID tokens ``x`` refined by attending to the CLIP
+    penultimate hidden states; PlusV2 (``shortcut=True``) returns ``x + scale * refined`` (``scale`` = ``s_scale``).
+    """
+
+    def __init__(
+        self,
+        cross_attention_dim: int,
+        id_embeddings_dim: int = 512,
+        clip_embeddings_dim: int = 1280,
+        num_tokens: int = 4,
+        depth: int = 4,
+    ):
+        super().__init__()
+        self.cross_attention_dim = cross_attention_dim
+        self.num_tokens = num_tokens
+        self.proj = nn.Sequential(
+            nn.Linear(id_embeddings_dim, id_embeddings_dim * 2),
+            nn.GELU(),
+            nn.Linear(id_embeddings_dim * 2, cross_attention_dim * num_tokens),
+        )
+        self.norm = nn.LayerNorm(cross_attention_dim)
+        self.perceiver_resampler = FacePerceiverResampler(
+            dim=cross_attention_dim,
+            depth=depth,
+            dim_head=64,
+            heads=cross_attention_dim // 64,
+            embedding_dim=clip_embeddings_dim,
+            output_dim=cross_attention_dim,
+            ff_mult=4,
+        )
+
+    def forward(
+        self, id_embeds: torch.Tensor, clip_embeds: torch.Tensor, shortcut: bool = False, scale: float = 1.0
+    ) -> torch.Tensor:
+        tokens = self.norm(self.proj(id_embeds).reshape(-1, self.num_tokens, self.cross_attention_dim))
+        refined = self.perceiver_resampler(tokens, clip_embeds)
+        return tokens + scale * refined if shortcut else refined
+
+
+class PortraitResampler(_PerceiverLayers):
+    """Portrait-SDXL "unnorm": learned query latents attend to the raw face embeddings ``[B, n_faces, 512]``."""
+
+    def __init__(
+        self,
+        dim: int = 1280,
+        depth: int = 4,
+        dim_head: int = 64,
+        heads: int = 20,
+        num_queries: int = 16,
+        embedding_dim: int = 512,
+        output_dim: int = 2048,
+        ff_mult: int = 4,
+    ):
+        super().__init__(dim, depth, dim_head, heads, embedding_dim, output_dim, ff_mult)
+        self.num_tokens = num_queries
+        self.latents = nn.Parameter(torch.randn(1, num_queries, dim) / dim**0.5)
+
+    def forward(self, id_embeds: torch.Tensor) -> torch.Tensor:
+        if id_embeds.ndim == 2:
+            id_embeds = id_embeds[:, None, :]
+        latents = self.latents.repeat(id_embeds.shape[0], 1, 1)
+        return self.refine(latents, id_embeds)
