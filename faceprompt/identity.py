@@ -154,6 +154,26 @@ class Identity:
         """All per-photo vectors ``[n, d]``, as the Portrait adapters take them (one token group per photo)."""
         return self.normed_embeddings if normalized else self.embeddings.copy()
 
+    def to_ip_adapter_image_embeds(
+        self, *, classifier_free_guidance: bool = True, all_photos: bool = False, normalized: bool = True
+    ) -> "torch.Tensor":
+        """The tensor diffusers' own IP-Adapter-FaceID path expects, for users who stay in plain diffusers::
+
+            pipe.load_ip_adapter("h94/IP-Adapter-FaceID", subfolder=None,
+                                 weight_name="ip-adapter-faceid_sd15.bin", image_encoder_folder=None)
+            pipe(prompt, ip_adapter_image_embeds=[identity.to_ip_adapter_image_embeds()])
+
+        Shape ``[2, n, d]``: the zero (unconditional) embedding first, then this identity, as diffusers
+        concatenates them under classifier-free guidance (``[1, n, d]`` without it). ``n`` is 1 (the
+        ``norm_mean`` embedding) or, with ``all_photos=True`` (Portrait), one row per photo. Note that diffusers
+        repeats these embeddings for every image of a batch: one identity per call.
+        """
+        import torch
+
+        rows = self.stack(normalized=normalized) if all_photos else self.embedding(normalized=normalized)[None]
+        positive = torch.from_numpy(np.ascontiguousarray(rows))[None]
+        return torch.cat([torch.zeros_like(positive), positive]) if classifier_free_guidance else positive
+
     def similarity(self, other: Identity | np.ndarray) -> float:
         """Cosine similarity of the two ``norm_mean`` embeddings (same face model required)."""
         if isinstance(other, Identity):

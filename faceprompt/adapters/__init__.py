@@ -1,0 +1,48 @@
+"""Identity adapters: IP-Adapter-FaceID projection models, decoupled attention (+LoRA), checkpoints."""
+
+from .attach import (
+    attach_adapter,
+    attached_adapters,
+    detach_adapter,
+    get_runtime,
+    resolve_block_scales,
+    set_block_scales,
+    set_lora,
+)
+from .attention import AttachedAdapter, ImagePrompt
+from .checkpoint import (
+    AdapterCheckpoint,
+    CheckpointLayout,
+    detect_layout,
+    load_checkpoint,
+    resolve_variant,
+    save_checkpoint,
+    validate_for_unet,
+)
+from .registry import VARIANTS, AdapterVariant, get_variant
+from .tokens import clip_image_embeds, clip_pixel_values, identity_tokens
+
+__all__ = [
+    "VARIANTS",
+    "AdapterCheckpoint",
+    "AdapterVariant",
+    "AttachedAdapter",
+    "CheckpointLayout",
+    "ImagePrompt",
+    "attach_adapter",
+    "attached_adapters",
+    "clip_image_embeds",
+    "clip_pixel_values",
+    "detach_adapter",
+    "detect_layout",
+    "get_runtime",
+    "get_variant",
+    "identity_tokens",
+    "load_checkpoint",
+    "resolve_block_scales",
+    "resolve_variant",
+    "save_checkpoint",
+    "set_block_scales",
+    "set_lora",
+    "validate_for_unet",
+]

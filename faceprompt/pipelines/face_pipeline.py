@@ -1,0 +1,265 @@
+"""FacePipeline: an identity-conditioned wrapper around any diffusers SD1.5/SDXL pipeline.
+
+``FacePipeline(pipeline=pipe, adapter="faceid-plusv2-sd15")`` attaches the adapter to ``pipe``; calling it turns
+an identity (or raw embeddings and face crops) into image-prompt tokens once, then runs ``pipe`` with the
+user's prompt. Every image gets its own seed and a metadata record from which it can be reproduced.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..adapters.attach import attach_adapter, detach_adapter, get_runtime
+from ..adapters.attention import AttachedAdapter, ImagePrompt
+from ..adapters.registry import AdapterVariant
+from ..adapters.tokens import as_embedding_tensor, clip_image_embeds, clip_pixel_values, identity_tokens
+from ..errors import AdapterError, FaceModelMismatchError
+from ..identity import Identity
+
+#: Config key that faceprompt.testing's tiny random models carry (its value is the notice to show).
+TINY_MODEL_CONFIG_KEY = "_faceprompt_tiny_notice"
+
+#: Ranges accepted for the conditioning weights (ComfyUI's IPAdapter nodes use the same bounds).
+SCALE_RANGE = (-1.0, 3.0)
+S_SCALE_RANGE = (-1.0, 5.0)
+
+
+@dataclass
+class FaceResult:
+    """Images (in the pipeline's ``output_type``) and one metadata dict per image."""
+
+    images: Any
+    metadata: list[dict[str, Any]] = field(default_factory=list)
+
+
+class FacePipeline:
+    """Identity conditioning for an existing diffusers pipeline.
+
+    Args:
+        pipeline: a diffusers Stable Diffusion (1.5 or XL) pipeline: text-to-image, image-to-image, inpainting,
+            ControlNet, AnimateDiff, ...
+        adapter: a checkpoint path, a Hub id ``"owner/repo/file"``, a registry name or a state dict.
+        variant: registry name when it cannot be told from the file (e.g. PlusV2 weights under another name).
+        lora: ``"fused"`` (default), ``"unfused"`` (reference math at run time) or ``"off"``.
+        image_encoder: CLIP vision model for FaceID-Plus (default: ``pipeline.image_encoder``).
+        name: name of the attached adapter (to attach several adapters to one pipeline).
+    """
+
+    def __init__(
+        self,
+        pipeline: Any,
+        adapter: Any,
+        variant: str | None = None,
+        lora: str = "fused",
+        image_encoder: torch.nn.Module | None = None,
+        *,
+        name: str = "faceid",
+        lora_scale: float = 1.0,
+    ):
+        self.pipeline = pipeline
+        self.adapter: AttachedAdapter = attach_adapter(
+            pipeline, adapter, name=name, variant=variant, lora=lora, lora_scale=lora_scale
+        )
+        self.image_encoder = image_encoder if image_encoder is not None else getattr(pipeline, "image_encoder", None)
+
+    @property
+    def variant(self) -> AdapterVariant | None:
+        return self.adapter.info["variant"]
+
+    def detach(self) -> None:
+        """Remove the adapter: the pipeline is back to what it was."""
+        detach_adapter(self.pipeline, self.adapter.name)
+
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        identity: Identity | Sequence[Identity] | None = None,
+        faceid_embeds: torch.Tensor | np.ndarray | None = None,
+        face_image: Any = None,
+        scale: float = 1.0,
+        s_scale: float = 1.0,
+        shortcut: bool | None = None,
+        num_images: int = 1,
+        seed: int | None = None,
+        guidance_scale: float = 7.5,
+        num_inference_steps: int = 30,
+        width: int | None = None,
+        height: int | None = None,
+        output_type: str = "pil",
+        **pipeline_kwargs: Any,
+    ) -> FaceResult:
+        """Generate ``len(prompt) * num_images`` images of the identity.
+
+        One identity (or one row of ``faceid_embeds``) applies to every prompt; a list of identities (or
+        ``[P, 512]`` embeddings) gives prompt ``i`` identity ``i``. Image ``k`` (prompt-major order) uses seed
+        ``seed + k``. Plus variants also take the aligned 224-px face crop(s) (``face_image``, or the identity's
+        stored crops) and need a CLIP image encoder.
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise AdapterError("prompt is empty")
+        _check_range("scale", scale, SCALE_RANGE)
+        _check_range("s_scale", s_scale, S_SCALE_RANGE)
+        _check_size(width, height)
+        if num_images < 1:
+            raise AdapterError(f"num_images must be >= 1, got {num_images}")
+
+        embeds, crops, identities = self._identity_inputs(identity, faceid_embeds, face_image, len(prompts))
+        use_shortcut = self._shortcut(shortcut)
+        cond, uncond = self._tokens(embeds, crops, use_shortcut, s_scale)
+        cond = cond.repeat_interleave(num_images, dim=0)
+        uncond = uncond.repeat_interleave(num_images, dim=0)
+
+        base_seed = seed if seed is not None else random.randrange(2**31)
+        seeds = [base_seed + index for index in range(len(prompts) * num_images)]
+        generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+        do_cfg = guidance_scale > 1.0 and getattr(self.pipeline.unet.config, "time_cond_proj_dim", None) is None
+        image_prompt = ImagePrompt(cond=cond, uncond=uncond, scale=scale)
+        with get_runtime(self.pipeline).conditioning({self.adapter.name: [image_prompt]}, do_cfg):
+            output = self.pipeline(
+                prompt=prompts,
+                negative_prompt=negative_prompt,
+                num_images_per_prompt=num_images,
+                generator=generators,
+                guidance_scale=guidance_scale,
+                num_inference_steps=num_inference_steps,
+                width=width,
+                height=height,
+                output_type=output_type,
+                **pipeline_kwargs,
+            )
+        settings = dict(
+            negative_prompt=negative_prompt, scale=scale, s_scale=s_scale, shortcut=use_shortcut,
+            guidance_scale=guidance_scale, num_inference_steps=num_inference_steps, width=width, height=height,
+        )
+        metadata = [
+            self._metadata(prompts[index // num_images], seeds[index], identities[index // num_images], settings)
+            for index in range(len(seeds))
+        ]
+        return FaceResult(images=_images_of(output), metadata=metadata)
+
+    # --- inputs -----------------------------------------------------------------------------------
+
+    def _identity_inputs(
+        self, identity, faceid_embeds, face_image, num_prompts: int
+    ) -> tuple[torch.Tensor, list | None, list[Identity | None]]:
+        """Per-prompt embeddings ``[P, d]`` (Portrait ``[P, n, d]``), crops for Plus, and the identities used."""
+        # Portrait variants use every reference photo (one token group each); the others use the mean identity.
+        multi_face = bool(self.variant and self.variant.multi_face) or self._projection_kind() == "resampler"
+        if identity is not None and faceid_embeds is not None:
+            raise AdapterError("pass either identity= or faceid_embeds=, not both")
+        if identity is not None:
+            identities = [identity] if isinstance(identity, Identity) else list(identity)
+            for item in identities:
+                self._check_face_model(item)
+            normalized = self.variant.normalized_embedding if self.variant else True
+            rows = [
+                torch.from_numpy(item.stack(normalized=normalized) if multi_face else item.embedding(normalized=normalized))
+                for item in identities
+            ]
+            if len({tuple(row.shape) for row in rows}) > 1:
+                raise AdapterError(
+                    f"identities with different numbers of photos ({[len(i) for i in identities]}) cannot share a "
+                    "batch with a Portrait adapter; give each the same number of photos"
+                )
+            embeds = torch.stack(rows)
+            crops = face_image if face_image is not None else [_first_crop(item) for item in identities]
+        elif faceid_embeds is not None:
+            embeds = as_embedding_tensor(faceid_embeds, multi_face=self._projection_kind() != "plus")
+            identities = [None] * embeds.shape[0]
+            crops = face_image
+        else:
+            raise AdapterError("no identity given: pass identity=Identity(...) or faceid_embeds=[B, 512]")
+        embeds = _per_prompt(embeds, num_prompts, "identities")
+        identities = identities * num_prompts if len(identities) == 1 else identities
+        if crops is not None:
+            crops = list(crops) if isinstance(crops, (list, tuple)) else [crops]
+            crops = crops * num_prompts if len(crops) == 1 else crops
+            if len(crops) != num_prompts:
+                raise AdapterError(f"{len(crops)} face images for {num_prompts} prompts; pass one, or one per prompt")
+        return embeds, crops, identities
+
+    def _tokens(self, embeds: torch.Tensor, crops, shortcut: bool, s_scale: float):
+        if self._projection_kind() != "plus":
+            return identity_tokens(self.adapter, embeds)
+        if crops is None or any(crop is None for crop in crops):
+            raise AdapterError(
+                "FaceID-Plus needs the aligned face crop: pass face_image=face.crop(224) or an identity saved with crops"
+            )
+        if self.image_encoder is None:
+            raise AdapterError(
+                "FaceID-Plus needs a CLIP ViT-H image encoder: pass image_encoder=CLIPVisionModelWithProjection"
+                ".from_pretrained('h94/IP-Adapter', subfolder='models/image_encoder')"
+            )
+        clip, uncond_clip = clip_image_embeds(self.image_encoder, clip_pixel_values(crops))
+        return identity_tokens(
+            self.adapter, embeds, clip_embeds=clip, uncond_clip_embeds=uncond_clip, shortcut=shortcut, s_scale=s_scale
+        )
+
+    def _projection_kind(self) -> str:
+        return self.adapter.info["layout"].projection
+
+    def _shortcut(self, shortcut: bool | None) -> bool:
+        if shortcut is not None:
+            return shortcut
+        return bool(self.variant and self.variant.shortcut)
+
+    def _check_face_model(self, identity: Identity) -> None:
+        if self.variant is not None:
+            identity.check_face_model(self.variant.face_model)
+
+    def _metadata(self, prompt: str, seed: int, identity: Identity | None, settings: dict) -> dict[str, Any]:
+        record = {
+            "prompt": prompt,
+            "seed": seed,
+            **settings,
+            "adapter": self.adapter.info["source"],
+            "variant": self.variant.name if self.variant else None,
+            "lora": self.adapter.lora_mode,
+            "lora_scale": self.adapter.lora_scale,
+            "base_model": getattr(self.pipeline, "name_or_path", None) or self.pipeline.config.get("_name_or_path"),
+            "pipeline": type(self.pipeline).__name__,
+            "faceprompt_version": __version__,
+        }
+        if identity is not None:
+            record["identity"] = {"name": identity.name, "face_model": identity.face_model,
+                                  "sources": [s.get("sha256") for s in identity.sources]}
+        notice = self.pipeline.unet.config.get(TINY_MODEL_CONFIG_KEY)
+        if notice:
+            record["notice"] = notice  # outputs of faceprompt.testing's tiny random models say so
+        return record
+
+
+def _per_prompt(embeds: torch.Tensor, num_prompts: int, what: str) -> torch.Tensor:
+    if embeds.shape[0] == num_prompts:
+        return embeds
+    if embeds.shape[0] == 1:
+        return embeds.expand(num_prompts, *embeds.shape[1:])
+    raise AdapterError(f"{embeds.shape[0]} {what} for {num_prompts} prompts; pass one, or one per prompt")
+
+
+def _first_crop(identity: Identity):
+    return None if identity.crops is None else identity.crops[0]
+
+
+def _check_range(name: str, value: float, bounds: tuple[float, float]) -> None:
+    if not bounds[0] <= value <= bounds[1]:
+        raise AdapterError(f"{name}={value} is out of range; use a value within [{bounds[0]}, {bounds[1]}]")
+
+
+def _check_size(width: int | None, height: int | None) -> None:
+    for label, value in (("width", width), ("height", height)):
+        if value is not None and (value <= 0 or value % 8):
+            raise AdapterError(f"{label}={value} must be a positive multiple of 8")
+
+
+def _images_of(output: Any) -> Any:
+    return output.frames if hasattr(output, "frames") else output.images

@@ -1,0 +1,63 @@
+"""Random FaceID adapter checkpoints in the published (reference) layout, for any UNet.
+
+Every tensor is random, LoRA ``up`` weights included (a freshly initialised LoRA has ``up = 0`` and would hide
+LoRA bugs), so tests exercise every code path of the real checkpoints with tiny models.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..adapters.layers import attention_sites, build_adapter_layers
+from ..adapters.projection import FaceIDMLPProjection, FaceIDPlusProjection, PortraitResampler
+
+
+def random_faceid_state_dict(
+    unet: nn.Module,
+    projection: Literal["mlp", "plus", "resampler"] = "mlp",
+    *,
+    num_tokens: int = 4,
+    lora_rank: int | None = 4,
+    id_embeddings_dim: int = 512,
+    clip_embeddings_dim: int = 32,
+    seed: int = 0,
+    std: float = 0.05,
+) -> dict[str, dict[str, torch.Tensor]]:
+    """``{"image_proj": ..., "ip_adapter": ...}`` fitting ``unet``, with every weight drawn from N(0, std)."""
+    cross_attention_dim = unet.config.cross_attention_dim
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if projection == "mlp":
+            model = FaceIDMLPProjection(cross_attention_dim, id_embeddings_dim, num_tokens)
+        elif projection == "plus":
+            model = FaceIDPlusProjection(cross_attention_dim, id_embeddings_dim, clip_embeddings_dim, num_tokens)
+        else:
+            model = PortraitResampler(
+                dim=cross_attention_dim, heads=max(1, cross_attention_dim // 64), num_queries=num_tokens,
+                embedding_dim=id_embeddings_dim, output_dim=cross_attention_dim,
+            )
+        layers = build_adapter_layers(attention_sites(unet), lora_rank)
+        _randomize(model, std)
+        _randomize(layers, std)
+    return {
+        "image_proj": {k: v.clone() for k, v in model.state_dict().items()},
+        "ip_adapter": {k: v.clone() for k, v in layers.state_dict().items()},
+    }
+
+
+@torch.no_grad()
+def _randomize(module: nn.Module, std: float) -> None:
+    """N(0, std) everywhere; LayerNorm gains around 1 so that the projections keep a sensible scale."""
+    for parameter in module.parameters():
+        parameter.normal_(0.0, std)
+    for layer_norm in (m for m in module.modules() if isinstance(m, nn.LayerNorm)):
+        layer_norm.weight.add_(1.0)
+
+
+def random_id_embeds(batch: int = 1, seed: int = 0, dim: int = 512) -> torch.Tensor:
+    """``[batch, dim]`` unit-length random vectors standing in for ArcFace ``normed_embedding`` rows."""
+    embeds = torch.randn(batch, dim, generator=torch.Generator().manual_seed(seed))
+    return embeds / embeds.norm(dim=-1, keepdim=True)

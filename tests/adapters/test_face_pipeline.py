@@ -1,0 +1,149 @@
+"""FacePipeline: the public generation API over a diffusers pipeline (tiny offline models)."""
+
+import numpy as np
+import pytest
+import torch
+
+from faceprompt import FacePipeline
+from faceprompt.errors import AdapterError, FaceModelMismatchError
+from faceprompt.identity import Identity
+from faceprompt.testing import tiny_clip_vision_model, tiny_sd15_pipeline
+from faceprompt.testing.adapters import random_faceid_state_dict, random_id_embeds
+
+STEPS = dict(num_inference_steps=2, height=64, width=64, output_type="latent")
+
+
+@pytest.fixture()
+def adapter_file(tmp_path, sd15):
+    path = tmp_path / "tiny-faceid.bin"
+    torch.save(random_faceid_state_dict(sd15.unet, "mlp", lora_rank=4, seed=1), path)
+    return path
+
+
+def test_faceid_matches_diffusers_own_implementation(sd15, adapter_file):
+    """Same weights loaded by diffusers' load_ip_adapter (LoRA through peft) give the same latents."""
+    embeds = random_id_embeds(1)
+    reference = tiny_sd15_pipeline()
+    reference.load_ip_adapter(str(adapter_file.parent), subfolder="", weight_name=adapter_file.name, image_encoder_folder=None)
+    expected = reference(
+        "a photo", ip_adapter_image_embeds=[torch.cat([torch.zeros_like(embeds), embeds])[:, None]],
+        generator=torch.Generator().manual_seed(0), **STEPS,
+    ).images
+    for lora in ("unfused", "fused"):
+        pipe = tiny_sd15_pipeline()
+        ours = FacePipeline(pipe, str(adapter_file), lora=lora)(  "a photo", faceid_embeds=embeds, seed=0, **STEPS).images
+        assert torch.allclose(ours, expected, atol=1e-4), (lora, (ours - expected).abs().max())
+
+
+def test_per_sample_identities_where_diffusers_mixes_them(adapter_file):
+    embeds = random_id_embeds(2, seed=4)
+    pipe = FacePipeline(tiny_sd15_pipeline(), str(adapter_file))
+    batched = pipe(["a photo", "a painting"], faceid_embeds=embeds, seed=10, **STEPS)
+    first = pipe("a photo", faceid_embeds=embeds[:1], seed=10, **STEPS)
+    second = pipe("a painting", faceid_embeds=embeds[1:], seed=11, **STEPS)
+    assert torch.allclose(batched.images[0], first.images[0], atol=1e-4)
+    assert torch.allclose(batched.images[1], second.images[0], atol=1e-4)
+    assert [m["seed"] for m in batched.metadata] == [10, 11]
+    assert [m["prompt"] for m in batched.metadata] == ["a photo", "a painting"]
+
+
+def test_determinism_identity_effect_and_scale_zero(adapter_file):
+    pipe = FacePipeline(tiny_sd15_pipeline(), str(adapter_file), lora="off")
+    a, b = random_id_embeds(1, seed=1), random_id_embeds(1, seed=2)
+    first = pipe("a photo", faceid_embeds=a, seed=3, **STEPS).images
+    assert torch.equal(first, pipe("a photo", faceid_embeds=a, seed=3, **STEPS).images)
+    assert not torch.allclose(first, pipe("a photo", faceid_embeds=b, seed=3, **STEPS).images, atol=1e-4)
+    zero = pipe("a photo", faceid_embeds=a, seed=3, scale=0.0, **STEPS).images
+    pipe.detach()
+    plain = pipe.pipeline("a photo", generator=[torch.Generator().manual_seed(3)], **STEPS).images
+    assert torch.allclose(zero, plain, atol=1e-6)
+
+
+def test_num_images_gives_one_seed_per_image(adapter_file):
+    pipe = FacePipeline(tiny_sd15_pipeline(), str(adapter_file))
+    result = pipe("a photo", faceid_embeds=random_id_embeds(1), num_images=3, seed=100, **STEPS)
+    assert result.images.shape[0] == 3 and [m["seed"] for m in result.metadata] == [100, 101, 102]
+    again = pipe("a photo", faceid_embeds=random_id_embeds(1), seed=101, **STEPS)
+    assert torch.allclose(result.images[1], again.images[0], atol=1e-5)
+    assert result.metadata[0]["notice"].startswith("tiny randomly initialised")
+
+
+def test_identity_objects_and_face_model_check(adapter_file, tmp_path):
+    pipe = FacePipeline(tiny_sd15_pipeline(), str(adapter_file))
+    person = Identity(embeddings=random_id_embeds(2).numpy() * 5, face_model="insightface/buffalo_l", name="p")
+    by_identity = pipe("a photo", identity=person, seed=1, **STEPS)
+    by_embeds = pipe("a photo", faceid_embeds=torch.from_numpy(person.embedding()), seed=1, **STEPS)
+    assert torch.allclose(by_identity.images, by_embeds.images, atol=1e-6)
+    assert by_identity.metadata[0]["identity"]["name"] == "p"
+    with pytest.raises(AdapterError, match="128-d"):
+        pipe("a photo", identity=Identity(embeddings=np.ones((1, 128), np.float32), face_model="dlib/resnet_v1"), **STEPS)
+
+
+def test_published_variant_refuses_identities_of_another_face_model(sd15, tmp_path):
+    from faceprompt.adapters.registry import get_variant
+
+    pipe = FacePipeline(tiny_sd15_pipeline(), random_faceid_state_dict(sd15.unet, "mlp", lora_rank=4))
+    # a full-size published checkpoint cannot run here: mark the tiny one as that variant
+    pipe.adapter.info["variant"] = get_variant("faceid-sd15")
+    dlib_identity = Identity(embeddings=np.ones((1, 512), np.float32), face_model="dlib/resnet_v1")
+    with pytest.raises(FaceModelMismatchError, match="made with dlib/resnet_v1, but insightface/buffalo_l"):
+        pipe("a photo", identity=dlib_identity, **STEPS)
+
+
+def test_plus_uses_clip_features_of_the_face_crop(sd15):
+    state = random_faceid_state_dict(sd15.unet, "plus", lora_rank=4, clip_embeddings_dim=32, seed=2)
+    encoder = tiny_clip_vision_model()
+    pipe = FacePipeline(sd15, state, image_encoder=encoder)
+    crop = np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8)
+    embeds = random_id_embeds(1)
+    base = pipe("a photo", faceid_embeds=embeds, face_image=crop, seed=0, **STEPS).images
+    other_face = pipe("a photo", faceid_embeds=embeds, face_image=255 - crop, seed=0, **STEPS).images
+    v2 = pipe("a photo", faceid_embeds=embeds, face_image=crop, shortcut=True, s_scale=1.0, seed=0, **STEPS).images
+    assert not torch.allclose(base, other_face, atol=1e-4)
+    assert not torch.allclose(base, v2, atol=1e-4)
+    with pytest.raises(AdapterError, match="needs the aligned face crop"):
+        pipe("a photo", faceid_embeds=embeds, **STEPS)
+    no_encoder = FacePipeline(tiny_sd15_pipeline(), state)
+    with pytest.raises(AdapterError, match="CLIP ViT-H image encoder"):
+        no_encoder("a photo", faceid_embeds=embeds, face_image=crop, **STEPS)
+
+
+def test_portrait_takes_several_faces(sd15):
+    state = random_faceid_state_dict(sd15.unet, "mlp", num_tokens=16, lora_rank=None, seed=3)
+    pipe = FacePipeline(sd15, state)
+    faces = random_id_embeds(3)[None]  # [1 image, 3 faces, 512]
+    result = pipe("a portrait", faceid_embeds=faces, seed=0, **STEPS)
+    assert result.images.shape[0] == 1
+    fewer = pipe("a portrait", faceid_embeds=faces[:, :1], seed=0, **STEPS)
+    assert not torch.allclose(result.images, fewer.images, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(scale=5.0), r"scale=5.0 is out of range"),
+        (dict(s_scale=-3.0), r"s_scale=-3.0 is out of range"),
+        (dict(width=60), "width=60 must be a positive multiple of 8"),
+        (dict(num_images=0), "num_images must be >= 1"),
+        (dict(faceid_embeds=random_id_embeds(3)), "3 identities for 1 prompts"),
+        (dict(faceid_embeds=torch.full((1, 512), float("nan"))), "NaN"),
+        (dict(faceid_embeds=None), "no identity given"),
+    ],
+)
+def test_bad_inputs(adapter_file, kwargs, message):
+    pipe = FacePipeline(tiny_sd15_pipeline(), str(adapter_file))
+    arguments = {"faceid_embeds": random_id_embeds(1), **STEPS, **kwargs}
+    with pytest.raises(AdapterError, match=message):
+        pipe("a photo", **arguments)
+
+
+def test_identity_embeds_for_plain_diffusers(adapter_file):
+    person = Identity(embeddings=random_id_embeds(2).numpy(), face_model="insightface/buffalo_l")
+    embeds = person.to_ip_adapter_image_embeds()
+    assert embeds.shape == (2, 1, 512) and torch.equal(embeds[0], torch.zeros(1, 512))
+    assert person.to_ip_adapter_image_embeds(all_photos=True, classifier_free_guidance=False).shape == (1, 2, 512)
+    plain = tiny_sd15_pipeline()
+    plain.load_ip_adapter(str(adapter_file.parent), subfolder="", weight_name=adapter_file.name, image_encoder_folder=None)
+    expected = plain("a photo", ip_adapter_image_embeds=[embeds], generator=torch.Generator().manual_seed(5), **STEPS).images
+    ours = FacePipeline(tiny_sd15_pipeline(), str(adapter_file), lora="unfused")("a photo", identity=person, seed=5, **STEPS)
+    assert torch.allclose(ours.images, expected, atol=1e-4)
