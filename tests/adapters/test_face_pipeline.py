@@ -147,3 +147,35 @@ def test_identity_embeds_for_plain_diffusers(adapter_file):
     expected = plain("a photo", ip_adapter_image_embeds=[embeds], generator=torch.Generator().manual_seed(5), **STEPS).images
     ours = FacePipeline(tiny_sd15_pipeline(), str(adapter_file), lora="unfused")("a photo", identity=person, seed=5, **STEPS)
     assert torch.allclose(ours.images, expected, atol=1e-4)
+
+
+def test_controlnet_pipeline_sees_text_only_and_identity_reaches_the_unet(adapter_file, sd15):
+    """Processors go on the UNet only: the ControlNet attends to the prompt alone (as the base IP-Adapter's
+    CNAttnProcessor arranges), and its own attention processors are left untouched."""
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    controlnet = ControlNetModel.from_unet(sd15.unet, conditioning_embedding_out_channels=(8, 16, 32, 32))
+    pipe = StableDiffusionControlNetPipeline(**sd15.components, controlnet=controlnet)
+    before = {name: type(p) for name, p in controlnet.attn_processors.items()}
+    face = FacePipeline(pipe, str(adapter_file))
+    assert {name: type(p) for name, p in controlnet.attn_processors.items()} == before
+    control = torch.rand(1, 3, 64, 64)
+    a = face("a photo", faceid_embeds=random_id_embeds(1, seed=1), image=control, seed=0, **STEPS).images
+    b = face("a photo", faceid_embeds=random_id_embeds(1, seed=2), image=control, seed=0, **STEPS).images
+    assert a.shape == (1, 4, 8, 8) and not torch.allclose(a, b, atol=1e-4)
+
+
+def test_separate_lora_through_diffusers_equals_the_in_checkpoint_lora(sd15):
+    from faceprompt.adapters.lora import load_separate_lora, lora_state_dict
+
+    state = random_faceid_state_dict(sd15.unet, "mlp", lora_rank=4, seed=6)
+    exported = lora_state_dict(state, sd15.unet)
+    from faceprompt.adapters.layers import attention_sites
+
+    assert len(exported) == len(attention_sites(sd15.unet)) * 4 * 2  # every attention layer: q, k, v, out x (A, B)
+    embeds = random_id_embeds(1)
+    ours = FacePipeline(sd15, state, lora="fused")("a photo", faceid_embeds=embeds, seed=2, **STEPS).images
+    separate_pipe = tiny_sd15_pipeline()
+    load_separate_lora(separate_pipe, state)
+    separate = FacePipeline(separate_pipe, state, lora="off")("a photo", faceid_embeds=embeds, seed=2, **STEPS).images
+    assert torch.allclose(ours, separate, atol=1e-4), (ours - separate).abs().max()
