@@ -32,6 +32,24 @@ S_SCALE_RANGE = (-1.0, 5.0)
 
 
 @dataclass
+class Region:
+    """One identity confined to part of the image (several people in one picture).
+
+    Attributes:
+        mask: where this identity applies: a PIL image, a numpy array or a tensor ``[H, W]`` (1 = this person),
+            with the aspect ratio of the generated image.
+        identity / faceid_embeds / face_image: as in :meth:`FacePipeline.__call__`.
+        scale: this region's weight (default: the call's ``scale``).
+    """
+
+    mask: Any
+    identity: Identity | None = None
+    faceid_embeds: Any = None
+    face_image: Any = None
+    scale: float | None = None
+
+
+@dataclass
 class FaceResult:
     """Images (in the pipeline's ``output_type``) and one metadata dict per image."""
 
@@ -94,6 +112,10 @@ class FacePipeline:
         width: int | None = None,
         height: int | None = None,
         output_type: str = "pil",
+        *,
+        regions: Sequence[Region] | None = None,
+        start: float = 0.0,
+        end: float = 1.0,
         **pipeline_kwargs: Any,
     ) -> FaceResult:
         """Generate ``len(prompt) * num_images`` images of the identity.
@@ -102,6 +124,10 @@ class FacePipeline:
         ``[P, 512]`` embeddings) gives prompt ``i`` identity ``i``. Image ``k`` (prompt-major order) uses seed
         ``seed + k``. Plus variants also take the aligned 224-px face crop(s) (``face_image``, or the identity's
         stored crops) and need a CLIP image encoder.
+
+        ``regions`` puts several identities into one image, each within its mask. ``start``/``end`` limit the
+        identity to a window of the denoising (0 = pure noise, 1 = done). Other keywords (``image``, ``strength``,
+        ``mask_image``, ``control_image``, ...) go to the wrapped diffusers pipeline.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
@@ -112,18 +138,38 @@ class FacePipeline:
         if num_images < 1:
             raise AdapterError(f"num_images must be >= 1, got {num_images}")
 
-        embeds, crops, identities = self._identity_inputs(identity, faceid_embeds, face_image, len(prompts))
+        _check_range("start", start, (0.0, 1.0))
+        _check_range("end", end, (start, 1.0))
         use_shortcut = self._shortcut(shortcut)
-        cond, uncond = self._tokens(embeds, crops, use_shortcut, s_scale)
-        cond = cond.repeat_interleave(num_images, dim=0)
-        uncond = uncond.repeat_interleave(num_images, dim=0)
+        if regions:
+            if identity is not None or faceid_embeds is not None:
+                raise AdapterError("with regions=..., give each region its identity (not identity= or faceid_embeds=)")
+            requests = [(r.identity, r.faceid_embeds, r.face_image, r.scale, r.mask) for r in regions]
+        else:
+            requests = [(identity, faceid_embeds, face_image, None, None)]
+        image_prompts, identities = [], []
+        for region_identity, region_embeds, region_face, region_scale, mask in requests:
+            embeds, crops, used = self._identity_inputs(region_identity, region_embeds, region_face, len(prompts))
+            cond, uncond = self._tokens(embeds, crops, use_shortcut, s_scale)
+            weight = scale if region_scale is None else region_scale
+            _check_range("region scale", weight, SCALE_RANGE)
+            image_prompts.append(
+                ImagePrompt(
+                    cond=cond.repeat_interleave(num_images, dim=0),
+                    uncond=uncond.repeat_interleave(num_images, dim=0),
+                    scale=weight,
+                    mask=None if mask is None else region_mask(mask, width, height),
+                    start=start,
+                    end=end,
+                )
+            )
+            identities.append(used)
 
         base_seed = seed if seed is not None else random.randrange(2**31)
         seeds = [base_seed + index for index in range(len(prompts) * num_images)]
         generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
         do_cfg = guidance_scale > 1.0 and getattr(self.pipeline.unet.config, "time_cond_proj_dim", None) is None
-        image_prompt = ImagePrompt(cond=cond, uncond=uncond, scale=scale)
-        with get_runtime(self.pipeline).conditioning({self.adapter.name: [image_prompt]}, do_cfg):
+        with get_runtime(self.pipeline).conditioning({self.adapter.name: image_prompts}, do_cfg):
             output = self.pipeline(
                 prompt=prompts,
                 negative_prompt=negative_prompt,
@@ -137,11 +183,14 @@ class FacePipeline:
                 **pipeline_kwargs,
             )
         settings = dict(
-            negative_prompt=negative_prompt, scale=scale, s_scale=s_scale, shortcut=use_shortcut,
+            negative_prompt=negative_prompt, scale=scale, s_scale=s_scale, shortcut=use_shortcut, start=start, end=end,
             guidance_scale=guidance_scale, num_inference_steps=num_inference_steps, width=width, height=height,
+            regions=len(regions) if regions else 0, **_recordable(pipeline_kwargs),
         )
         metadata = [
-            self._metadata(prompts[index // num_images], seeds[index], identities[index // num_images], settings)
+            self._metadata(
+                prompts[index // num_images], seeds[index], [used[index // num_images] for used in identities], settings
+            )
             for index in range(len(seeds))
         ]
         return FaceResult(images=_images_of(output), metadata=metadata)
@@ -216,7 +265,7 @@ class FacePipeline:
         if self.variant is not None:
             identity.check_face_model(self.variant.face_model)
 
-    def _metadata(self, prompt: str, seed: int, identity: Identity | None, settings: dict) -> dict[str, Any]:
+    def _metadata(self, prompt: str, seed: int, identities: list[Identity | None], settings: dict) -> dict[str, Any]:
         record = {
             "prompt": prompt,
             "seed": seed,
@@ -229,9 +278,13 @@ class FacePipeline:
             "pipeline": type(self.pipeline).__name__,
             "faceprompt_version": __version__,
         }
-        if identity is not None:
-            record["identity"] = {"name": identity.name, "face_model": identity.face_model,
-                                  "sources": [s.get("sha256") for s in identity.sources]}
+        described = [
+            {"name": item.name, "face_model": item.face_model, "sources": [s.get("sha256") for s in item.sources]}
+            for item in identities
+            if item is not None
+        ]
+        if described:
+            record["identity"] = described[0] if len(described) == 1 else described
         notice = self.pipeline.unet.config.get(TINY_MODEL_CONFIG_KEY)
         if notice:
             record["notice"] = notice  # outputs of faceprompt.testing's tiny random models say so
@@ -259,6 +312,34 @@ def _check_size(width: int | None, height: int | None) -> None:
     for label, value in (("width", width), ("height", height)):
         if value is not None and (value <= 0 or value % 8):
             raise AdapterError(f"{label}={value} must be a positive multiple of 8")
+
+
+def region_mask(mask: Any, width: int | None, height: int | None) -> torch.Tensor:
+    """A region mask as a float tensor ``[1, 1, H, W]`` in [0, 1], checked against the image's aspect ratio."""
+    from PIL import Image
+
+    if isinstance(mask, Image.Image):
+        mask = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
+    tensor = torch.as_tensor(np.asarray(mask, dtype=np.float32) if not isinstance(mask, torch.Tensor) else mask).float()
+    while tensor.ndim < 4:
+        tensor = tensor[None]
+    if tensor.ndim != 4 or tensor.shape[:2] != (1, 1):
+        raise AdapterError(f"a region mask must be [H, W] (or [1, 1, H, W]), got {list(tensor.shape)}")
+    if tensor.min() < 0 or tensor.max() > 1:
+        raise AdapterError("region mask values must lie in [0, 1]")
+    if width and height:
+        mask_ratio, image_ratio = tensor.shape[-1] / tensor.shape[-2], width / height
+        if abs(mask_ratio - image_ratio) > 0.01 * image_ratio:
+            raise AdapterError(
+                f"region mask is {tensor.shape[-1]}x{tensor.shape[-2]} but the image is {width}x{height}: "
+                "give masks with the image's aspect ratio"
+            )
+    return tensor
+
+
+def _recordable(pipeline_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Plain-valued pipeline options (strength, eta, ...) for the metadata; images and tensors are left out."""
+    return {k: v for k, v in pipeline_kwargs.items() if isinstance(v, (int, float, str, bool)) or v is None}
 
 
 def _images_of(output: Any) -> Any:

@@ -179,3 +179,36 @@ def test_separate_lora_through_diffusers_equals_the_in_checkpoint_lora(sd15):
     load_separate_lora(separate_pipe, state)
     separate = FacePipeline(separate_pipe, state, lora="off")("a photo", faceid_embeds=embeds, seed=2, **STEPS).images
     assert torch.allclose(ours, separate, atol=1e-4), (ours - separate).abs().max()
+
+
+def test_two_identities_in_two_regions(adapter_file):
+    from faceprompt.pipelines.face_pipeline import Region
+
+    pipe = FacePipeline(tiny_sd15_pipeline(), str(adapter_file), lora="off")
+    left = np.zeros((64, 64), np.float32)
+    left[:, :32] = 1.0
+    a, b = random_id_embeds(1, seed=1), random_id_embeds(1, seed=2)
+    both = pipe("two people", regions=[Region(left, faceid_embeds=a), Region(1 - left, faceid_embeds=b)], seed=0, **STEPS)
+    only_a = pipe("two people", faceid_embeds=a, seed=0, **STEPS).images
+    only_b = pipe("two people", faceid_embeds=b, seed=0, **STEPS).images
+    assert not torch.allclose(both.images, only_a, atol=1e-4) and not torch.allclose(both.images, only_b, atol=1e-4)
+    everywhere_a = pipe("two people", regions=[Region(np.ones((64, 64)), faceid_embeds=a)], seed=0, **STEPS).images
+    assert torch.allclose(everywhere_a, only_a, atol=1e-5)
+    assert both.metadata[0]["regions"] == 2
+    with pytest.raises(AdapterError, match="region mask is 64x32 but the image is 64x64"):
+        pipe("x", regions=[Region(np.ones((32, 64)), faceid_embeds=a)], **STEPS)
+    with pytest.raises(AdapterError, match="give each region its identity"):
+        pipe("x", faceid_embeds=a, regions=[Region(left, faceid_embeds=b)], **STEPS)
+
+
+def test_denoising_window(adapter_file):
+    pipe = FacePipeline(tiny_sd15_pipeline(), str(adapter_file), lora="off")
+    embeds = random_id_embeds(1)
+    zero = pipe("a photo", faceid_embeds=embeds, scale=0.0, seed=1, **STEPS).images
+    # 2 DDIM steps at timesteps 501 and 1: progress 0.499 and 0.999
+    between = pipe("a photo", faceid_embeds=embeds, start=0.6, end=0.9, seed=1, **STEPS).images
+    early_only = pipe("a photo", faceid_embeds=embeds, start=0.0, end=0.6, seed=1, **STEPS).images
+    assert torch.allclose(between, zero, atol=1e-6)
+    assert not torch.allclose(early_only, zero, atol=1e-4)
+    with pytest.raises(AdapterError, match="end=0.1 is out of range"):
+        pipe("a photo", faceid_embeds=embeds, start=0.5, end=0.1, **STEPS)
