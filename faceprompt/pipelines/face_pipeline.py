@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,10 +19,12 @@ import torch
 from .. import __version__
 from ..adapters.attach import attach_adapter, detach_adapter, get_runtime
 from ..adapters.attention import AttachedAdapter, ImagePrompt
-from ..adapters.registry import AdapterVariant
+from ..adapters.registry import HUB_REPO, IMAGE_ENCODER_REPO, IMAGE_ENCODER_SUBFOLDER, VARIANTS, AdapterVariant, get_variant
 from ..adapters.tokens import as_embedding_tensor, clip_image_embeds, clip_pixel_values, identity_tokens
 from ..errors import AdapterError, FaceModelMismatchError
 from ..identity import Identity
+
+TASKS = ("txt2img", "img2img", "inpaint", "controlnet")
 
 #: Config key that faceprompt.testing's tiny random models carry (its value is the notice to show).
 TINY_MODEL_CONFIG_KEY = "_faceprompt_tiny_notice"
@@ -86,10 +89,121 @@ class FacePipeline:
             pipeline, adapter, name=name, variant=variant, lora=lora, lora_scale=lora_scale
         )
         self.image_encoder = image_encoder if image_encoder is not None else getattr(pipeline, "image_encoder", None)
+        self.controlnet: torch.nn.Module | None = getattr(pipeline, "controlnet", None)
+        self._task_pipelines: dict[str, Any] = {}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        base: str | None = None,
+        adapter: Any = "faceid-plusv2-sd15",
+        *,
+        vae: str | None = None,
+        image_encoder: str | torch.nn.Module | None = None,
+        controlnet: str | torch.nn.Module | None = None,
+        torch_dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        variant: str | None = None,
+        lora: str = "fused",
+        scheduler: str | None = None,
+        cache_dir: str | None = None,
+        local_files_only: bool | None = None,
+    ) -> FacePipeline:
+        """Load a base model and an adapter the way the model card does, from the Hub, folders or single files.
+
+        Args:
+            base: Hub id, local diffusers folder, or a single ``.safetensors``/``.ckpt`` file. Default: the model
+                card's base for the adapter's family (Realistic Vision V4.0 noVAE / RealVisXL V3.0).
+            adapter: registry name (``faceid-sd15``, ...), path, ``"owner/repo/file"`` or state dict.
+            vae: a VAE to use instead of the base's (SD1.5 default: ``stabilityai/sd-vae-ft-mse``).
+            image_encoder: CLIP ViT-H for Plus variants (default: ``h94/IP-Adapter`` ``models/image_encoder``);
+                fetched only for Plus variants.
+            controlnet: a ControlNet (Hub id, folder or model) for ``task="controlnet"``.
+            scheduler: a scheduler name (see :data:`~faceprompt.pipelines.schedulers.SCHEDULERS`); SD1.5's
+                default is the model card's DDIM.
+        """
+        from .schedulers import apply_scheduler
+        from .sources import FAMILY_DEFAULTS, Source, load_base_pipeline, load_component, raise_if_missing
+
+        known = get_variant(adapter) if isinstance(adapter, str) and adapter in VARIANTS else None
+        known = get_variant(variant) if variant else known
+        family = known.base if known else "sd15"
+        defaults = FAMILY_DEFAULTS[family]
+        base_source = Source(base or defaults.base, "base model", index_file="model_index.json")
+        sources = [base_source]
+        vae_reference = vae if vae is not None else (defaults.vae if base is None else None)
+        if vae_reference:
+            sources.append(Source(vae_reference, "VAE"))
+        wants_encoder = known is not None and known.needs_image_encoder and image_encoder is None
+        encoder_source = Source(IMAGE_ENCODER_REPO, "CLIP image encoder", IMAGE_ENCODER_SUBFOLDER) if wants_encoder else None
+        if isinstance(image_encoder, str):
+            encoder_source = Source(image_encoder, "CLIP image encoder")
+        if encoder_source:
+            sources.append(encoder_source)
+        if isinstance(controlnet, str):
+            sources.append(Source(controlnet, "ControlNet"))
+        if known is not None and not (isinstance(adapter, str) and Path(adapter).exists()):
+            sources.append(Source(HUB_REPO, "adapter", index_file=known.weight_name))
+        if base_source.is_single_file:
+            sources.remove(base_source)
+        raise_if_missing(sources, cache_dir, local_files_only)
+
+        load = dict(torch_dtype=torch_dtype, cache_dir=cache_dir, local_files_only=local_files_only)
+        pipeline_class = _pipeline_class(family, base_source)
+        pipeline = load_base_pipeline(base_source, pipeline_class, **load)
+        if vae_reference:
+            from diffusers import AutoencoderKL
+
+            pipeline.vae = load_component(AutoencoderKL, Source(vae_reference, "VAE"), **load)
+        apply_scheduler(pipeline, scheduler or ("ddim-model-card" if defaults.ddim_scheduler else None))
+        encoder = image_encoder if isinstance(image_encoder, torch.nn.Module) else None
+        if encoder_source:
+            from transformers import CLIPVisionModelWithProjection
+
+            encoder = load_component(CLIPVisionModelWithProjection, encoder_source, **load)
+        controlnet_model = controlnet
+        if isinstance(controlnet, str):
+            from diffusers import ControlNetModel
+
+            controlnet_model = load_component(ControlNetModel, Source(controlnet, "ControlNet"), **load)
+        pipeline.to(device)
+        if encoder is not None:
+            encoder.to(device)
+        face = cls(pipeline, adapter, variant=variant, lora=lora, image_encoder=encoder)
+        face.controlnet = controlnet_model.to(device) if controlnet_model is not None else None
+        return face
+
+    @classmethod
+    def tiny(
+        cls, family: str = "sd15", projection: str = "mlp", *, id_embeddings_dim: int = 512, seed: int = 0
+    ) -> FacePipeline:
+        """Tiny random offline models (labelled in every output): for tests, demos and CI, not for pictures."""
+        from ..testing import tiny_clip_vision_model, tiny_controlnet, tiny_sd15_pipeline, tiny_sdxl_pipeline
+        from ..testing.adapters import random_faceid_state_dict
+
+        pipeline = tiny_sd15_pipeline(seed) if family == "sd15" else tiny_sdxl_pipeline(seed)
+        state = random_faceid_state_dict(
+            pipeline.unet, projection, lora_rank=None if projection == "resampler" else 4,
+            id_embeddings_dim=id_embeddings_dim, num_tokens=16 if projection == "resampler" else 4, seed=seed,
+        )
+        encoder = tiny_clip_vision_model(seed=seed) if projection == "plus" else None
+        face = cls(pipeline, state, image_encoder=encoder)
+        face.controlnet = tiny_controlnet(pipeline.unet, seed=seed) if family == "sd15" else None
+        return face
 
     @property
     def variant(self) -> AdapterVariant | None:
         return self.adapter.info["variant"]
+
+    def task_pipeline(self, task: str) -> Any:
+        """The diffusers pipeline for ``task``, sharing this pipeline's components (and so its adapter)."""
+        if task not in TASKS:
+            raise AdapterError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        if task == "txt2img":
+            return self.pipeline
+        if task not in self._task_pipelines:
+            self._task_pipelines[task] = _derived_pipeline(self.pipeline, task, self.controlnet)
+        return self._task_pipelines[task]
 
     def detach(self) -> None:
         """Remove the adapter: the pipeline is back to what it was."""
@@ -113,6 +227,7 @@ class FacePipeline:
         height: int | None = None,
         output_type: str = "pil",
         *,
+        task: str | None = None,
         regions: Sequence[Region] | None = None,
         start: float = 0.0,
         end: float = 1.0,
@@ -125,6 +240,8 @@ class FacePipeline:
         ``seed + k``. Plus variants also take the aligned 224-px face crop(s) (``face_image``, or the identity's
         stored crops) and need a CLIP image encoder.
 
+        ``task``: ``"txt2img"``, ``"img2img"`` (``image``, ``strength``), ``"inpaint"`` (``image``, ``mask_image``),
+        ``"controlnet"`` (``control_image``); by default inferred from those keywords.
         ``regions`` puts several identities into one image, each within its mask. ``start``/``end`` limit the
         identity to a window of the denoising (0 = pure noise, 1 = done). Other keywords (``image``, ``strength``,
         ``mask_image``, ``control_image``, ...) go to the wrapped diffusers pipeline.
@@ -137,6 +254,11 @@ class FacePipeline:
         _check_size(width, height)
         if num_images < 1:
             raise AdapterError(f"num_images must be >= 1, got {num_images}")
+        if task is None and _accepts(self.pipeline, pipeline_kwargs):
+            task = "txt2img"  # the wrapped pipeline takes these keywords itself (e.g. a ControlNet pipeline's image)
+        task = task or _infer_task(pipeline_kwargs)
+        pipeline = self.task_pipeline(task)
+        call_options = _task_options(pipeline, task, width, height, pipeline_kwargs)
 
         _check_range("start", start, (0.0, 1.0))
         _check_range("end", end, (start, 1.0))
@@ -170,22 +292,20 @@ class FacePipeline:
         generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
         do_cfg = guidance_scale > 1.0 and getattr(self.pipeline.unet.config, "time_cond_proj_dim", None) is None
         with get_runtime(self.pipeline).conditioning({self.adapter.name: image_prompts}, do_cfg):
-            output = self.pipeline(
+            output = pipeline(
                 prompt=prompts,
                 negative_prompt=negative_prompt,
                 num_images_per_prompt=num_images,
                 generator=generators,
                 guidance_scale=guidance_scale,
                 num_inference_steps=num_inference_steps,
-                width=width,
-                height=height,
                 output_type=output_type,
-                **pipeline_kwargs,
+                **call_options,
             )
         settings = dict(
             negative_prompt=negative_prompt, scale=scale, s_scale=s_scale, shortcut=use_shortcut, start=start, end=end,
             guidance_scale=guidance_scale, num_inference_steps=num_inference_steps, width=width, height=height,
-            regions=len(regions) if regions else 0, **_recordable(pipeline_kwargs),
+            regions=len(regions) if regions else 0, task=task, **_recordable(pipeline_kwargs),
         )
         metadata = [
             self._metadata(
@@ -340,6 +460,73 @@ def region_mask(mask: Any, width: int | None, height: int | None) -> torch.Tenso
 def _recordable(pipeline_kwargs: dict[str, Any]) -> dict[str, Any]:
     """Plain-valued pipeline options (strength, eta, ...) for the metadata; images and tensors are left out."""
     return {k: v for k, v in pipeline_kwargs.items() if isinstance(v, (int, float, str, bool)) or v is None}
+
+
+def _accepts(pipeline: Any, pipeline_kwargs: dict[str, Any]) -> bool:
+    import inspect
+
+    return set(pipeline_kwargs) <= set(inspect.signature(pipeline.__call__).parameters)
+
+
+def _infer_task(pipeline_kwargs: dict[str, Any]) -> str:
+    if pipeline_kwargs.get("mask_image") is not None:
+        return "inpaint"
+    if pipeline_kwargs.get("control_image") is not None:
+        return "controlnet"
+    if pipeline_kwargs.get("image") is not None:
+        return "img2img"
+    return "txt2img"
+
+
+def _task_options(pipeline: Any, task: str, width, height, pipeline_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The task's keywords in the form its diffusers pipeline takes them, checked before any work is done."""
+    import inspect
+
+    options = dict(pipeline_kwargs)
+    required = {"img2img": ["image"], "inpaint": ["image", "mask_image"], "controlnet": ["control_image"]}
+    for name in required.get(task, []):
+        if options.get(name) is None:
+            raise AdapterError(f"task {task!r} needs {name}=...")
+    strength = options.get("strength")
+    if strength is not None and not 0.0 < strength <= 1.0:
+        raise AdapterError(f"strength={strength} is out of range; use a value in (0, 1]")
+    if "control_image" in options:
+        options["image"] = options.pop("control_image")
+    accepted = inspect.signature(pipeline.__call__).parameters
+    for name, value in (("width", width), ("height", height)):
+        if value is not None and name in accepted:
+            options[name] = value
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise AdapterError(f"{type(pipeline).__name__} does not take {', '.join(unknown)}")
+    return options
+
+
+def _pipeline_class(family: str, base: Any) -> Any:
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    return StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+
+
+def _derived_pipeline(pipeline: Any, task: str, controlnet: Any) -> Any:
+    """diffusers' ``from_pipe``: a pipeline for another task over the same component objects."""
+    from diffusers import (
+        AutoPipelineForImage2Image,
+        AutoPipelineForInpainting,
+        StableDiffusionControlNetPipeline,
+        StableDiffusionXLControlNetPipeline,
+        StableDiffusionXLPipeline,
+    )
+
+    if task == "img2img":
+        return AutoPipelineForImage2Image.from_pipe(pipeline)
+    if task == "inpaint":
+        return AutoPipelineForInpainting.from_pipe(pipeline)
+    if controlnet is None:
+        raise AdapterError("the controlnet task needs a ControlNet: FacePipeline.from_pretrained(..., controlnet=...)")
+    sdxl = isinstance(pipeline, StableDiffusionXLPipeline)
+    controlnet_class = StableDiffusionXLControlNetPipeline if sdxl else StableDiffusionControlNetPipeline
+    return controlnet_class.from_pipe(pipeline, controlnet=controlnet)
 
 
 def _images_of(output: Any) -> Any:
