@@ -1,4 +1,4 @@
-"""Command line: ``faceprompt analyze | identity create | identity show | convert | demo``.
+"""Command line: ``faceprompt analyze | identity create | identity show | generate | convert | demo``.
 
 Exit codes: 0 success, 2 bad input (an unreadable photo, no face, a damaged file, ...): the message on stderr
 names the file and what was wrong. ``analyze`` keeps going over the other files and exits 2 at the end.
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import random
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,8 @@ stderr = Console(stderr=True, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> int:
+    # transformers warns at import that it falls back to PIL image processors without torchvision: expected here.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):
@@ -69,6 +73,39 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("file")
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=run_identity_show)
+
+    generate = commands.add_parser("generate", help="images of a person from photos (or an identity file) + prompts")
+    who = generate.add_mutually_exclusive_group(required=True)
+    who.add_argument("--face", nargs="+", metavar="PHOTO", help="photos of the person (largest face of each)")
+    who.add_argument("--identity", metavar="FILE", help="an identity file from `faceprompt identity create`")
+    generate.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for several")
+    generate.add_argument("--negative", help="negative prompt")
+    generate.add_argument("--adapter", default="faceid-plusv2-sd15", help="registry name, file or owner/repo/file")
+    generate.add_argument("--variant", help="registry variant when the adapter file's name cannot tell")
+    generate.add_argument("--base", help="base model: Hub id, diffusers folder or single .safetensors/.ckpt file")
+    generate.add_argument("--vae", help="VAE to use instead of the base model's")
+    generate.add_argument("--image-encoder", help="CLIP ViT-H image encoder for Plus variants")
+    generate.add_argument("--controlnet", help="ControlNet for --task controlnet")
+    generate.add_argument("--model", choices=["tiny"], help="tiny: the offline random test models (images are noise)")
+    generate.add_argument("--task", choices=["txt2img", "img2img", "inpaint", "controlnet"], help="default: inferred")
+    generate.add_argument("--image", help="init image (img2img, inpaint)")
+    generate.add_argument("--mask", help="inpainting mask (white = repaint)")
+    generate.add_argument("--control-image", help="pose/depth/canny image for --task controlnet")
+    generate.add_argument("--strength", type=float, help="img2img/inpaint strength in (0, 1]")
+    generate.add_argument("--scale", type=float, default=1.0, help="identity weight (default 1.0)")
+    generate.add_argument("--s-scale", type=float, default=1.0, help="PlusV2 face-structure weight (default 1.0)")
+    generate.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    generate.add_argument("--seed", type=int, help="seed of the first image; image k uses seed + k (default: random)")
+    generate.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
+    generate.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    generate.add_argument("--size", default=None, help="WxH, multiples of 8 (default: the model's)")
+    generate.add_argument("--scheduler", help="ddim, dpm++2m, dpm++2m-karras, euler, euler-a, unipc, pndm, lcm")
+    generate.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
+    generate.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    generate.add_argument("--out", default="outputs", help="output folder (existing files are never overwritten)")
+    generate.add_argument("--backend", default="auto", choices=["auto", "insightface", "dlib"], help="face backend for --face")
+    generate.add_argument("--model-root", help="insightface model root for --face")
+    generate.set_defaults(handler=run_generate)
 
     convert = commands.add_parser("convert", help="convert an IP-Adapter-FaceID checkpoint (.bin <-> .safetensors)")
     convert.add_argument("input", metavar="IN",
@@ -208,6 +245,95 @@ def run_identity_show(args: argparse.Namespace) -> int:
         table.add_row(f"photo {index}", f"{source['file']}  face {source['face_index']}  sha256 {source['sha256'][:12]}")
     stdout.print(table)
     return 0
+
+
+# --- generate -------------------------------------------------------------------------------------
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from .identity import Identity
+    from .pipelines.outputs import save_image
+
+    width, height = _parse_size(args.size)
+    if args.identity:
+        identity = Identity.load(args.identity)
+    else:
+        from .faces import FaceAnalyzer
+
+        analyzer = FaceAnalyzer(args.backend, model_root=args.model_root)
+        stderr.print(f"face backend: [bold]{analyzer.backend_name}[/] ({analyzer.face_model})", highlight=False)
+        identity = Identity.from_images(args.face, analyzer)
+    face = _load_face_pipeline(args, identity)
+    face.pipeline.set_progress_bar_config(disable=True)
+    options = {
+        "image": _open_image(args.image), "mask_image": _open_image(args.mask, "L"),
+        "control_image": _open_image(args.control_image), "strength": args.strength,
+    }
+    options = {key: value for key, value in options.items() if value is not None}
+    seed = args.seed if args.seed is not None else random.randrange(2**31)
+    jobs = [(prompt, seed + index) for index, prompt in enumerate(p for p in args.prompt for _ in range(args.num_images))]
+    out = Path(args.out)
+    with Progress(console=stderr) as progress:
+        overall = progress.add_task("images", total=len(jobs))
+        for prompt, image_seed in jobs:
+            steps = progress.add_task(f"seed {image_seed}", total=args.steps)
+            result = face(
+                prompt, negative_prompt=args.negative, identity=identity, scale=args.scale, s_scale=args.s_scale,
+                seed=image_seed, guidance_scale=args.guidance, num_inference_steps=args.steps, width=width,
+                height=height, task=args.task,
+                callback_on_step_end=_advance(progress, steps), **options,
+            )
+            png, sidecar = save_image(result.images[0], result.metadata[0], out / f"faceprompt-{image_seed}.png")
+            progress.remove_task(steps)
+            progress.advance(overall)
+            stdout.print(f"wrote {png} (+ {sidecar.name})", highlight=False)
+    if face.pipeline.unet.config.get("_faceprompt_tiny_notice"):
+        stderr.print("note: --model tiny uses random test models: the images are noise by design")
+    return 0
+
+
+def _load_face_pipeline(args: argparse.Namespace, identity):
+    import torch
+
+    from .pipelines import FacePipeline
+
+    if args.model == "tiny":
+        projection = "plus" if "plus" in args.adapter else "mlp"
+        return FacePipeline.tiny(projection=projection, id_embeddings_dim=identity.embedding_dim)
+    return FacePipeline.from_pretrained(
+        args.base, args.adapter, vae=args.vae, image_encoder=args.image_encoder, controlnet=args.controlnet,
+        torch_dtype=getattr(torch, args.dtype), device=args.device, variant=args.variant, scheduler=args.scheduler,
+    )
+
+
+def _advance(progress, task_id):
+    def callback(pipeline, step, timestep, callback_kwargs):
+        progress.advance(task_id)
+        return callback_kwargs
+
+    return callback
+
+
+def _parse_size(size: str | None) -> tuple[int | None, int | None]:
+    if size is None:
+        return None, None
+    try:
+        width, height = (int(part) for part in size.lower().split("x"))
+    except ValueError:
+        raise FacepromptError(f"--size must look like 512x768, got {size!r}") from None
+    return width, height
+
+
+def _open_image(path: str | None, mode: str = "RGB"):
+    if path is None:
+        return None
+    from PIL import Image
+
+    from .images import load_image
+
+    return Image.fromarray(load_image(path).rgb).convert(mode)
 
 
 # --- convert --------------------------------------------------------------------------------------

@@ -187,8 +187,9 @@ class FacePipeline:
             id_embeddings_dim=id_embeddings_dim, num_tokens=16 if projection == "resampler" else 4, seed=seed,
         )
         encoder = tiny_clip_vision_model(seed=seed) if projection == "plus" else None
+        controlnet = tiny_controlnet(pipeline.unet, seed=seed) if family == "sd15" else None  # before attaching
         face = cls(pipeline, state, image_encoder=encoder)
-        face.controlnet = tiny_controlnet(pipeline.unet, seed=seed) if family == "sd15" else None
+        face.controlnet = controlnet
         return face
 
     @property

@@ -1,0 +1,67 @@
+"""`faceprompt generate` end to end on the tiny offline models."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from faceprompt.cli import main
+from faceprompt.identity import Identity
+from faceprompt.pipelines.outputs import read_metadata
+
+TINY = ["--model", "tiny", "--steps", "2", "--size", "64x64"]
+
+
+def test_generate_from_a_photo_writes_pngs_with_parameters_and_sidecars(tmp_path, astronaut_path, capsys):
+    out = tmp_path / "out"
+    code = main(["generate", "--face", str(astronaut_path), "--prompt", "on the moon", "--prompt", "a painting",
+                 "--num-images", "2", "--seed", "40", "--out", str(out), "--backend", "dlib", *TINY])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    pngs = sorted(out.glob("*.png"))
+    assert [p.name for p in pngs] == ["faceprompt-40.png", "faceprompt-41.png", "faceprompt-42.png", "faceprompt-43.png"]
+    record = read_metadata(out / "faceprompt-42.png")
+    assert record["prompt"] == "a painting" and record["seed"] == 42 and record["num_inference_steps"] == 2
+    assert record == json.loads((out / "faceprompt-42.json").read_text())
+    assert record["notice"].startswith("tiny randomly initialised")
+    assert Image.open(pngs[0]).size == (64, 64)
+    assert "noise by design" in captured.err
+
+
+def test_rerun_reproduces_and_never_overwrites(tmp_path, astronaut_path, dlib_analyzer):
+    identity_file = Identity.from_images(astronaut_path, dlib_analyzer).save(tmp_path / "id.safetensors")
+    args = ["generate", "--identity", str(identity_file), "--prompt", "x", "--seed", "7", "--out", str(tmp_path), *TINY]
+    assert main(args) == 0 and main(args) == 0
+    first, second = tmp_path / "faceprompt-7.png", tmp_path / "faceprompt-7-1.png"
+    assert second.exists() and (tmp_path / "faceprompt-7-1.json").exists()
+    assert list(Image.open(first).getdata()) == list(Image.open(second).getdata())  # same seed, same image
+
+
+def test_img2img_from_the_cli(tmp_path, astronaut_path):
+    init = tmp_path / "init.png"
+    Image.open(astronaut_path).resize((64, 64)).save(init)
+    code = main(["generate", "--face", str(astronaut_path), "--prompt", "x", "--image", str(init), "--strength", "0.7",
+                 "--seed", "1", "--out", str(tmp_path / "o"), "--backend", "dlib", *TINY])
+    assert code == 0
+    assert read_metadata(tmp_path / "o" / "faceprompt-1.png")["task"] == "img2img"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--size", "60x64"], "width=60 must be a positive multiple of 8"),
+    (["--size", "big"], "--size must look like 512x768"),
+    (["--scale", "9"], "scale=9.0 is out of range"),
+    (["--strength", "2", "--image", "IMAGE"], "strength=2.0 is out of range"),
+])
+def test_bad_options_exit_2_with_a_message(tmp_path, astronaut_path, extra, message, capsys):
+    extra = [str(astronaut_path) if item == "IMAGE" else item for item in extra]
+    code = main(["generate", "--face", str(astronaut_path), "--prompt", "x", "--out", str(tmp_path), "--backend",
+                 "dlib", *TINY, *extra])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_photo_without_a_face(tmp_path, capsys):
+    wall = tmp_path / "wall.png"
+    Image.new("RGB", (128, 128), "gray").save(wall)
+    code = main(["generate", "--face", str(wall), "--prompt", "x", "--out", str(tmp_path / "o"), "--backend", "dlib", *TINY])
+    assert code == 2 and "wall.png: no face found" in capsys.readouterr().err
