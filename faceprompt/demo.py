@@ -1,7 +1,9 @@
-"""The offline demo (``faceprompt demo`` / ``make demo``): the whole face path on photos shipped in packages.
+"""The offline demo (``faceprompt demo`` / ``make demo``): the whole path on photos shipped in packages.
 
-It analyses the sample photos, writes aligned (and background-removed) crops, an identity file and a contact
-sheet (PNG + HTML) to the output folder. Re-running rewrites the demo's own files in that folder.
+It analyses the sample photos, writes aligned (and background-removed) crops and an identity file, generates
+images of that identity with the tiny offline pipeline (random weights: the images are noise by design, they
+show that the path runs end to end), and writes a contact sheet (PNG + HTML). Re-running rewrites the demo's
+own files in that folder.
 """
 
 from __future__ import annotations
@@ -45,18 +47,45 @@ def run_demo(out: Path, backend: str = "auto", console: Console | None = None) -
     identity_path = identity.save(out / "identity.safetensors", overwrite=True)
     console.print(f"identity: {identity_path} ({identity.face_model}, {identity.embedding_dim}-d)", highlight=False)
 
-    sheet = contact_sheet(rows)
+    generated = _generate_with_tiny_models(identity, out / "generated", console)
+    sheet = contact_sheet(rows, generated)
     sheet.save(out / "contact_sheet.png")
     summary = {
         "backend": analyzer.backend_name,
         "face_model": analyzer.face_model,
         "photos": {name: {"file": str(path), "faces": [f.to_dict() for f in faces]} for name, path, faces in rows},
         "identity": str(identity_path),
+        "generated": [str(path) for path in generated],
+        "generated_notice": TINY_NOTICE,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     report = out / "index.html"
     report.write_text(_html_report(summary))
     return report
+
+
+TINY_NOTICE = "generated with faceprompt's tiny random test models: noise by design, not a picture of anyone"
+DEMO_PROMPTS = ("a photo of the astronaut on the moon", "an oil painting of the astronaut")
+
+
+def _generate_with_tiny_models(identity: Identity, folder: Path, console: Console) -> list[Path]:
+    """Identity -> tiny FaceID pipeline -> PNGs with their parameters (one seed per image)."""
+    from .pipelines import FacePipeline
+    from .pipelines.outputs import save_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("demo-*"):
+        old.unlink()  # the demo's own files from a previous run
+    face = FacePipeline.tiny(id_embeddings_dim=identity.embedding_dim)
+    face.pipeline.set_progress_bar_config(disable=True)
+    result = face(list(DEMO_PROMPTS), identity=identity, num_images=2, seed=2023, num_inference_steps=4,
+                  width=64, height=64)
+    paths = []
+    for index, (image, record) in enumerate(zip(result.images, result.metadata)):
+        png, _ = save_image(image, record, folder / f"demo-{index}.png")
+        paths.append(png)
+    console.print(f"generated {len(paths)} images with the tiny offline pipeline ({TINY_NOTICE})", highlight=False)
+    return paths
 
 
 def annotate(face_image: np.ndarray, faces: list[Face]) -> np.ndarray:
@@ -73,8 +102,9 @@ def annotate(face_image: np.ndarray, faces: list[Face]) -> np.ndarray:
     return canvas
 
 
-def contact_sheet(rows: list[tuple[str, Path, list[Face]]]) -> Image.Image:
-    """One row per photo: the annotated photo, then each face's aligned crop and its segmented crop."""
+def contact_sheet(rows: list[tuple[str, Path, list[Face]]], generated: list[Path] = ()) -> Image.Image:
+    """One row per photo (the annotated photo, then each face's aligned and segmented crops), then a row of the
+    images generated from the identity."""
     rendered = []
     for name, _, faces in rows:
         photo = faces[0].image.rgb if faces else None
@@ -87,6 +117,9 @@ def contact_sheet(rows: list[tuple[str, Path, list[Face]]]) -> Image.Image:
             for segment in (False, True):
                 tiles.append(Image.fromarray(face.crop(224, segment=segment)).resize((CROP_THUMB, CROP_THUMB)))
         rendered.append((f"{name}: {len(faces)} face(s) - {SAMPLE_PHOTOS[name][2]}", tiles))
+    if generated:
+        tiles = [Image.open(path).convert("RGB").resize((CROP_THUMB, CROP_THUMB), Image.Resampling.NEAREST) for path in generated]
+        rendered.append((f"generated from the astronaut identity - {TINY_NOTICE}", tiles))
     sheet_width = max(sum(t.width for t in tiles) + 8 * len(tiles) for _, tiles in rendered)
     sheet = Image.new("RGB", (sheet_width, len(rendered) * (THUMB_HEIGHT + 24) + 8), "white")
     draw = ImageDraw.Draw(sheet)
@@ -114,6 +147,7 @@ def _html_report(summary: dict) -> str:
 Sample photos ship with the installed insightface and scikit-image packages.</p>
 <table border="1" cellpadding="4"><tr><th>photo</th><th>faces</th><th>face sizes</th></tr>{rows}</table>
 <p>Identity file: {html.escape(summary['identity'])}</p>
+<p>Generated images ({len(summary['generated'])}): {html.escape(summary['generated_notice'])}.</p>
 <img src="contact_sheet.png" alt="contact sheet" style="max-width: 100%">
 </body></html>
 """

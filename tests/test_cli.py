@@ -88,7 +88,13 @@ def test_demo_writes_crops_identity_and_contact_sheet(tmp_path, capsys):
     assert Image.open(out / "contact_sheet.png").width > 1000
     assert len(list((out / "crops").glob("*_segmented.png"))) == 8
     assert "contact_sheet.png" in (out / "index.html").read_text()
+    assert len(summary["generated"]) == 4 and "noise by design" in summary["generated_notice"]
+    from faceprompt.pipelines.outputs import read_metadata
+
+    record = read_metadata(summary["generated"][0])
+    assert record["seed"] == 2023 and record["notice"].startswith("tiny randomly initialised")
     assert main(["demo", "--out", str(out), "--backend", "dlib"]) == 0  # safe to re-run
+    assert len(list((out / "generated").glob("*.png"))) == 4
 
 
 def test_console_script_is_installed():
