@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
@@ -22,12 +22,15 @@ from safetensors.numpy import save_file
 
 from . import __version__
 from .errors import FaceModelMismatchError, FaceSelectionError, IdentityError, IdentityFileError, OutputExistsError
-from .faces import Face, FaceAnalyzer, l2_normalize, select_faces
+from .faces import Face, FaceAnalyzer, l2_normalize
 from .images import ChannelOrder, ImageInput
 
 FILE_FORMAT = "faceprompt.identity"
 FORMAT_VERSION = 1
 CROP_SIZE = 224
+
+if TYPE_CHECKING:
+    import torch
 
 EmbeddingMethod = Literal["mean", "norm_mean", "median"]
 
@@ -156,7 +159,7 @@ class Identity:
 
     def to_ip_adapter_image_embeds(
         self, *, classifier_free_guidance: bool = True, all_photos: bool = False, normalized: bool = True
-    ) -> "torch.Tensor":
+    ) -> torch.Tensor:
         """The tensor diffusers' own IP-Adapter-FaceID path expects, for users who stay in plain diffusers::
 
             pipe.load_ip_adapter("h94/IP-Adapter-FaceID", subfolder=None,

@@ -21,7 +21,7 @@ from ..adapters.attach import attach_adapter, detach_adapter, get_runtime
 from ..adapters.attention import AttachedAdapter, ImagePrompt
 from ..adapters.registry import HUB_REPO, IMAGE_ENCODER_REPO, IMAGE_ENCODER_SUBFOLDER, VARIANTS, AdapterVariant, get_variant
 from ..adapters.tokens import as_embedding_tensor, clip_image_embeds, clip_pixel_values, identity_tokens
-from ..errors import AdapterError, FaceModelMismatchError
+from ..errors import AdapterError
 from ..identity import Identity
 
 TASKS = ("txt2img", "img2img", "inpaint", "controlnet")

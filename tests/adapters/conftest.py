@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from faceprompt.testing import tiny_sd15_pipeline, tiny_sdxl_pipeline
 from faceprompt.testing.adapters import random_faceid_state_dict

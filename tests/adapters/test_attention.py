@@ -6,7 +6,6 @@ import torch.nn.functional as F
 
 from faceprompt.adapters.attach import attach_adapter, detach_adapter, get_runtime, set_block_scales, set_lora
 from faceprompt.adapters.attention import ImagePrompt
-from faceprompt.adapters.layers import attention_sites
 from faceprompt.adapters.tokens import identity_tokens
 from faceprompt.errors import AdapterError
 

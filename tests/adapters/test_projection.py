@@ -31,12 +31,11 @@ def _perceiver(latents, context, state, prefix, heads, dim_head=64):
     for i in range(depth):
         a = f"{prefix}.layers.{i}.0"
         x = _layer_norm(context, state, f"{a}.norm1")
-        l = _layer_norm(latents, state, f"{a}.norm2")
-        q = _linear(l, state, f"{a}.to_q", bias=False)
-        k, v = _linear(torch.cat([x, l], dim=1), state, f"{a}.to_kv", bias=False).chunk(2, dim=-1)
+        lat = _layer_norm(latents, state, f"{a}.norm2")
+        q = _linear(lat, state, f"{a}.to_q", bias=False)
+        k, v = _linear(torch.cat([x, lat], dim=1), state, f"{a}.to_kv", bias=False).chunk(2, dim=-1)
         b = q.shape[0]
-        split = lambda t: t.view(b, t.shape[1], heads, dim_head).transpose(1, 2)
-        q, k, v = split(q), split(k), split(v)
+        q, k, v = (t.view(b, t.shape[1], heads, dim_head).transpose(1, 2) for t in (q, k, v))
         scale = dim_head ** -0.25
         w = torch.softmax((q * scale) @ (k * scale).transpose(-1, -2), dim=-1)
         out = (w @ v).transpose(1, 2).reshape(b, latents.shape[1], -1)

@@ -1,7 +1,6 @@
 """Loading through local folders and a pre-populated Hugging Face cache, and the offline error."""
 
 import pytest
-import torch
 
 from faceprompt import FacePipeline
 from faceprompt.adapters import save_checkpoint
