@@ -358,15 +358,10 @@ def run_convert(args: argparse.Namespace) -> int:
     checkpoint = load_checkpoint(args.input, cache_dir=args.cache_dir)
     layout = detect_layout(checkpoint)
     variant = resolve_variant(checkpoint, layout, args.variant)
-    projections = {
-        "mlp": "mlp (FaceID / Portrait)",
-        "plus": f"plus (FaceID-Plus: reads CLIP image features of width {layout.clip_embeddings_dim})",
-        "resampler": "resampler (Portrait unnorm: learned queries over raw face embeddings)",
-    }
     lines = [
-        ("projection", projections[layout.projection]),
+        ("projection", layout.describe_projection()),
         ("base", f"{layout.base} (cross-attention width {layout.cross_attention_dim})"),
-        ("tokens", f"{layout.num_tokens} per face (face embedding width {layout.id_embeddings_dim})"),
+        ("tokens", layout.describe_tokens()),
         ("LoRA", f"rank {layout.lora_rank}" if layout.lora_rank else "none"),
         ("layers", f"{layout.num_layers} attention layers ({layout.num_image_layers} with image projections)"),
     ]

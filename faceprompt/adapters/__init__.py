@@ -20,7 +20,7 @@ from .checkpoint import (
     validate_for_unet,
 )
 from .registry import VARIANTS, AdapterVariant, get_variant
-from .tokens import clip_image_embeds, clip_pixel_values, identity_tokens
+from .tokens import clip_image_embeds, clip_pixel_values, identity_tokens, image_prompt_tokens
 
 __all__ = [
     "VARIANTS",
@@ -38,6 +38,7 @@ __all__ = [
     "get_runtime",
     "get_variant",
     "identity_tokens",
+    "image_prompt_tokens",
     "load_checkpoint",
     "resolve_block_scales",
     "resolve_variant",

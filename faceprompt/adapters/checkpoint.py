@@ -1,4 +1,5 @@
-"""IP-Adapter-FaceID checkpoints: read them safely, tell which adapter they are, check them, write them back.
+"""IP-Adapter-FaceID (and plain IP-Adapter) checkpoints: read them safely, tell which adapter they are, check them,
+write them back.
 
 A checkpoint has two parts (the reference layout, spec §4): ``image_proj``, the projection model (face embedding
 -> image-prompt tokens), and ``ip_adapter``, per-attention-layer weights numbered like
@@ -13,6 +14,10 @@ ones). Files come as
 Which adapter a file is comes from the tensor shapes (:func:`detect_layout`), never from the file name; the name
 (or the registry name it was loaded by) only adds what the weights cannot tell, e.g. Plus vs PlusV2
 (:func:`resolve_variant`). Every check works on ``meta`` tensors, so layouts can be inspected without the data.
+
+The plain image IP-Adapters of ``h94/IP-Adapter`` (``ip-adapter_sd15.bin``, ``ip-adapter-plus_sd15.bin``, ...)
+have the same two sections, with ``to_k_ip``/``to_v_ip`` only (no LoRA, like Portrait); their projections read
+CLIP image features of a style/content image (projection kinds ``"image"`` and ``"image_resampler"``).
 """
 
 from __future__ import annotations
@@ -38,8 +43,15 @@ from ..errors import (
     UnsafeCheckpointError,
 )
 from .layers import AttentionSite, attention_sites, build_adapter_layers
-from .projection import FaceIDMLPProjection, FaceIDPlusProjection, PortraitResampler
-from .registry import CROSS_ATTENTION_DIM, HUB_REPO, VARIANTS, AdapterVariant, get_variant, variant_for_weight_name
+from .projection import FaceIDMLPProjection, FaceIDPlusProjection, ImageProjModel, ImageResampler, PortraitResampler
+from .registry import (
+    CROSS_ATTENTION_DIM,
+    IMAGE_PROJECTIONS,
+    VARIANTS,
+    AdapterVariant,
+    get_variant,
+    variant_for_weight_name,
+)
 
 __all__ = [
     "FILE_FORMAT",
@@ -64,8 +76,10 @@ SECTIONS = ("image_proj", "ip_adapter")
 SAVE_SUFFIXES = (".safetensors", ".bin")
 #: ``dim_head`` of every perceiver attention in the FaceID family (the head count is inferred from it).
 DIM_HEAD = 64
-#: Widths of CLIP image features: a resampler reading these is an image IP-Adapter (Plus), not a FaceID one.
+#: Widths of CLIP image features (hidden states / image_embeds of ViT-L, ViT-H, bigG).
 CLIP_FEATURE_WIDTHS = (768, 1024, 1280, 1664)
+#: Width of the ArcFace (insightface) face embeddings every FaceID adapter reads.
+FACE_EMBEDDING_DIM = 512
 #: How many names an error message lists before "...".
 _LISTED = 5
 
@@ -88,7 +102,8 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
 
 @dataclass(eq=False)
 class AdapterCheckpoint:
-    """The two state dicts of a FaceID adapter, in the reference layout, and where they came from.
+    """The two state dicts of a FaceID (or plain image IP-) adapter, in the reference layout, and where they came
+    from.
 
     Attributes:
         image_proj: projection-model weights (the reference ``image_proj`` keys).
@@ -128,12 +143,15 @@ class CheckpointLayout:
     """What a checkpoint's shapes say about the adapter.
 
     Attributes:
-        projection: ``"mlp"`` (FaceID, Portrait), ``"plus"`` (FaceID-Plus/PlusV2) or ``"resampler"`` (Portrait
-            "unnorm").
+        projection: ``"mlp"`` (FaceID, Portrait), ``"plus"`` (FaceID-Plus/PlusV2), ``"resampler"`` (Portrait
+            "unnorm"), ``"image"`` (plain IP-Adapter, ``ImageProjModel``) or ``"image_resampler"`` (IP-Adapter
+            Plus / Plus-Face).
         cross_attention_dim: width of the image tokens = the UNet's ``cross_attention_dim`` it was made for.
-        num_tokens: image tokens per face.
-        id_embeddings_dim: face-embedding width (512 for insightface/ArcFace).
-        clip_embeddings_dim: Plus: width of the CLIP features it reads (1280 for ViT-H); else ``None``.
+        num_tokens: image tokens per face (per image for image adapters).
+        id_embeddings_dim: face-embedding width (512 for insightface/ArcFace); ``None`` for image adapters.
+        clip_embeddings_dim: width of the CLIP features it reads: FaceID-Plus and ``"image_resampler"``: the
+            hidden states (1280 for ViT-H); ``"image"``: the projected ``image_embeds`` (1024 for ViT-H, 1280 for
+            bigG); else ``None``.
         lora_rank: rank of the LoRA stored for the attention layers, ``None`` without LoRA (Portrait).
         num_layers: attention layers the adapter has weights for (1 + highest layer index).
         base: ``"sd15"`` (width 768), ``"sdxl"`` (2048) or ``"custom"``.
@@ -142,10 +160,10 @@ class CheckpointLayout:
         num_image_layers: layers with image key/value projections (``to_k_ip``/``to_v_ip``).
     """
 
-    projection: Literal["mlp", "plus", "resampler"]
+    projection: Literal["mlp", "plus", "resampler", "image", "image_resampler"]
     cross_attention_dim: int
     num_tokens: int
-    id_embeddings_dim: int
+    id_embeddings_dim: int | None
     clip_embeddings_dim: int | None
     lora_rank: int | None
     num_layers: int
@@ -160,13 +178,53 @@ class CheckpointLayout:
         return self.lora_rank is not None
 
     @property
+    def kind(self) -> Literal["faceid", "image"]:
+        """``"image"``: a plain IP-Adapter (tokens from a style/content image); ``"faceid"``: a face adapter."""
+        return "image" if self.projection in IMAGE_PROJECTIONS else "faceid"
+
+    @property
+    def clip_input(self) -> Literal["image_embeds", "hidden_states"] | None:
+        """Which CLIP output the projection reads: ``image_embeds`` (plain), ``hidden_states[-2]`` (Plus kinds)."""
+        if self.projection == "image":
+            return "image_embeds"
+        if self.projection in ("plus", "image_resampler"):
+            return "hidden_states"
+        return None
+
+    def describe_projection(self) -> str:
+        """One phrase for the projection kind, e.g. ``"image (plain IP-Adapter: reads CLIP image_embeds of width
+        1024)"``; what ``faceprompt convert`` prints."""
+        return {
+            "mlp": "mlp (FaceID / Portrait)",
+            "plus": f"plus (FaceID-Plus: reads CLIP image features of width {self.clip_embeddings_dim})",
+            "resampler": "resampler (Portrait unnorm: learned queries over raw face embeddings)",
+            "image": f"image (plain IP-Adapter: reads CLIP image_embeds of width {self.clip_embeddings_dim})",
+            "image_resampler": (
+                f"image_resampler (IP-Adapter Plus: learned queries over CLIP hidden states of width "
+                f"{self.clip_embeddings_dim})"
+            ),
+        }[self.projection]
+
+    def describe_tokens(self) -> str:
+        """e.g. ``"4 per face (face embedding width 512)"`` or ``"16 per image (CLIP features of width 1280)"``."""
+        if self.kind == "image":
+            return f"{self.num_tokens} per image (CLIP features of width {self.clip_embeddings_dim})"
+        return f"{self.num_tokens} per face (face embedding width {self.id_embeddings_dim})"
+
+    @property
     def base_label(self) -> str:
         """``"SD1.5"``, ``"SDXL"``, ... for messages."""
         return _base_label(self.cross_attention_dim)
 
     def summary(self) -> str:
         """One line, e.g. ``"FaceID-Plus projection, SD1.5 (width 768), 4 tokens, LoRA rank 128, 32 layers"``."""
-        kind = {"mlp": "FaceID MLP", "plus": "FaceID-Plus", "resampler": "FaceID resampler"}[self.projection]
+        kind = {
+            "mlp": "FaceID MLP",
+            "plus": "FaceID-Plus",
+            "resampler": "FaceID resampler",
+            "image": "IP-Adapter image",
+            "image_resampler": "IP-Adapter Plus image resampler",
+        }[self.projection]
         lora = f"LoRA rank {self.lora_rank}" if self.lora_rank else "no LoRA"
         return (
             f"{kind} projection, {self.base_label} (width {self.cross_attention_dim}), {self.num_tokens} tokens, "
@@ -179,10 +237,11 @@ class CheckpointLayout:
             "base": self.base,
             "cross_attention_dim": str(self.cross_attention_dim),
             "num_tokens": str(self.num_tokens),
-            "id_embeddings_dim": str(self.id_embeddings_dim),
             "lora_rank": str(self.lora_rank) if self.lora_rank else "none",
             "num_layers": str(self.num_layers),
         }
+        if self.id_embeddings_dim is not None:
+            metadata["id_embeddings_dim"] = str(self.id_embeddings_dim)
         if self.clip_embeddings_dim is not None:
             metadata["clip_embeddings_dim"] = str(self.clip_embeddings_dim)
         return metadata
@@ -199,11 +258,11 @@ def load_checkpoint(
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool | None = None,
 ) -> AdapterCheckpoint:
-    """Read a FaceID adapter checkpoint.
+    """Read a FaceID (or plain image IP-Adapter) checkpoint.
 
     Args:
         source: a local ``.bin``/``.safetensors`` file; a registry name (``"faceid-plusv2-sd15"``, fetched from
-            ``h94/IP-Adapter-FaceID``); a Hub file ``"owner/repo/file.bin"`` (or ``"owner/repo/sub/dir/file.bin"``);
+            ``h94/IP-Adapter-FaceID``, or ``"ip-adapter-plus-sd15"``, from ``h94/IP-Adapter``); a Hub file ``"owner/repo/file.bin"`` (or ``"owner/repo/sub/dir/file.bin"``);
             or a dict, nested ``{"image_proj": {...}, "ip_adapter": {...}}`` or flat ``{"image_proj.<k>": ...}``.
         cache_dir: Hugging Face cache folder for Hub files (default: the standard cache).
         local_files_only: never go online for Hub files (``None``: only when ``HF_HUB_OFFLINE`` is set).
@@ -231,8 +290,8 @@ def load_checkpoint(
         return _load_file(local, source=source)
     if source in VARIANTS:
         variant = VARIANTS[source]
-        path = _hub_file(HUB_REPO, variant.weight_name, cache_dir, local_files_only, requested=source)
-        checkpoint = _load_file(path, source=f"{HUB_REPO}/{variant.weight_name}", weight_name=variant.weight_name)
+        path = _hub_file(variant.repo, variant.weight_name, cache_dir, local_files_only, requested=source)
+        checkpoint = _load_file(path, source=variant.hub_id, weight_name=variant.file_name)
         checkpoint.variant_name = variant.name
         return checkpoint
     hub = _parse_hub_file(source)
@@ -439,7 +498,9 @@ def _sections(
             trained, source, {"image_proj_model.": "image_proj", "adapter_modules.": "ip_adapter"}
         )
     else:
-        raise CheckpointError(f"{source}: not an IP-Adapter-FaceID checkpoint: {_describe_foreign(keys, metadata)}")
+        raise CheckpointError(
+            f"{source}: not an IP-Adapter(-FaceID) checkpoint: {_describe_foreign(keys, metadata)}"
+        )
     image_proj = _tensors(sections["image_proj"], source, "image_proj")
     ip_adapter = _tensors(sections["ip_adapter"], source, "ip_adapter")
     return image_proj, ip_adapter
@@ -552,24 +613,40 @@ def _describe_foreign(keys: list[str], metadata: Mapping[str, str]) -> str:
 
 
 def detect_layout(checkpoint: AdapterCheckpoint) -> CheckpointLayout:
-    """Which FaceID adapter this is, from its tensor shapes alone (works on ``meta`` tensors).
+    """Which adapter this is, from its tensor shapes alone (works on ``meta`` tensors).
 
-    Detection follows diffusers' order for the FaceID family: ``perceiver_resampler.proj_in.weight`` -> Plus;
-    ``latents`` -> resampler (Portrait "unnorm"); ``norm.weight`` + ``proj.2.weight`` -> MLP (FaceID, Portrait).
-    The ``image_proj`` part must then match the projection model of those sizes exactly.
+    Detection follows diffusers' order of keys:
+
+    - ``proj.weight`` (a single linear layer) -> ``"image"``: the plain IP-Adapter ``ImageProjModel``
+      (``ip-adapter_sd15.bin``, ``ip-adapter_sdxl[_vit-h].bin``), reading CLIP ``image_embeds`` (``proj.weight``
+      ``[num_tokens * C, D]``, ``norm.weight`` ``[C]``);
+    - ``perceiver_resampler.proj_in.weight`` -> ``"plus"`` (FaceID-Plus / PlusV2);
+    - ``latents`` -> a resampler with learned queries: ``"resampler"`` (Portrait "unnorm") when ``proj_in`` reads
+      512-wide features (ArcFace), ``"image_resampler"`` (IP-Adapter Plus / Plus-Face, reading CLIP hidden
+      states, 1280 for ViT-H) for any other width. Only for custom widths, a faceprompt-written file's
+      ``projection`` metadata decides instead (a FaceID resampler over, e.g., 128-d embeddings);
+    - ``norm.weight`` + ``proj.0.weight``/``proj.2.weight`` (an MLP) -> ``"mlp"`` (FaceID, Portrait).
+
+    Full-Face (``proj.0/2/3``, no ``norm``) is refused. The ``image_proj`` part must then match the projection
+    model of those sizes exactly.
 
     Raises:
-        CheckpointError: not a FaceID adapter (a plain/Plus/Full-face IP-Adapter, ...), or inconsistent shapes.
+        CheckpointError: an unsupported adapter (Full-Face, ...), or inconsistent shapes.
     """
     image_proj, source = checkpoint.image_proj, checkpoint.source
-    if "perceiver_resampler.proj_in.weight" in image_proj:
+    if "proj.weight" in image_proj:
+        layout = _image_layout(checkpoint)
+    elif "perceiver_resampler.proj_in.weight" in image_proj:
         layout = _plus_layout(checkpoint)
     elif "latents" in image_proj:
         layout = _resampler_layout(checkpoint)
     elif "norm.weight" in image_proj and "proj.2.weight" in image_proj:
         layout = _mlp_layout(checkpoint)
     else:
-        raise CheckpointError(f"{source}: not an IP-Adapter-FaceID adapter: {_describe_projection(image_proj)}")
+        raise CheckpointError(
+            f"{source}: not an IP-Adapter-FaceID adapter nor a supported image IP-Adapter: "
+            f"{_describe_projection(image_proj)}"
+        )
     _check_projection(checkpoint, layout)
     return layout
 
@@ -614,21 +691,46 @@ def _plus_layout(checkpoint: AdapterCheckpoint) -> CheckpointLayout:
     )  # fmt: skip
 
 
+def _image_layout(checkpoint: AdapterCheckpoint) -> CheckpointLayout:
+    """Plain IP-Adapter: ``proj.weight`` ``[num_tokens * C, D_clip]``, ``norm.weight`` ``[C]``."""
+    if "norm.weight" not in checkpoint.image_proj:
+        raise CheckpointError(
+            f"{checkpoint.source}: image_proj has 'proj.weight' but no 'norm.weight'; a plain IP-Adapter projection "
+            "(ImageProjModel) has both, so the projection weights are incomplete"
+        )
+    width = _shape(checkpoint, "norm.weight", 1)[0]
+    proj = _shape(checkpoint, "proj.weight", 2)
+    if width <= 0 or proj[0] % width:
+        raise CheckpointError(
+            f"{checkpoint.source}: image_proj['proj.weight'] has {proj[0]} outputs, not a multiple of the token "
+            f"width {width} (norm.weight); the projection weights are inconsistent"
+        )
+    return _layout(checkpoint, "image", width, proj[0] // width, None, clip_embeddings_dim=proj[1])
+
+
 def _resampler_layout(checkpoint: AdapterCheckpoint) -> CheckpointLayout:
     latents = _shape(checkpoint, "latents", 3)
     proj_in = _shape(checkpoint, "proj_in.weight", 2)
     width = _shape(checkpoint, "proj_out.weight", 2)[0]
-    if proj_in[1] in CLIP_FEATURE_WIDTHS:
-        raise CheckpointError(
-            f"{checkpoint.source}: not an IP-Adapter-FaceID adapter: its resampler reads features of width "
-            f"{proj_in[1]} (CLIP image features), so it looks like an image IP-Adapter Plus / Plus-Face "
-            "(e.g. ip-adapter-plus_sd15.bin), which needs CLIP image embeddings, not a face embedding"
-        )
     heads, depth = _perceiver(checkpoint, "")
-    return _layout(
-        checkpoint, "resampler", width, latents[1], proj_in[1],
-        resampler_dim=latents[2], resampler_heads=heads, resampler_depth=depth,
-    )  # fmt: skip
+    sizes = dict(resampler_dim=latents[2], resampler_heads=heads, resampler_depth=depth)
+    if _resampler_kind(checkpoint, proj_in[1]) == "resampler":
+        return _layout(checkpoint, "resampler", width, latents[1], proj_in[1], **sizes)
+    return _layout(checkpoint, "image_resampler", width, latents[1], None, clip_embeddings_dim=proj_in[1], **sizes)
+
+
+def _resampler_kind(checkpoint: AdapterCheckpoint, input_width: int) -> str:
+    """``"resampler"`` (face embeddings) or ``"image_resampler"`` (CLIP hidden states) for a ``latents`` resampler.
+
+    Published files are told apart by the input width alone: 512 (ArcFace) is Portrait "unnorm", the CLIP widths
+    (1280 ViT-H, 1664 bigG) are IP-Adapter Plus. A custom width is an image resampler unless the file's own
+    metadata (written by faceprompt) says it is a face resampler.
+    """
+    if input_width == FACE_EMBEDDING_DIM:
+        return "resampler"
+    if input_width not in CLIP_FEATURE_WIDTHS and checkpoint.metadata.get("projection") == "resampler":
+        return "resampler"
+    return "image_resampler"
 
 
 def _perceiver(checkpoint: AdapterCheckpoint, prefix: str) -> tuple[int, int]:
@@ -648,7 +750,7 @@ def _layout(
     projection: str,
     width: int,
     num_tokens: int,
-    id_dim: int,
+    id_dim: int | None,
     **extra: Any,
 ) -> CheckpointLayout:
     source = checkpoint.source
@@ -694,16 +796,17 @@ def _layout(
 
 
 def _describe_projection(image_proj: Mapping[str, torch.Tensor]) -> str:
-    if "proj.weight" in image_proj:
-        return (
-            "its image projection is a single linear layer ('proj.weight'), the basic image IP-Adapter "
-            "(e.g. ip-adapter_sd15.bin), which needs a CLIP image embedding, not a face embedding"
-        )
     if "proj.3.weight" in image_proj:
-        return "its image projection ('proj.0/2/3') is the IP-Adapter Full-Face model, which reads CLIP image features"
+        return (
+            "its image projection ('proj.0/2/3') is the IP-Adapter Full-Face model (ip-adapter-full-face_sd15.bin), "
+            "which faceprompt does not support; use ip-adapter-plus-face-sd15 or a FaceID adapter"
+        )
     if "embeddings" in image_proj:
         return "its 'image_proj' holds face embeddings; it looks like an identity, not an adapter"
-    return f"its image projection has none of the FaceID keys (keys: {_names(list(image_proj))})"
+    return (
+        "its image projection has none of the FaceID or IP-Adapter keys ('proj.weight', 'latents', "
+        f"'perceiver_resampler.*', 'proj.0/2.weight' + 'norm.weight'; keys: {_names(list(image_proj))})"
+    )
 
 
 def _check_projection(checkpoint: AdapterCheckpoint, layout: CheckpointLayout) -> None:
@@ -718,6 +821,17 @@ def _check_projection(checkpoint: AdapterCheckpoint, layout: CheckpointLayout) -
 
 
 def _projection_phrase(layout: CheckpointLayout) -> str:
+    if layout.projection == "image":
+        return (
+            f"a plain IP-Adapter projection (CLIP image_embeds {layout.clip_embeddings_dim} -> "
+            f"{layout.num_tokens} x {layout.cross_attention_dim})"
+        )
+    if layout.projection == "image_resampler":
+        return (
+            f"an IP-Adapter Plus image resampler (CLIP hidden states {layout.clip_embeddings_dim} -> "
+            f"{layout.num_tokens} x {layout.cross_attention_dim}, width {layout.resampler_dim}, "
+            f"{layout.resampler_heads} heads, {layout.resampler_depth} layers)"
+        )
     if layout.projection == "mlp":
         sizes = f"id {layout.id_embeddings_dim} -> {layout.num_tokens} x {layout.cross_attention_dim}"
         return f"a FaceID MLP projection ({sizes})"
@@ -738,7 +852,8 @@ def _projection_phrase(layout: CheckpointLayout) -> str:
 
 
 def compatible_variants(layout: CheckpointLayout) -> list[AdapterVariant]:
-    """Registry variants whose published weights have this layout (e.g. Plus and PlusV2 for a Plus layout)."""
+    """Registry variants whose published weights have this layout (e.g. Plus and PlusV2 for a Plus layout, Plus
+    and Plus-Face for an SD1.5 image resampler)."""
     return [variant for variant in VARIANTS.values() if not _variant_conflicts(variant, layout)]
 
 
@@ -750,8 +865,14 @@ def _variant_conflicts(variant: AdapterVariant, layout: CheckpointLayout) -> lis
         conflicts.append(f"base {variant.base} vs {layout.base} (width {layout.cross_attention_dim})")
     if variant.num_tokens != layout.num_tokens:
         conflicts.append(f"{variant.num_tokens} vs {layout.num_tokens} tokens")
-    if layout.id_embeddings_dim != 512:
-        conflicts.append(f"face-embedding width 512 vs {layout.id_embeddings_dim}")
+    if variant.kind == "image" and layout.kind == "image":
+        if layout.clip_embeddings_dim != variant.clip_embeddings_dim:
+            conflicts.append(
+                f"CLIP feature width {variant.clip_embeddings_dim} ({variant.clip_encoder.name}) vs "
+                f"{layout.clip_embeddings_dim}"
+            )
+    elif variant.kind == layout.kind == "faceid" and layout.id_embeddings_dim != FACE_EMBEDDING_DIM:
+        conflicts.append(f"face-embedding width {FACE_EMBEDDING_DIM} vs {layout.id_embeddings_dim}")
     return conflicts
 
 
@@ -825,6 +946,18 @@ def build_projection(layout: CheckpointLayout) -> nn.Module:
             embedding_dim=layout.id_embeddings_dim,
             output_dim=layout.cross_attention_dim,
         )
+    if layout.projection == "image":
+        return ImageProjModel(layout.cross_attention_dim, layout.clip_embeddings_dim or 1024, layout.num_tokens)
+    if layout.projection == "image_resampler":
+        return ImageResampler(
+            dim=layout.resampler_dim or layout.cross_attention_dim,
+            depth=layout.resampler_depth or 4,
+            dim_head=DIM_HEAD,
+            heads=layout.resampler_heads or max(1, layout.cross_attention_dim // DIM_HEAD),
+            num_queries=layout.num_tokens,
+            embedding_dim=layout.clip_embeddings_dim or 1280,
+            output_dim=layout.cross_attention_dim,
+        )
     raise CheckpointError(f"unknown projection kind {layout.projection!r}")
 
 
@@ -884,7 +1017,8 @@ def validate_for_unet(checkpoint: AdapterCheckpoint, layout: CheckpointLayout, u
     if unet_width is not None and unet_width != width:
         raise CheckpointMismatchError(
             f"{source}: this adapter was made for {_base_label(width)} (cross-attention width {width}) but the "
-            f"pipeline's UNet is {_base_label(unet_width)}-like ({unet_width}). {_suggest_for(unet_width, width)}"
+            f"pipeline's UNet is {_base_label(unet_width)}-like ({unet_width}). "
+            f"{_suggest_for(unet_width, width, layout.kind)}"
         )
     sites = attention_sites(unet)
     cross_widths = {site.cross_attention_dim for site in sites if site.is_cross_attention}
@@ -925,11 +1059,12 @@ def _base_label(width: int) -> str:
     return _BASE_LABELS.get(width, f"a custom model (width {width})")
 
 
-def _suggest_for(unet_width: int, adapter_width: int) -> str:
-    matching = [v.name for v in VARIANTS.values() if v.cross_attention_dim == unet_width]
+def _suggest_for(unet_width: int, adapter_width: int, kind: str = "faceid") -> str:
+    matching = [v.name for v in VARIANTS.values() if v.cross_attention_dim == unet_width and v.kind == kind]
     if matching:
+        what = "FaceID adapter" if kind == "faceid" else "image IP-Adapter"
         return (
-            f"Use an {_BASE_LABELS[unet_width]} FaceID adapter ({', '.join(matching)}) or an "
+            f"Use an {_BASE_LABELS[unet_width]} {what} ({', '.join(matching)}) or an "
             f"{_base_label(adapter_width)} pipeline."
         )
     return f"Use an adapter made for this UNet (width {unet_width}) or a pipeline the adapter was made for."

@@ -1,4 +1,5 @@
-"""Projection models: a face embedding (and, for Plus, CLIP image features) -> image-prompt tokens.
+"""Projection models: a face embedding (and, for Plus, CLIP image features) or, for the plain IP-Adapters, CLIP
+image features alone -> image-prompt tokens.
 
 Parameter names follow the published checkpoints' ``image_proj`` layout exactly, so the reference state dicts
 load with a strict ``load_state_dict``. diffusers has equivalents for two of the three models, but with renamed
@@ -9,6 +10,7 @@ in the reference layout and makes Plus a pure function of its inputs.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -19,6 +21,8 @@ class FaceIDMLPProjection(nn.Module):
 
     Input ``[B, id_dim]`` -> ``[B, num_tokens, cross_attention_dim]``.
     """
+
+    prompt_kind: ClassVar[str] = "face"
 
     def __init__(self, cross_attention_dim: int, id_embeddings_dim: int = 512, num_tokens: int = 4):
         super().__init__()
@@ -33,6 +37,31 @@ class FaceIDMLPProjection(nn.Module):
 
     def forward(self, id_embeds: torch.Tensor) -> torch.Tensor:
         tokens = self.proj(id_embeds).reshape(-1, self.num_tokens, self.cross_attention_dim)
+        return self.norm(tokens)
+
+
+class ImageProjModel(nn.Module):
+    """Plain IP-Adapter: ``LayerNorm(Linear(image_embeds).reshape(N, C))`` (reference ``ImageProjModel``).
+
+    Input: the CLIP image encoder's projected ``image_embeds`` ``[B, D]`` (1024 for ViT-H, 1280 for bigG)
+    -> ``[B, num_tokens, cross_attention_dim]`` (4 tokens in every published checkpoint).
+    """
+
+    prompt_kind: ClassVar[str] = "image"
+
+    def __init__(self, cross_attention_dim: int, clip_embeddings_dim: int = 1024, num_tokens: int = 4):
+        super().__init__()
+        self.cross_attention_dim = cross_attention_dim
+        self.num_tokens = num_tokens
+        self.proj = nn.Linear(clip_embeddings_dim, num_tokens * cross_attention_dim)
+        self.norm = nn.LayerNorm(cross_attention_dim)
+
+    @property
+    def input_dim(self) -> int:
+        return self.proj.in_features
+
+    def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        tokens = self.proj(image_embeds).reshape(-1, self.num_tokens, self.cross_attention_dim)
         return self.norm(tokens)
 
 
@@ -108,6 +137,8 @@ class FaceIDPlusProjection(nn.Module):
     penultimate hidden states; PlusV2 (``shortcut=True``) returns ``x + scale * refined`` (``scale`` = ``s_scale``).
     """
 
+    prompt_kind: ClassVar[str] = "face"
+
     def __init__(
         self,
         cross_attention_dim: int,
@@ -143,8 +174,74 @@ class FaceIDPlusProjection(nn.Module):
         return tokens + scale * refined if shortcut else refined
 
 
-class PortraitResampler(_PerceiverLayers):
+class Resampler(_PerceiverLayers):
+    """The reference ``Resampler``: learned query ``latents`` ``[1, num_queries, dim]`` attend to the projected
+    input features (``apply_pos_emb=False``, ``num_latents_mean_pooled=0``, as in every published checkpoint).
+
+    ``forward(x [B, L, embedding_dim])`` -> ``[B, num_queries, output_dim]``; a ``[B, embedding_dim]`` input is one
+    feature per sample. Two published uses, as thin subclasses keeping the state-dict names:
+    :class:`ImageResampler` (IP-Adapter Plus: CLIP penultimate hidden states) and :class:`PortraitResampler`
+    (Portrait "unnorm": raw face embeddings).
+    """
+
+    #: What the tokens are made from: ``"face"`` (face embeddings) or ``"image"`` (CLIP image features).
+    prompt_kind: ClassVar[str] = "image"
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        dim_head: int,
+        heads: int,
+        num_queries: int,
+        embedding_dim: int,
+        output_dim: int,
+        ff_mult: int = 4,
+    ):
+        super().__init__(dim, depth, dim_head, heads, embedding_dim, output_dim, ff_mult)
+        self.num_tokens = num_queries
+        self.cross_attention_dim = output_dim
+        self.latents = nn.Parameter(torch.randn(1, num_queries, dim) / dim**0.5)
+
+    @property
+    def input_dim(self) -> int:
+        return self.proj_in.in_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if features.ndim == 2:
+            features = features[:, None, :]
+        latents = self.latents.repeat(features.shape[0], 1, 1)
+        return self.refine(latents, features)
+
+
+class ImageResampler(Resampler):
+    """IP-Adapter Plus / Plus-Face (reference ``Resampler`` in ``IPAdapterPlus``/``IPAdapterPlusXL``).
+
+    Reads the CLIP image encoder's penultimate hidden states ``[B, 257, 1280]`` (ViT-H). Published sizes: SD1.5
+    ``dim=768, heads=12, output_dim=768`` (the defaults); SDXL ``dim=1280, heads=20, output_dim=2048``; 16 queries,
+    4 layers, ``dim_head`` 64 for both.
+    """
+
+    prompt_kind: ClassVar[str] = "image"
+
+    def __init__(
+        self,
+        dim: int = 768,
+        depth: int = 4,
+        dim_head: int = 64,
+        heads: int = 12,
+        num_queries: int = 16,
+        embedding_dim: int = 1280,
+        output_dim: int = 768,
+        ff_mult: int = 4,
+    ):
+        super().__init__(dim, depth, dim_head, heads, num_queries, embedding_dim, output_dim, ff_mult)
+
+
+class PortraitResampler(Resampler):
     """Portrait-SDXL "unnorm": learned query latents attend to the raw face embeddings ``[B, n_faces, 512]``."""
+
+    prompt_kind: ClassVar[str] = "face"
 
     def __init__(
         self,
@@ -157,12 +254,12 @@ class PortraitResampler(_PerceiverLayers):
         output_dim: int = 2048,
         ff_mult: int = 4,
     ):
-        super().__init__(dim, depth, dim_head, heads, embedding_dim, output_dim, ff_mult)
-        self.num_tokens = num_queries
-        self.latents = nn.Parameter(torch.randn(1, num_queries, dim) / dim**0.5)
+        super().__init__(dim, depth, dim_head, heads, num_queries, embedding_dim, output_dim, ff_mult)
 
     def forward(self, id_embeds: torch.Tensor) -> torch.Tensor:
-        if id_embeds.ndim == 2:
-            id_embeds = id_embeds[:, None, :]
-        latents = self.latents.repeat(id_embeds.shape[0], 1, 1)
-        return self.refine(latents, id_embeds)
+        return super().forward(id_embeds)
+
+
+def is_image_projection(projection: nn.Module) -> bool:
+    """Whether ``projection`` makes tokens from CLIP image features (a plain/Plus IP-Adapter), not from faces."""
+    return getattr(projection, "prompt_kind", "face") == "image"

@@ -1,7 +1,9 @@
-"""Face embeddings (+ CLIP features) -> conditional and unconditional image-prompt tokens.
+"""Face embeddings (+ CLIP features), or style images, -> conditional and unconditional image-prompt tokens.
 
 The unconditional tokens follow the reference: the projection of a zero ID vector (and, for Plus, of the CLIP
-features of an all-zero *normalised* image, i.e. mean grey), never plain zeros.
+features of an all-zero *normalised* image, i.e. mean grey), never plain zeros. For the plain image IP-Adapters
+(:func:`image_prompt_tokens`): the projection of zero ``image_embeds`` (``IPAdapter.get_image_embeds``), and for
+IP-Adapter Plus the resampler over the hidden states of the all-zero pixel values (``IPAdapterPlus``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from PIL import Image
 
 from ..errors import AdapterError
 from .attention import AttachedAdapter
-from .projection import FaceIDPlusProjection, PortraitResampler
+from .projection import FaceIDPlusProjection, ImageProjModel, PortraitResampler, is_image_projection
+
 
 def as_embedding_tensor(faceid_embeds, *, multi_face: bool) -> torch.Tensor:
     """Validate ``faceid_embeds`` (``[B, d]``; Portrait also ``[B, n, d]``) and return a float tensor."""
@@ -48,6 +51,11 @@ def identity_tokens(
     Several faces per sample (Portrait) give ``n * num_tokens`` tokens: face 0's tokens, then face 1's, ...
     """
     projection = adapter.projection
+    if is_image_projection(projection):
+        raise AdapterError(
+            f"adapter {adapter.name!r} is an image IP-Adapter (it reads CLIP features of a style/content image, not "
+            "a face embedding): compute its tokens with image_prompt_tokens(adapter, image_encoder, images)"
+        )
     parameter = next(projection.parameters())
     embeds = faceid_embeds.to(device=parameter.device, dtype=parameter.dtype)
     expected = _id_dim(projection)
@@ -124,3 +132,92 @@ def clip_image_embeds(image_encoder: torch.nn.Module, pixel_values: torch.Tensor
     cond = image_encoder(pixels, output_hidden_states=True).hidden_states[-2]
     uncond = image_encoder(torch.zeros_like(pixels), output_hidden_states=True).hidden_states[-2]
     return cond, uncond
+
+
+@torch.no_grad()
+def image_prompt_tokens(
+    adapter: AttachedAdapter,
+    image_encoder: torch.nn.Module | None,
+    images,
+    *,
+    concat: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cond, uncond)`` tokens ``[B, T, C]`` of a plain image IP-Adapter for style/content ``images``.
+
+    Args:
+        adapter: an attached image IP-Adapter (``ip-adapter_sd15.bin``, ``ip-adapter-plus_sd15.bin``, ...).
+        image_encoder: the ``CLIPVisionModelWithProjection`` the adapter was trained with (ViT-H for every SD1.5
+            adapter and the SDXL ``*_vit-h`` ones, bigG for ``ip-adapter_sdxl.bin``).
+        images: one image or a list: PIL images (converted to RGB) or ``uint8 [H, W, 3]`` RGB arrays. They are
+            preprocessed like the reference (a default ``CLIPImageProcessor``: 224 px, centre crop).
+        concat: ``False``: one row per image (image ``i`` conditions sample ``i``, or all samples when there is
+            one). ``True``: all images make one prompt, their tokens concatenated (``[1, n * T, C]``), as diffusers
+            does for several images given to one adapter.
+
+    The plain IP-Adapter (``"image"``) projects the encoder's ``image_embeds``; its unconditional tokens are the
+    projection of ``zeros_like(image_embeds)``. IP-Adapter Plus (``"image_resampler"``) resamples
+    ``hidden_states[-2]``; its unconditional tokens come from the hidden states of ``zeros_like(pixel_values)``.
+
+    Raises:
+        AdapterError: a FaceID adapter, no or the wrong image encoder, or unusable images.
+    """
+    projection = adapter.projection
+    if not is_image_projection(projection):
+        raise AdapterError(
+            f"adapter {adapter.name!r} is a FaceID adapter: it takes face embeddings (identity_tokens), not style "
+            "images; attach an image IP-Adapter (e.g. 'ip-adapter-sd15') under another name for a style image"
+        )
+    if image_encoder is None:
+        raise AdapterError(
+            f"adapter {adapter.name!r} is an image IP-Adapter: it needs the CLIP image encoder it was trained with "
+            "(image_encoder=CLIPVisionModelWithProjection.from_pretrained('h94/IP-Adapter', "
+            "subfolder='models/image_encoder'); 'sdxl_models/image_encoder' for ip-adapter_sdxl.bin)"
+        )
+    pixel_values = clip_pixel_values(_rgb_images(images))
+    parameter = next(projection.parameters())
+    expected = projection.input_dim
+    if isinstance(projection, ImageProjModel):
+        encoder_parameter = next(image_encoder.parameters())
+        output = image_encoder(pixel_values.to(device=encoder_parameter.device, dtype=encoder_parameter.dtype))
+        features = getattr(output, "image_embeds", None)
+        if features is None:
+            raise AdapterError(
+                f"adapter {adapter.name!r} reads the projected CLIP image_embeds; the image encoder "
+                f"({type(image_encoder).__name__}) returns none: use CLIPVisionModelWithProjection"
+            )
+        uncond_features = torch.zeros_like(features)
+        what = "image_embeds"
+    else:
+        features, uncond_features = clip_image_embeds(image_encoder, pixel_values)
+        what = "hidden states"
+    if features.shape[-1] != expected:
+        raise AdapterError(
+            f"adapter {adapter.name!r} reads CLIP {what} of width {expected}, but the image encoder gives "
+            f"{features.shape[-1]}: use the encoder it was trained with (ViT-H: image_embeds 1024, hidden 1280; "
+            "bigG: image_embeds 1280, hidden 1664)"
+        )
+    cond = projection(features.to(device=parameter.device, dtype=parameter.dtype))
+    uncond = projection(uncond_features.to(device=parameter.device, dtype=parameter.dtype))
+    if concat:
+        cond = cond.reshape(1, -1, cond.shape[-1])
+        uncond = uncond.reshape(1, -1, uncond.shape[-1])
+    return cond, uncond
+
+
+def _rgb_images(images) -> list:
+    items = list(images) if isinstance(images, (list, tuple)) else [images]
+    if not items:
+        raise AdapterError("no style image given")
+    converted = []
+    for item in items:
+        if isinstance(item, Image.Image):
+            converted.append(item if item.mode == "RGB" else item.convert("RGB"))
+            continue
+        array = np.asarray(item)
+        if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+            raise AdapterError(
+                f"a style image must be a PIL image or a uint8 [H, W, 3] RGB array, got {array.dtype} "
+                f"{list(array.shape)}"
+            )
+        converted.append(array)
+    return converted

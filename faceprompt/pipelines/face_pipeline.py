@@ -20,7 +20,13 @@ from .. import __version__
 from ..adapters.attach import attach_adapter, detach_adapter, get_runtime
 from ..adapters.attention import AttachedAdapter, ImagePrompt
 from ..adapters.registry import HUB_REPO, IMAGE_ENCODER_REPO, IMAGE_ENCODER_SUBFOLDER, VARIANTS, AdapterVariant, get_variant
-from ..adapters.tokens import as_embedding_tensor, clip_image_embeds, clip_pixel_values, identity_tokens
+from ..adapters.tokens import (
+    as_embedding_tensor,
+    clip_image_embeds,
+    clip_pixel_values,
+    identity_tokens,
+    image_prompt_tokens,
+)
 from ..errors import AdapterError
 from ..identity import Identity
 
@@ -90,6 +96,8 @@ class FacePipeline:
         )
         self.image_encoder = image_encoder if image_encoder is not None else getattr(pipeline, "image_encoder", None)
         self.controlnet: torch.nn.Module | None = getattr(pipeline, "controlnet", None)
+        self.style_adapter: AttachedAdapter | None = None
+        self.style_image_encoder: torch.nn.Module | None = None
         self._task_pipelines: dict[str, Any] = {}
 
     @classmethod
@@ -196,6 +204,48 @@ class FacePipeline:
     def variant(self) -> AdapterVariant | None:
         return self.adapter.info["variant"]
 
+    def add_style_adapter(
+        self,
+        checkpoint: Any = "ip-adapter-plus-sd15",
+        *,
+        image_encoder: torch.nn.Module | None = None,
+        name: str = "style",
+        block_scales: Any = None,
+        cache_dir: str | None = None,
+        local_files_only: bool | None = None,
+    ) -> AttachedAdapter:
+        """Attach a plain IP-Adapter (image prompt) next to the identity, for style + identity generation.
+
+        ``block_scales`` takes diffusers' InstantStyle dict (e.g. SDXL ``{"up": {"block_0": [0.0, 1.0, 0.0]}}``:
+        style only, no layout). The CLIP encoder defaults to the identity adapter's when it fits, else the one the
+        variant names (ViT-H, or bigG for ``ip-adapter-sdxl``).
+        """
+        self.style_adapter = attach_adapter(
+            self.pipeline, checkpoint, name=name, block_scales=block_scales, cache_dir=cache_dir,
+            local_files_only=local_files_only,
+        )
+        variant = self.style_adapter.info["variant"]
+        self.style_image_encoder = image_encoder or self._shared_or_loaded_encoder(variant, cache_dir, local_files_only)
+        return self.style_adapter
+
+    def _shared_or_loaded_encoder(self, variant, cache_dir, local_files_only) -> torch.nn.Module | None:
+        width = self.style_adapter.info["layout"].clip_embeddings_dim
+        shared = self.image_encoder
+        if shared is not None and width in (shared.config.hidden_size, getattr(shared.config, "projection_dim", None)):
+            return shared
+        if variant is None:
+            return None  # a custom adapter: pass image_encoder=...
+        from transformers import CLIPVisionModelWithProjection
+
+        from .sources import Source, load_component
+
+        encoder_info = variant.image_encoder
+        source = Source(encoder_info.repo, "CLIP image encoder", encoder_info.subfolder)
+        return load_component(
+            CLIPVisionModelWithProjection, source, torch_dtype=self.pipeline.unet.dtype, cache_dir=cache_dir,
+            local_files_only=local_files_only,
+        ).to(self.pipeline.unet.device)
+
     def task_pipeline(self, task: str) -> Any:
         """The diffusers pipeline for ``task``, sharing this pipeline's components (and so its adapter)."""
         if task not in TASKS:
@@ -230,6 +280,8 @@ class FacePipeline:
         *,
         task: str | None = None,
         regions: Sequence[Region] | None = None,
+        style_image: Any = None,
+        style_scale: float = 1.0,
         start: float = 0.0,
         end: float = 1.0,
         **pipeline_kwargs: Any,
@@ -243,6 +295,8 @@ class FacePipeline:
 
         ``task``: ``"txt2img"``, ``"img2img"`` (``image``, ``strength``), ``"inpaint"`` (``image``, ``mask_image``),
         ``"controlnet"`` (``control_image``); by default inferred from those keywords.
+        ``style_image`` (with ``style_scale``) conditions on an image through the adapter of
+        :meth:`add_style_adapter`.
         ``regions`` puts several identities into one image, each within its mask. ``start``/``end`` limit the
         identity to a window of the denoising (0 = pure noise, 1 = done). Other keywords (``image``, ``strength``,
         ``mask_image``, ``control_image``, ...) go to the wrapped diffusers pipeline.
@@ -292,7 +346,8 @@ class FacePipeline:
         seeds = [base_seed + index for index in range(len(prompts) * num_images)]
         generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
         do_cfg = guidance_scale > 1.0 and getattr(self.pipeline.unet.config, "time_cond_proj_dim", None) is None
-        with get_runtime(self.pipeline).conditioning({self.adapter.name: image_prompts}, do_cfg):
+        prompts_by_adapter = {self.adapter.name: image_prompts, **self._style_prompts(style_image, style_scale)}
+        with get_runtime(self.pipeline).conditioning(prompts_by_adapter, do_cfg):
             output = pipeline(
                 prompt=prompts,
                 negative_prompt=negative_prompt,
@@ -307,6 +362,7 @@ class FacePipeline:
             negative_prompt=negative_prompt, scale=scale, s_scale=s_scale, shortcut=use_shortcut, start=start, end=end,
             guidance_scale=guidance_scale, num_inference_steps=num_inference_steps, width=width, height=height,
             regions=len(regions) if regions else 0, task=task, **_recordable(pipeline_kwargs),
+            **({"style_scale": style_scale, "style_adapter": self.style_adapter.info["source"]} if style_image is not None else {}),
         )
         metadata = [
             self._metadata(
@@ -373,6 +429,15 @@ class FacePipeline:
         return identity_tokens(
             self.adapter, embeds, clip_embeds=clip, uncond_clip_embeds=uncond_clip, shortcut=shortcut, s_scale=s_scale
         )
+
+    def _style_prompts(self, style_image: Any, style_scale: float) -> dict[str, list[ImagePrompt]]:
+        if style_image is None:
+            return {}
+        if self.style_adapter is None:
+            raise AdapterError("style_image needs a style adapter: call add_style_adapter('ip-adapter-plus-sd15') first")
+        _check_range("style_scale", style_scale, SCALE_RANGE)
+        cond, uncond = image_prompt_tokens(self.style_adapter, self.style_image_encoder, style_image)
+        return {self.style_adapter.name: [ImagePrompt(cond=cond, uncond=uncond, scale=style_scale)]}
 
     def _projection_kind(self) -> str:
         return self.adapter.info["layout"].projection

@@ -212,3 +212,30 @@ def test_denoising_window(adapter_file):
     assert not torch.allclose(early_only, zero, atol=1e-4)
     with pytest.raises(AdapterError, match="end=0.1 is out of range"):
         pipe("a photo", faceid_embeds=embeds, start=0.5, end=0.1, **STEPS)
+
+
+def test_style_image_and_identity_each_with_their_own_scale(adapter_file):
+    from PIL import Image
+
+    from faceprompt.testing.adapters import random_ip_adapter_state_dict
+
+    base = tiny_sd15_pipeline()
+    pipe = FacePipeline(base, str(adapter_file), lora="off")
+    encoder = tiny_clip_vision_model()
+    pipe.add_style_adapter(random_ip_adapter_state_dict(base.unet, "image", image_encoder=encoder, seed=3),
+                           image_encoder=encoder)
+    style = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    embeds = random_id_embeds(1)
+    identity_only = pipe("a photo", faceid_embeds=embeds, seed=0, **STEPS).images
+    no_style = pipe("a photo", faceid_embeds=embeds, style_image=style, style_scale=0.0, seed=0, **STEPS).images
+    both = pipe("a photo", faceid_embeds=embeds, style_image=style, style_scale=0.8, seed=0, num_images=2, **STEPS)
+    style_only = pipe("a photo", faceid_embeds=embeds, scale=0.0, style_image=style, seed=0, **STEPS).images
+    assert torch.allclose(no_style, identity_only, atol=1e-6)
+    assert not torch.allclose(both.images[:1], identity_only, atol=1e-4)
+    assert not torch.allclose(both.images[:1], style_only, atol=1e-4)
+    assert both.metadata[0]["style_scale"] == 0.8
+    with pytest.raises(AdapterError, match="style_scale=4.0 is out of range"):
+        pipe("a photo", faceid_embeds=embeds, style_image=style, style_scale=4.0, **STEPS)
+    plain = FacePipeline(tiny_sd15_pipeline(), str(adapter_file))
+    with pytest.raises(AdapterError, match="call add_style_adapter"):
+        plain("a photo", faceid_embeds=embeds, style_image=style, **STEPS)
