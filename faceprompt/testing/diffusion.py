@@ -14,7 +14,9 @@ What is kept faithful, because the IP-Adapter-FaceID code paths depend on it:
 - the VAEs downsample by 8, so 64x64 images map to 8x8 latents exactly as 512x512 map to 64x64 in SD 1.5;
 - the tokenizer is a byte-level BPE like CLIP's, with `model_max_length` 77, so any English prompt tokenizes;
 - the CLIP vision model returns `hidden_states` of shape `[B, 1 + num_patches, hidden_size]` like ViT-H's
-  `[B, 257, 1280]`.
+  `[B, 257, 1280]`;
+- the ControlNets are built from the tiny UNets with `ControlNetModel.from_unet` and take 64x64 control images;
+  the AnimateDiff motion adapter has the block widths and layers per block of `tiny_sd15_unet()`.
 
 Labelling: every model built here carries `TINY_MODEL_NOTICE` under the private config key `_faceprompt_tiny_notice`.
 Diffusers and transformers both write that key to `config.json` and restore it on `from_pretrained`, and diffusers
@@ -35,10 +37,12 @@ from pathlib import Path
 import torch
 from diffusers import (
     AutoencoderKL,
+    ControlNetModel,
     DDIMScheduler,
     DiffusionPipeline,
     EulerDiscreteScheduler,
     ModelMixin,
+    MotionAdapter,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
@@ -468,3 +472,109 @@ def is_tiny_model(
         models = [c for c in pipe_or_path.components.values() if isinstance(c, (ModelMixin, PreTrainedModel))]
         return any(is_tiny_model(model) for model in models)
     return getattr(pipe_or_path.config, _TINY_CONFIG_KEY, None) == TINY_MODEL_NOTICE
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# ControlNet and AnimateDiff
+# --------------------------------------------------------------------------------------------------------------------
+
+# Four conditioning blocks with three stride-2 convolutions: a 64x64 control image becomes an 8x8 feature map, the
+# size of the tiny latents (SD 1.5's (16, 32, 96, 256) does the same to 512x512 images).
+TINY_CONTROLNET_CONDITIONING_CHANNELS = (8, 16, 32, 32)
+
+# Motion adapter settings. The block widths and motion layers per block must equal the 2-D UNet's
+# (`tiny_sd15_unet()`: block_out_channels (32, 64, 64), layers_per_block 2), as for AnimateDiff on SD 1.5.
+TINY_MOTION_BLOCK_OUT_CHANNELS = (32, 64, 64)
+TINY_MOTION_LAYERS_PER_BLOCK = 2
+TINY_MOTION_NORM_NUM_GROUPS = 8
+TINY_MOTION_NUM_ATTENTION_HEADS = 8  # as in the published motion adapters
+TINY_MOTION_MAX_SEQ_LENGTH = 32  # frames, as in the published motion adapters
+
+
+@torch.no_grad()
+def _randomize_control_paths(controlnet: ControlNetModel, std: float = 0.05) -> None:
+    """Make a fresh ControlNet's output depend on the control image, as a trained one does.
+
+    `ControlNetModel` starts its conditioning output and every residual projection at zero, so an untrained
+    ControlNet changes nothing whatever the control image, and tests could not tell whether it is wired in. The
+    zero-initialised layers get N(0, std) weights, and the conditioning encoder's convolutions He initialisation:
+    with PyTorch's default initialisation eight stacked convolutions shrink the signal about a hundredfold, and
+    two different control images would give almost the same result.
+    """
+    embedding = controlnet.controlnet_cond_embedding
+    for conv in (embedding.conv_in, *embedding.blocks):
+        torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+        conv.bias.zero_()
+    for conv in (embedding.conv_out, *controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block):
+        conv.weight.normal_(0.0, 2 * std if conv is embedding.conv_out else std)
+        conv.bias.normal_(0.0, std)
+
+
+def _tiny_controlnet_from(unet: UNet2DConditionModel, seed: int) -> ControlNetModel:
+    from ..pipelines.video import base_unet  # diffusers cannot copy a UNet with faceprompt's adapter attached
+
+    unet = base_unet(unet)
+    with _seeded(seed):
+        controlnet = ControlNetModel.from_unet(
+            unet, conditioning_embedding_out_channels=TINY_CONTROLNET_CONDITIONING_CHANNELS
+        )
+        _randomize_control_paths(controlnet)
+    _tag_tiny(controlnet)
+    return controlnet.eval()
+
+
+def tiny_controlnet(unet: UNet2DConditionModel | None = None, seed: int = 0) -> ControlNetModel:
+    """A ControlNet for `tiny_sd15_unet()` (or `unet`), taking 64x64 control images.
+
+    Like a ControlNet before training, the encoder is a copy of the UNet's (`ControlNetModel.from_unet`); unlike
+    one, its zero-initialised output convolutions get small random weights, so the control image changes the
+    result noticeably. A UNet with an identity adapter attached is copied as it is without the adapter
+    (`faceprompt.pipelines.video.base_unet`; diffusers' strict copy would fail on the adapter's weights).
+
+    Use it with `StableDiffusionControlNetPipeline(**tiny_sd15_pipeline().components, controlnet=...)`.
+    """
+    return _tiny_controlnet_from(tiny_sd15_unet(seed) if unet is None else unet, seed)
+
+
+def tiny_sdxl_controlnet(unet: UNet2DConditionModel | None = None, seed: int = 0) -> ControlNetModel:
+    """A ControlNet for `tiny_sdxl_unet()` (or `unet`), taking 64x64 control images; see `tiny_controlnet`.
+
+    Use it with `StableDiffusionXLControlNetPipeline(**tiny_sdxl_pipeline().components, controlnet=...)`.
+    """
+    return _tiny_controlnet_from(tiny_sdxl_unet(seed) if unet is None else unet, seed)
+
+
+def tiny_motion_adapter(seed: int = 0) -> MotionAdapter:
+    """An AnimateDiff motion adapter for `tiny_sd15_unet()`, with random weights.
+
+    `AnimateDiffPipeline(vae=..., text_encoder=..., tokenizer=..., unet=tiny_sd15_unet(), motion_adapter=...,
+    scheduler=...)` (for instance with the components of `tiny_sd15_pipeline()`) builds a `UNetMotionModel` from
+    the two and generates 64x64 videos of up to `TINY_MOTION_MAX_SEQ_LENGTH` frames.
+    """
+    with _seeded(seed):
+        adapter = MotionAdapter(
+            block_out_channels=TINY_MOTION_BLOCK_OUT_CHANNELS,
+            motion_layers_per_block=TINY_MOTION_LAYERS_PER_BLOCK,
+            motion_norm_num_groups=TINY_MOTION_NORM_NUM_GROUPS,
+            motion_num_attention_heads=TINY_MOTION_NUM_ATTENTION_HEADS,
+            motion_max_seq_length=TINY_MOTION_MAX_SEQ_LENGTH,
+            use_motion_mid_block=True,
+        )
+    _tag_tiny(adapter)
+    return adapter.eval()
+
+
+def save_tiny_controlnet(path: str | os.PathLike, seed: int = 0) -> Path:
+    """Save `tiny_controlnet(seed=seed)` as a diffusers model folder, with the tiny-model marker."""
+    path = Path(path)
+    tiny_controlnet(seed=seed).save_pretrained(path)
+    _write_marker(path, "controlnet")
+    return path
+
+
+def save_tiny_motion_adapter(path: str | os.PathLike, seed: int = 0) -> Path:
+    """Save `tiny_motion_adapter(seed)` as a diffusers model folder, with the tiny-model marker."""
+    path = Path(path)
+    tiny_motion_adapter(seed).save_pretrained(path)
+    _write_marker(path, "motion_adapter")
+    return path
