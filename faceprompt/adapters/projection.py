@@ -256,9 +256,6 @@ class PortraitResampler(Resampler):
     ):
         super().__init__(dim, depth, dim_head, heads, num_queries, embedding_dim, output_dim, ff_mult)
 
-    def forward(self, id_embeds: torch.Tensor) -> torch.Tensor:
-        return super().forward(id_embeds)
-
 
 def is_image_projection(projection: nn.Module) -> bool:
     """Whether ``projection`` makes tokens from CLIP image features (a plain/Plus IP-Adapter), not from faces."""
