@@ -289,7 +289,9 @@ def run_generate(args: argparse.Namespace) -> int:
             progress.remove_task(steps)
             progress.advance(overall)
             stdout.print(f"wrote {png} (+ {sidecar.name})", highlight=False)
-    if face.pipeline.unet.config.get("_faceprompt_tiny_notice"):
+    from .pipelines.face_pipeline import tiny_model_notice
+
+    if tiny_model_notice(face.pipeline):
         stderr.print("note: --model tiny uses random test models: the images are noise by design")
     return 0
 

@@ -471,10 +471,15 @@ class FacePipeline:
         ]
         if described:
             record["identity"] = described[0] if len(described) == 1 else described
-        notice = self.pipeline.unet.config.get(TINY_MODEL_CONFIG_KEY)
+        notice = tiny_model_notice(self.pipeline)
         if notice:
             record["notice"] = notice  # outputs of faceprompt.testing's tiny random models say so
         return record
+
+
+def tiny_model_notice(pipeline: Any) -> str | None:
+    """The label of faceprompt.testing's tiny random models when ``pipeline`` runs on them, else ``None``."""
+    return pipeline.unet.config.get(TINY_MODEL_CONFIG_KEY)
 
 
 def _per_prompt(embeds: torch.Tensor, num_prompts: int, what: str) -> torch.Tensor:

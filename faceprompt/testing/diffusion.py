@@ -59,11 +59,13 @@ from transformers import (
     PreTrainedModel,
 )
 
+from ..pipelines.face_pipeline import TINY_MODEL_CONFIG_KEY
+
 TINY_MODEL_NOTICE = "tiny randomly initialised test model: outputs are noise by design"
 TINY_MODEL_MARKER = "faceprompt_tiny.json"
 
 # Private config key (leading underscore: diffusers keeps it in the config without passing it to `__init__`).
-_TINY_CONFIG_KEY = "_faceprompt_tiny_notice"
+_TINY_CONFIG_KEY = TINY_MODEL_CONFIG_KEY  # pipelines read this key to label what tiny models produce
 
 CLIP_MAX_LENGTH = 77
 BOS_TOKEN = "<|startoftext|>"
