@@ -87,3 +87,24 @@ def test_analyze_files_keeps_order_and_reports_bad_files(dlib_analyzer, astronau
     one = list(dlib_analyzer.analyze_files([group_path], workers=1))[0]
     two = list(dlib_analyzer.analyze_files([astronaut_path, group_path], workers=2, batch_size=1))[1]
     assert np.allclose(one.faces[0].embedding, two.faces[0].embedding, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "count, batch_size, workers, split, sizes",
+    [
+        (0, 8, 2, True, []),
+        (1, 8, 2, True, [1]),
+        (8, 8, 1, False, [8]),
+        (8, 8, 2, False, [8]),
+        (8, 8, 2, True, [4, 4]),
+        (20, 8, 2, False, [5, 5, 5, 5]),
+        (10, 8, 1, False, [8, 2]),
+    ],
+)
+def test_file_batches_are_even_across_workers(count, batch_size, workers, split, sizes):
+    from faceprompt.faces.analyzer import _plan_file_batches
+
+    paths = [f"{i}.png" for i in range(count)]
+    batches = _plan_file_batches(paths, batch_size, workers, split_single_batch=split)
+    assert [len(batch) for batch in batches] == sizes
+    assert [p for batch in batches for p in batch] == paths  # order kept
