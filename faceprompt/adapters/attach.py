@@ -250,5 +250,7 @@ def _fuse(unet: nn.Module, adapter: AttachedAdapter, sign: float) -> None:
         layer = adapter.layers[site.index]
         attention = unet.get_submodule(site.module_name)
         for linear, lora in layer.lora_pairs(attention):
-            delta = lora.delta_weight().to(device=linear.weight.device, dtype=torch.float32)
-            linear.weight.copy_((linear.weight.float() + sign * adapter.lora_scale * delta).to(linear.weight.dtype))
+            weight = linear.weight.float()  # the parameter itself when fp32; half weights accumulate in fp32
+            weight.addmm_(lora.up.weight.to(weight), lora.down.weight.to(weight), alpha=sign * adapter.lora_scale)
+            if weight is not linear.weight:
+                linear.weight.copy_(weight)
