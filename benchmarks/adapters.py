@@ -59,21 +59,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchmarks._machine import cpu_model, usable_cores
+from faceprompt.testing.full_size import FULL_SIZE_UNET_CONFIGS
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: The issue's goals.
 GOAL_STEP_OVERHEAD = 0.03  # identity conditioning costs <= 3% over the bare UNet step
 GOAL_ATTACH_S = 1.0  # attaching a full-size FaceID checkpoint (LoRA fused) takes <= 1 s
 
-SD15_UNET = dict(
-    sample_size=64,
-    cross_attention_dim=768,
-    block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    attention_head_dim=8,
-    layers_per_block=2,
-)
+SD15_UNET = FULL_SIZE_UNET_CONFIGS["sd15"]
 BATCH = 2  # classifier-free guidance: [uncond; cond]
 TEXT_TOKENS = 77
 TIMESTEP = 500
@@ -81,23 +76,6 @@ FACEID_FILE = "ip-adapter-faceid_sd15"  # the published name, so that the varian
 
 
 # --- machine ---------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def machine_info() -> dict[str, str]:

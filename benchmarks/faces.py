@@ -44,6 +44,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from benchmarks._machine import cpu_model, usable_cores
 from faceprompt.faces import FaceAnalyzer
 from faceprompt.faces.align import align_face
 from faceprompt.faces.face import laplacian_blur_score
@@ -57,23 +58,6 @@ STANDIN_LABEL = "insightface (stand-in models, random weights)"
 
 
 # --- machine ---------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def machine_info() -> dict[str, str]:

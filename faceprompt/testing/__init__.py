@@ -24,9 +24,12 @@ from .diffusion import (
     tiny_sdxl_pipeline,
     tiny_sdxl_unet,
 )
+from .full_size import FULL_SIZE_UNET_CONFIGS, full_size_unet
 from .insightface_models import STANDIN_NOTICE, write_standin_insightface_pack
 
 __all__ = [
+    "FULL_SIZE_UNET_CONFIGS",
+    "full_size_unet",
     "STANDIN_NOTICE",
     "TINY_MODEL_NOTICE",
     "is_tiny_model",

@@ -46,31 +46,7 @@ from faceprompt.errors import (
     UnsafeCheckpointError,
 )
 from faceprompt.identity import Identity
-from faceprompt.testing import populate_hf_cache, tiny_sd15_unet, tiny_sdxl_unet
-
-SD15_CONFIG = dict(
-    sample_size=64,
-    block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=768,
-    attention_head_dim=8,
-    layers_per_block=2,
-)
-SDXL_CONFIG = dict(
-    sample_size=128,
-    block_out_channels=(320, 640, 1280),
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    transformer_layers_per_block=(1, 2, 10),
-    cross_attention_dim=2048,
-    attention_head_dim=(5, 10, 20),
-    use_linear_projection=True,
-    addition_embed_type="text_time",
-    addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-    layers_per_block=2,
-)
+from faceprompt.testing import full_size_unet, populate_hf_cache, tiny_sd15_unet, tiny_sdxl_unet
 
 # variant -> (projection factory, base, LoRA rank) as published (spec §1-§4).
 PUBLISHED = {
@@ -116,8 +92,7 @@ EXPECTED_LAYOUT = {
 
 @pytest.fixture(scope="module")
 def meta_unets() -> dict[str, UNet2DConditionModel]:
-    with torch.device("meta"):
-        return {"sd15": UNet2DConditionModel(**SD15_CONFIG), "sdxl": UNet2DConditionModel(**SDXL_CONFIG)}
+    return {"sd15": full_size_unet("sd15"), "sdxl": full_size_unet("sdxl")}
 
 
 @pytest.fixture(scope="module")

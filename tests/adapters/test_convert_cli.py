@@ -5,7 +5,6 @@ import pathlib
 import huggingface_hub.constants
 import pytest
 import torch
-from diffusers import UNet2DConditionModel
 from safetensors import safe_open
 
 from faceprompt.adapters.checkpoint import load_checkpoint
@@ -13,7 +12,7 @@ from faceprompt.adapters.layers import attention_sites, build_adapter_layers
 from faceprompt.adapters.projection import FaceIDMLPProjection
 from faceprompt.adapters.registry import HUB_REPO
 from faceprompt.cli import main
-from faceprompt.testing import populate_hf_cache, tiny_sd15_unet
+from faceprompt.testing import full_size_unet, populate_hf_cache, tiny_sd15_unet
 
 
 @pytest.fixture()
@@ -41,18 +40,10 @@ def custom_state() -> dict[str, dict[str, torch.Tensor]]:
 @pytest.fixture(scope="module")
 def portrait_sd15_state() -> dict[str, dict[str, torch.Tensor]]:
     """The published Portrait-SD1.5 names and shapes, each tensor a stride-0 view of one fp16 value."""
-    config = dict(
-        block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=768,
-        attention_head_dim=8,
-        layers_per_block=2,
-    )
     with torch.device("meta"):
         state = {
             "image_proj": FaceIDMLPProjection(768, 512, 16).state_dict(),
-            "ip_adapter": build_adapter_layers(attention_sites(UNet2DConditionModel(**config)), None).state_dict(),
+            "ip_adapter": build_adapter_layers(attention_sites(full_size_unet("sd15")), None).state_dict(),
         }
     return {
         section: {key: torch.full((1,), 0.25, dtype=torch.float16).expand(t.shape) for key, t in tensors.items()}

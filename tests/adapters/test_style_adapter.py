@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import UNet2DConditionModel
 from PIL import Image
 from safetensors import safe_open
 from transformers import CLIPImageProcessorPil
@@ -31,32 +30,14 @@ from faceprompt.adapters.projection import ImageProjModel, ImageResampler, Portr
 from faceprompt.adapters.registry import HUB_REPO, IP_ADAPTER_REPO, VARIANTS, get_variant
 from faceprompt.adapters.tokens import identity_tokens, image_prompt_tokens
 from faceprompt.errors import AdapterError, CheckpointError, CheckpointMismatchError, ModelFilesMissingError
-from faceprompt.testing import populate_hf_cache, tiny_clip_vision_model, tiny_sd15_pipeline, tiny_sdxl_pipeline
+from faceprompt.testing import (
+    full_size_unet,
+    populate_hf_cache,
+    tiny_clip_vision_model,
+    tiny_sd15_pipeline,
+    tiny_sdxl_pipeline,
+)
 from faceprompt.testing.adapters import random_faceid_state_dict, random_id_embeds, random_ip_adapter_state_dict
-
-SD15_CONFIG = dict(
-    sample_size=64,
-    block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=768,
-    attention_head_dim=8,
-    layers_per_block=2,
-)
-SDXL_CONFIG = dict(
-    sample_size=128,
-    block_out_channels=(320, 640, 1280),
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    transformer_layers_per_block=(1, 2, 10),
-    cross_attention_dim=2048,
-    attention_head_dim=(5, 10, 20),
-    use_linear_projection=True,
-    addition_embed_type="text_time",
-    addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-    layers_per_block=2,
-)
 
 
 def image_proj_model_shapes(width, clip_dim, tokens=4):
@@ -98,8 +79,7 @@ RUN = dict(num_inference_steps=2, height=64, width=64, output_type="latent", gui
 
 @pytest.fixture(scope="module")
 def meta_unets():
-    with torch.device("meta"):
-        return {"sd15": UNet2DConditionModel(**SD15_CONFIG), "sdxl": UNet2DConditionModel(**SDXL_CONFIG)}
+    return {"sd15": full_size_unet("sd15"), "sdxl": full_size_unet("sdxl")}
 
 
 @pytest.fixture(scope="module")
