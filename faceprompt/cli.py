@@ -1,4 +1,4 @@
-"""Command line: ``faceprompt analyze | identity create | identity show | generate | convert | demo``.
+"""Command line: ``faceprompt analyze | identity create | identity show | generate | convert | prepare | train | demo``.
 
 Exit codes: 0 success, 2 bad input (an unreadable photo, no face, a damaged file, ...): the message on stderr
 names the file and what was wrong. ``analyze`` keeps going over the other files and exits 2 at the end.
@@ -21,6 +21,9 @@ from . import __version__
 from .errors import FacepromptError
 
 EXIT_BAD_INPUT = 2
+
+#: The motion adapter `--task video` loads when none is named (AnimateDiff v1.5-2, for SD1.5 bases).
+MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-2"
 
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
@@ -87,21 +90,38 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--image-encoder", help="CLIP ViT-H image encoder for Plus variants")
     generate.add_argument("--controlnet", help="ControlNet for --task controlnet")
     generate.add_argument("--model", choices=["tiny"], help="tiny: the offline random test models (images are noise)")
-    generate.add_argument("--task", choices=["txt2img", "img2img", "inpaint", "controlnet"], help="default: inferred")
+    generate.add_argument(
+        "--task", choices=["txt2img", "img2img", "inpaint", "controlnet", "video"], help="default: inferred"
+    )
     generate.add_argument("--image", help="init image (img2img, inpaint)")
     generate.add_argument("--mask", help="inpainting mask (white = repaint)")
     generate.add_argument("--control-image", help="pose/depth/canny image for --task controlnet")
     generate.add_argument("--strength", type=float, help="img2img/inpaint strength in (0, 1]")
+    generate.add_argument("--style-image", help="an image whose style to follow (plain IP-Adapter next to the identity)")
+    generate.add_argument("--style-adapter", default="ip-adapter-plus-sd15", help="style adapter: registry name or file")
+    generate.add_argument("--style-scale", type=float, default=0.6, help="style weight (default 0.6)")
+    generate.add_argument("--motion-adapter", help=f"AnimateDiff motion adapter for --task video (default {MOTION_ADAPTER})")
+    generate.add_argument("--num-frames", type=int, default=16, help="frames per video (default 16)")
+    generate.add_argument("--fps", type=float, default=8, help="video frames per second (default 8)")
+    generate.add_argument("--video-format", choices=["gif", "mp4", "both"], default="both", help="default: both")
+    generate.add_argument(
+        "--fast", nargs="?", const="lcm-lora", choices=["lcm-lora", "lightning", "hyper-sd"],
+        help="4-8 step generation with a distillation LoRA (default lcm-lora; lightning is SDXL only)",
+    )
     generate.add_argument("--scale", type=float, default=1.0, help="identity weight (default 1.0)")
     generate.add_argument("--s-scale", type=float, default=1.0, help="PlusV2 face-structure weight (default 1.0)")
     generate.add_argument("--num-images", type=int, default=1, help="images per prompt")
     generate.add_argument("--seed", type=int, help="seed of the first image; image k uses seed + k (default: random)")
-    generate.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
-    generate.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    generate.add_argument("--steps", type=int, help="denoising steps (default 30; the fast mode's with --fast)")
+    generate.add_argument("--guidance", type=float, help="guidance scale (default 7.5; the fast mode's with --fast)")
     generate.add_argument("--size", default=None, help="WxH, multiples of 8 (default: the model's)")
     generate.add_argument("--scheduler", help="ddim, dpm++2m, dpm++2m-karras, euler, euler-a, unipc, pndm, lcm")
     generate.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
     generate.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    generate.add_argument("--offload", action="store_true", help="model CPU offload to the GPU --device: less GPU memory")
+    generate.add_argument("--vae-tiling", action="store_true", help="decode in tiles (large images, less memory)")
+    generate.add_argument("--vae-slicing", action="store_true", help="decode one image at a time (less memory)")
+    generate.add_argument("--compile", action="store_true", help="torch.compile the UNet (the first image is slower)")
     generate.add_argument("--out", default="outputs", help="output folder (existing files are never overwritten)")
     generate.add_argument("--backend", default="auto", choices=["auto", "insightface", "dlib"], help="face backend for --face")
     generate.add_argument("--model-root", help="insightface model root for --face")
@@ -115,6 +135,35 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--cache-dir", help="Hugging Face cache folder for registry names and Hub files")
     convert.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     convert.set_defaults(handler=run_convert)
+
+    prepare = commands.add_parser("prepare", help="turn folders of portraits into a sharded training data set")
+    prepare.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or folders (searched recursively)")
+    prepare.add_argument("--out", required=True, metavar="DIR", help="data-set folder: new, or one to resume")
+    prepare.add_argument("--manifest", metavar="FILE", help=".jsonl/.parquet with path (+ caption, identity) columns")
+    prepare.add_argument("--min-resolution", type=int, help="minimum shorter image side, px (default 1024)")
+    prepare.add_argument("--min-face-size", type=float, help="minimum shorter face-box side, px (default 128)")
+    prepare.add_argument("--blur-threshold", type=float, help="minimum face blur score (default 40)")
+    prepare.add_argument("--crops", help="framings as NAME=FACE_PROPORTION (default closeup=2,halfbody=4,fullbody=8)")
+    prepare.add_argument("--segment", action="store_true", help="also keep the face crop without background")
+    prepare.add_argument("--shard-size", type=int, help="images per shard (default 1000)")
+    prepare.add_argument("--engine", choices=["local", "ray"], default="local", help="local processes or Ray Data")
+    prepare.add_argument("--workers", type=int, default=1, help="processes or Ray tasks at once (default 1)")
+    prepare.add_argument("--backend", default="auto", choices=["auto", "insightface", "dlib"], help="face backend")
+    prepare.add_argument("--model-root", help="insightface model root (the folder containing models/<pack>/)")
+    prepare.set_defaults(handler=run_prepare)
+
+    train = commands.add_parser("train", help="train a FaceID adapter (accelerate; `accelerate launch` for many GPUs)")
+    train.add_argument("--config", metavar="FILE", help="YAML training configuration (see examples/)")
+    train.add_argument("--resume", metavar="DIR|latest", help="continue from a checkpoint folder, or the newest one")
+    train.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (overrides the config)")
+    train.set_defaults(handler=run_train)
+    train_commands = train.add_subparsers(title="train")
+    export = train_commands.add_parser("export", help="write a training checkpoint's adapter as .bin or .safetensors")
+    export.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoints/checkpoint-N folder, or a run folder (newest)")
+    export.add_argument("--out", required=True, metavar="FILE", help="adapter file to write (.safetensors or .bin)")
+    export.add_argument("--ema", action="store_true", help="export the EMA weights (runs trained with ema: true)")
+    export.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    export.set_defaults(handler=run_train_export)
 
     demo = commands.add_parser("demo", help="offline demo on the sample photos shipped in installed packages")
     demo.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
@@ -254,7 +303,6 @@ def run_generate(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from .identity import Identity
-    from .pipelines.outputs import save_image
 
     width, height = _parse_size(args.size)
     if args.identity:
@@ -265,30 +313,34 @@ def run_generate(args: argparse.Namespace) -> int:
         analyzer = FaceAnalyzer(args.backend, model_root=args.model_root)
         stderr.print(f"face backend: [bold]{analyzer.backend_name}[/] ({analyzer.face_model})", highlight=False)
         identity = Identity.from_images(args.face, analyzer)
+    video = args.task == "video"
     face = _load_face_pipeline(args, identity)
     face.pipeline.set_progress_bar_config(disable=True)
     options = {
         "image": _open_image(args.image), "mask_image": _open_image(args.mask, "L"),
         "control_image": _open_image(args.control_image), "strength": args.strength,
+        "style_image": _open_image(args.style_image), "num_frames": args.num_frames if video else None,
     }
     options = {key: value for key, value in options.items() if value is not None}
+    if args.style_image:
+        options["style_scale"] = args.style_scale
     seed = args.seed if args.seed is not None else random.randrange(2**31)
     jobs = [(prompt, seed + index) for index, prompt in enumerate(p for p in args.prompt for _ in range(args.num_images))]
     out = Path(args.out)
     with Progress(console=stderr) as progress:
-        overall = progress.add_task("images", total=len(jobs))
+        overall = progress.add_task("videos" if video else "images", total=len(jobs))
         for prompt, image_seed in jobs:
-            steps = progress.add_task(f"seed {image_seed}", total=args.steps)
+            steps = progress.add_task(f"seed {image_seed}", total=args.steps or _default_steps(face))
             result = face(
                 prompt, negative_prompt=args.negative, identity=identity, scale=args.scale, s_scale=args.s_scale,
                 seed=image_seed, guidance_scale=args.guidance, num_inference_steps=args.steps, width=width,
                 height=height, task=args.task,
                 callback_on_step_end=_advance(progress, steps), **options,
             )
-            png, sidecar = save_image(result.images[0], result.metadata[0], out / f"faceprompt-{image_seed}.png")
+            written = _write_output(result, out / f"faceprompt-{image_seed}", args)
             progress.remove_task(steps)
             progress.advance(overall)
-            stdout.print(f"wrote {png} (+ {sidecar.name})", highlight=False)
+            stdout.print(f"wrote {', '.join(str(path) for path in written)}", highlight=False)
     from .pipelines.face_pipeline import tiny_model_notice
 
     if tiny_model_notice(face.pipeline):
@@ -296,18 +348,59 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_output(result, stem: Path, args: argparse.Namespace) -> list[Path]:
+    """The image as PNG + JSON sidecar, or the video as GIF and/or MP4 + JSON sidecar."""
+    from .pipelines.outputs import save_image, save_video_files
+
+    if args.task == "video":
+        formats = ("gif", "mp4") if args.video_format == "both" else (args.video_format,)
+        return save_video_files(result.images[0], result.metadata[0], stem, formats=formats, fps=args.fps)
+    return list(save_image(result.images[0], result.metadata[0], stem.with_suffix(".png")))
+
+
+def _default_steps(face) -> int:
+    from .pipelines.face_pipeline import DEFAULT_STEPS
+
+    return face.fast_mode.num_inference_steps if face.fast_mode else DEFAULT_STEPS
+
+
 def _load_face_pipeline(args: argparse.Namespace, identity):
     import torch
 
     from .pipelines import FacePipeline
 
+    if args.offload and torch.device(args.device).type == "cpu":
+        raise FacepromptError("--offload moves models between the CPU and a GPU: pass --device cuda (or mps, xpu)")
     if args.model == "tiny":
         projection = "plus" if "plus" in args.adapter else "mlp"
-        return FacePipeline.tiny(projection=projection, id_embeddings_dim=identity.embedding_dim)
-    return FacePipeline.from_pretrained(
+        face = FacePipeline.tiny(
+            projection=projection, id_embeddings_dim=identity.embedding_dim, fast=args.fast,
+            style_adapter=args.style_image is not None,
+        )
+        _apply_memory_options(face, args)
+        return face
+    motion_adapter = args.motion_adapter or (MOTION_ADAPTER if args.task == "video" else None)
+    face = FacePipeline.from_pretrained(
         args.base, args.adapter, vae=args.vae, image_encoder=args.image_encoder, controlnet=args.controlnet,
-        torch_dtype=getattr(torch, args.dtype), device=args.device, variant=args.variant, scheduler=args.scheduler,
+        motion_adapter=motion_adapter, torch_dtype=getattr(torch, args.dtype),
+        device="cpu" if args.offload else args.device, variant=args.variant, scheduler=args.scheduler, fast=args.fast,
     )
+    if args.style_image:
+        face.add_style_adapter(args.style_adapter)
+    _apply_memory_options(face, args)
+    return face
+
+
+def _apply_memory_options(face, args: argparse.Namespace) -> None:
+    """Offload last: after every adapter is attached (FacePipeline.enable_model_cpu_offload)."""
+    if args.vae_tiling:
+        face.enable_vae_tiling()
+    if args.vae_slicing:
+        face.enable_vae_slicing()
+    if args.compile:
+        face.compile()
+    if args.offload:
+        face.enable_model_cpu_offload(args.device)
 
 
 def _advance(progress, task_id):
@@ -385,6 +478,65 @@ def run_convert(args: argparse.Namespace) -> int:
     if variant is not None and ambiguous and output.suffix.lower() == ".bin" and output.name != variant.weight_name:
         stderr.print(f"note: a .bin keeps no metadata; load it with variant={variant.name!r} (or --variant) to keep "
                      f"it {variant.name}", highlight=False, markup=False)
+    return 0
+
+
+# --- prepare --------------------------------------------------------------------------------------
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from .training.prepare import parse_crops, prepare_dataset
+
+    if not args.inputs and not args.manifest:
+        raise FacepromptError("give image files or folders to prepare, or --manifest FILE")
+    options = {
+        "min_resolution": args.min_resolution, "min_face_size": args.min_face_size,
+        "blur_threshold": args.blur_threshold, "shard_size": args.shard_size,
+        "crops": parse_crops(args.crops) if args.crops else None,
+    }
+    dataset = prepare_dataset(
+        args.inputs, args.out, manifest=args.manifest, segment=args.segment, backend=args.backend,
+        model_root=args.model_root, engine=args.engine, workers=args.workers,
+        **{key: value for key, value in options.items() if value is not None},
+    )
+    summary = dataset.summary
+    table = Table(title=f"{summary['seen']} images seen in {summary['elapsed_s']:.1f} s")
+    table.add_column("result")
+    table.add_column("images", justify="right")
+    table.add_row("kept", str(summary["kept"]))
+    for reason, count in summary["rejected"].items():
+        table.add_row(f"rejected: {reason.replace('_', ' ')}", str(count))
+    stdout.print(table)
+    stdout.print(f"data set written to {args.out} ({len(dataset)} records in {len(dataset.info['shards'])} shard(s), "
+                 f"{dataset.info['face_model']} embeddings; rejections in shards/*/rejected.jsonl)", highlight=False)
+    return 0
+
+
+# --- train ----------------------------------------------------------------------------------------
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .errors import TrainingError
+    from .training.config import load_config
+    from .training.trainer import train
+
+    if not args.config:
+        raise TrainingError("faceprompt train needs --config FILE.yaml (or `faceprompt train export ...`)")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise TrainingError(f"--max-steps must be >= 1, got {args.max_steps}")
+    result = train(load_config(args.config), resume=args.resume, max_steps=args.max_steps)
+    stdout.print(f"trained {result.step} steps; checkpoint {result.checkpoint}", highlight=False, markup=False)
+    if result.checkpoint is not None:
+        stdout.print(f"export with: faceprompt train export {result.checkpoint} --out adapter.bin", highlight=False,
+                     markup=False)
+    return 0
+
+
+def run_train_export(args: argparse.Namespace) -> int:
+    from .training.export import export_checkpoint
+
+    path = export_checkpoint(args.checkpoint, args.out, ema=args.ema, overwrite=args.force)
+    stdout.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", highlight=False, markup=False)
     return 0
 
 

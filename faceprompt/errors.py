@@ -105,3 +105,17 @@ class CheckpointMismatchError(CheckpointError):
 
 class AdapterError(FacepromptError, ValueError):
     """An adapter was used with inputs or settings it cannot take (missing face crop, out-of-range scale, ...)."""
+
+
+# --- training data --------------------------------------------------------------------------------
+
+
+class DatasetError(FacepromptError, ValueError):
+    """A prepared training data set is missing, damaged, foreign, or was asked for something it does not hold."""
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+class TrainingError(FacepromptError, ValueError):
+    """A training run cannot start or continue: a bad configuration, a missing checkpoint, an output in the way."""

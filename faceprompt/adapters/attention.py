@@ -193,23 +193,32 @@ class FacePromptAttnProcessor(nn.Module):
             attended = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
             attended = attended.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype)
             if prompt.mask is not None:
-                attended = attended * self._mask_rows(prompt, batch, attended.shape[1]).to(attended.dtype)
+                attended = attended * self._mask_rows(prompt, batch, attended.shape[1]).to(attended)
             total = total + weight * attended
         return total
 
     def _image_key_value(
         self, name: str, index: int, layer: AdapterLayer, prompt: ImagePrompt, batch: int, heads: int, head_dim: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of the image tokens: computed at the first step of a call, reused afterwards."""
+        """Keys and values of the image tokens: computed at the first step of a call, reused afterwards.
+
+        While autograd records (training), they are computed at every call instead: a cached tensor would carry
+        one forward's graph into the next backward, and gradient checkpointing's recompute must redo the same
+        operations as the first forward.
+        """
+        if torch.is_grad_enabled():
+            return self._compute_image_key_value(layer, prompt, batch, heads, head_dim)
         cache_key = (self.runtime.version, name, index)
         if cache_key not in self._kv_cache:
             self._kv_cache = {k: v for k, v in self._kv_cache.items() if k[0] == self.runtime.version}
-            tokens = self._token_rows(prompt, batch).to(device=layer.to_k_ip.weight.device, dtype=layer.to_k_ip.weight.dtype)
-            self._kv_cache[cache_key] = (
-                _heads(layer.to_k_ip(tokens), heads, head_dim),
-                _heads(layer.to_v_ip(tokens), heads, head_dim),
-            )
+            self._kv_cache[cache_key] = self._compute_image_key_value(layer, prompt, batch, heads, head_dim)
         return self._kv_cache[cache_key]
+
+    def _compute_image_key_value(
+        self, layer: AdapterLayer, prompt: ImagePrompt, batch: int, heads: int, head_dim: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self._token_rows(prompt, batch).to(device=layer.to_k_ip.weight.device, dtype=layer.to_k_ip.weight.dtype)
+        return _heads(layer.to_k_ip(tokens), heads, head_dim), _heads(layer.to_v_ip(tokens), heads, head_dim)
 
     def _token_rows(self, prompt: ImagePrompt, batch: int) -> torch.Tensor:
         """Tokens ordered like the UNet batch: [uncond; cond] under CFG, repeated for video frames."""

@@ -17,9 +17,21 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..adapters.attach import attach_adapter, detach_adapter, get_runtime
+from ..adapters.attach import (
+    attach_adapter,
+    attached_adapters,
+    detach_adapter,
+    get_runtime,
+)
 from ..adapters.attention import AttachedAdapter, ImagePrompt
-from ..adapters.registry import HUB_REPO, IMAGE_ENCODER_REPO, IMAGE_ENCODER_SUBFOLDER, VARIANTS, AdapterVariant, get_variant
+from ..adapters.registry import (
+    HUB_REPO,
+    IMAGE_ENCODER_REPO,
+    IMAGE_ENCODER_SUBFOLDER,
+    VARIANTS,
+    AdapterVariant,
+    get_variant,
+)
 from ..adapters.tokens import (
     as_embedding_tensor,
     clip_image_embeds,
@@ -29,11 +41,16 @@ from ..adapters.tokens import (
 )
 from ..errors import AdapterError
 from ..identity import Identity
+from .fast import FastMode, apply_fast_mode, get_fast_mode
 
-TASKS = ("txt2img", "img2img", "inpaint", "controlnet")
+TASKS = ("txt2img", "img2img", "inpaint", "controlnet", "video")
 
 #: Config key that faceprompt.testing's tiny random models carry (its value is the notice to show).
 TINY_MODEL_CONFIG_KEY = "_faceprompt_tiny_notice"
+
+#: Sampling defaults of a call outside fast modes (the model card's examples use 30 steps).
+DEFAULT_STEPS = 30
+DEFAULT_GUIDANCE_SCALE = 7.5
 
 #: Ranges accepted for the conditioning weights (ComfyUI's IPAdapter nodes use the same bounds).
 SCALE_RANGE = (-1.0, 3.0)
@@ -96,9 +113,13 @@ class FacePipeline:
         )
         self.image_encoder = image_encoder if image_encoder is not None else getattr(pipeline, "image_encoder", None)
         self.controlnet: torch.nn.Module | None = getattr(pipeline, "controlnet", None)
+        self.motion_adapter: torch.nn.Module | None = None
+        self.fast_mode: FastMode | None = None
         self.style_adapter: AttachedAdapter | None = None
         self.style_image_encoder: torch.nn.Module | None = None
         self._task_pipelines: dict[str, Any] = {}
+        self._video_pipeline: tuple[tuple, Any] | None = None  # (adapter settings it was built with, pipeline)
+        self._encoder_hooks: list[Any] = []  # accelerate offload hooks of the CLIP encoders
 
     @classmethod
     def from_pretrained(
@@ -109,11 +130,13 @@ class FacePipeline:
         vae: str | None = None,
         image_encoder: str | torch.nn.Module | None = None,
         controlnet: str | torch.nn.Module | None = None,
+        motion_adapter: str | torch.nn.Module | None = None,
         torch_dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
         variant: str | None = None,
         lora: str = "fused",
         scheduler: str | None = None,
+        fast: str | None = None,
         cache_dir: str | None = None,
         local_files_only: bool | None = None,
     ) -> FacePipeline:
@@ -127,11 +150,20 @@ class FacePipeline:
             image_encoder: CLIP ViT-H for Plus variants (default: ``h94/IP-Adapter`` ``models/image_encoder``);
                 fetched only for Plus variants.
             controlnet: a ControlNet (Hub id, folder or model) for ``task="controlnet"``.
+            motion_adapter: an AnimateDiff motion adapter (Hub id, folder or ``MotionAdapter``) for ``task="video"``
+                (SD1.5), e.g. ``guoyww/animatediff-motion-adapter-v1-5-2``.
             scheduler: a scheduler name (see :data:`~faceprompt.pipelines.schedulers.SCHEDULERS`); SD1.5's
                 default is the model card's DDIM.
+            fast: a fast mode (``"lcm-lora"``, ``"lightning"``, ``"hyper-sd"``: see :meth:`enable_fast_mode`).
         """
         from .schedulers import apply_scheduler
-        from .sources import FAMILY_DEFAULTS, Source, load_base_pipeline, load_component, raise_if_missing
+        from .sources import (
+            FAMILY_DEFAULTS,
+            Source,
+            load_base_pipeline,
+            load_component,
+            raise_if_missing,
+        )
 
         known = get_variant(adapter) if isinstance(adapter, str) and adapter in VARIANTS else None
         known = get_variant(variant) if variant else known
@@ -150,8 +182,13 @@ class FacePipeline:
             sources.append(encoder_source)
         if isinstance(controlnet, str):
             sources.append(Source(controlnet, "ControlNet"))
+        if isinstance(motion_adapter, str):
+            sources.append(Source(motion_adapter, "motion adapter"))
         if known is not None and not (isinstance(adapter, str) and Path(adapter).exists()):
             sources.append(Source(HUB_REPO, "adapter", index_file=known.weight_name))
+        if fast is not None:
+            repo, weight_name = get_fast_mode(fast, family).loras[family]
+            sources.append(Source(repo, f"{fast} LoRA", index_file=weight_name))
         if base_source.is_single_file:
             sources.remove(base_source)
         raise_if_missing(sources, cache_dir, local_files_only)
@@ -174,19 +211,45 @@ class FacePipeline:
             from diffusers import ControlNetModel
 
             controlnet_model = load_component(ControlNetModel, Source(controlnet, "ControlNet"), **load)
+        motion_model = motion_adapter
+        if isinstance(motion_adapter, str):
+            from diffusers import MotionAdapter
+
+            motion_model = load_component(MotionAdapter, Source(motion_adapter, "motion adapter"), **load)
         pipeline.to(device)
         if encoder is not None:
             encoder.to(device)
         face = cls(pipeline, adapter, variant=variant, lora=lora, image_encoder=encoder)
         face.controlnet = controlnet_model.to(device) if controlnet_model is not None else None
+        face.motion_adapter = motion_model.to(device) if motion_model is not None else None
+        if fast is not None:
+            face.enable_fast_mode(fast, cache_dir=cache_dir, local_files_only=local_files_only)
         return face
 
     @classmethod
     def tiny(
-        cls, family: str = "sd15", projection: str = "mlp", *, id_embeddings_dim: int = 512, seed: int = 0
+        cls,
+        family: str = "sd15",
+        projection: str = "mlp",
+        *,
+        id_embeddings_dim: int = 512,
+        fast: str | None = None,
+        style_adapter: bool = False,
+        seed: int = 0,
     ) -> FacePipeline:
-        """Tiny random offline models (labelled in every output): for tests, demos and CI, not for pictures."""
-        from ..testing import tiny_clip_vision_model, tiny_controlnet, tiny_sd15_pipeline, tiny_sdxl_pipeline
+        """Tiny random offline models (labelled in every output): for tests, demos and CI, not for pictures.
+
+        ``fast`` enables a fast mode with a random tiny LoRA in place of the published one; ``style_adapter``
+        attaches a random tiny IP-Adapter Plus (with a tiny CLIP encoder) for ``style_image``.
+        """
+        from ..testing import (
+            tiny_clip_vision_model,
+            tiny_controlnet,
+            tiny_motion_adapter,
+            tiny_sd15_pipeline,
+            tiny_sdxl_controlnet,
+            tiny_sdxl_pipeline,
+        )
         from ..testing.adapters import random_faceid_state_dict
 
         pipeline = tiny_sd15_pipeline(seed) if family == "sd15" else tiny_sdxl_pipeline(seed)
@@ -195,14 +258,63 @@ class FacePipeline:
             id_embeddings_dim=id_embeddings_dim, num_tokens=16 if projection == "resampler" else 4, seed=seed,
         )
         encoder = tiny_clip_vision_model(seed=seed) if projection == "plus" else None
-        controlnet = tiny_controlnet(pipeline.unet, seed=seed) if family == "sd15" else None  # before attaching
+        controlnet_from = tiny_controlnet if family == "sd15" else tiny_sdxl_controlnet
+        controlnet = controlnet_from(pipeline.unet, seed=seed)  # from the UNet before the adapter is attached
         face = cls(pipeline, state, image_encoder=encoder)
         face.controlnet = controlnet
+        face.motion_adapter = tiny_motion_adapter(seed) if family == "sd15" else None
+        if fast is not None:
+            from ..adapters.lora import lora_state_dict
+
+            lora_rank_4 = random_faceid_state_dict(pipeline.unet, "mlp", lora_rank=4, seed=seed + 1)
+            face.enable_fast_mode(fast, lora=lora_state_dict(lora_rank_4, pipeline.unet))
+        if style_adapter:
+            from ..testing.adapters import random_ip_adapter_state_dict
+
+            style_encoder = encoder if encoder is not None else tiny_clip_vision_model(seed=seed)
+            style_state = random_ip_adapter_state_dict(
+                pipeline.unet, "image_resampler", image_encoder=style_encoder, seed=seed + 2
+            )
+            face.add_style_adapter(style_state, image_encoder=style_encoder)
         return face
 
     @property
     def variant(self) -> AdapterVariant | None:
         return self.adapter.info["variant"]
+
+    def enable_fast_mode(
+        self,
+        mode: str = "lcm-lora",
+        *,
+        lora: Any = None,
+        lora_scale: float = 1.0,
+        cache_dir: str | None = None,
+        local_files_only: bool | None = None,
+    ) -> FastMode:
+        """Generate in 4-8 steps: fuse a distillation LoRA and switch to its scheduler (:mod:`.fast`).
+
+        ``"lcm-lora"`` (SD1.5, SDXL; LCM scheduler, 4 steps), ``"lightning"`` (SDXL-Lightning 4-step; Euler with
+        trailing timesteps), ``"hyper-sd"`` (8 steps; DDIM with trailing timesteps). Calls then default to the mode's
+        steps and guidance (1.0: no classifier-free guidance); pass ``num_inference_steps``/``guidance_scale`` to
+        override. ``lora`` replaces the published LoRA (a file, Hub id or state dict). Irreversible for this
+        pipeline: the LoRA is fused into the UNet weights.
+        """
+        from .sources import Source, raise_if_missing
+
+        family = "sdxl" if getattr(self.pipeline, "text_encoder_2", None) is not None else "sd15"
+        fast_mode = get_fast_mode(mode, family)
+        if self.fast_mode is not None:
+            raise AdapterError(f"fast mode {self.fast_mode.name!r} is already enabled on this pipeline")
+        if lora is None:
+            repo, weight_name = fast_mode.loras[family]
+            raise_if_missing([Source(repo, f"{mode} LoRA", index_file=weight_name)], cache_dir, local_files_only)
+        apply_fast_mode(
+            self.pipeline, fast_mode, lora, lora_scale=lora_scale, cache_dir=cache_dir, local_files_only=local_files_only
+        )
+        self._task_pipelines.clear()  # derived pipelines carry their own scheduler
+        self._video_pipeline = None
+        self.fast_mode = fast_mode
+        return fast_mode
 
     def add_style_adapter(
         self,
@@ -246,19 +358,78 @@ class FacePipeline:
             local_files_only=local_files_only,
         ).to(self.pipeline.unet.device)
 
+    # --- memory and speed -------------------------------------------------------------------------
+
+    def enable_model_cpu_offload(self, device: str | torch.device = "cuda") -> None:
+        """Keep each model on the CPU until it runs (diffusers' model offload), adapters included.
+
+        Call it after every adapter is attached (this pipeline's, :meth:`add_style_adapter`'s): the adapters' layers
+        are UNet submodules and move with the UNet, the projection models (a few MB) go to ``device`` for good, and
+        the CLIP image encoders get their own offload hooks, released once a call's tokens are computed.
+        """
+        from accelerate import cpu_offload_with_hook
+
+        self.pipeline.enable_model_cpu_offload(device=device)
+        execution_device = self.pipeline._offload_device
+        for adapter in attached_adapters(self.pipeline).values():
+            adapter.projection.to(execution_device)
+        encoders = {id(e): e for e in (self.image_encoder, self.style_image_encoder) if e is not None}
+        self._encoder_hooks = [cpu_offload_with_hook(e, execution_device)[1] for e in encoders.values()]
+        self._task_pipelines.clear()
+        self._video_pipeline = None
+
+    def enable_vae_tiling(self) -> None:
+        """Decode large images tile by tile (less memory, same size limit as the UNet's)."""
+        self.pipeline.vae.enable_tiling()
+
+    def enable_vae_slicing(self) -> None:
+        """Decode a batch one image at a time (less peak memory for large batches)."""
+        self.pipeline.vae.enable_slicing()
+
+    def compile(self, mode: str | None = None, backend: str = "inductor") -> None:
+        """``torch.compile`` the UNet in place (opt-in; the first call compiles, later calls run faster on GPUs).
+
+        In place (``nn.Module.compile``), so the adapters attached to the UNet keep working and derived task
+        pipelines share the compiled UNet.
+        """
+        self.pipeline.unet.compile(mode=mode, backend=backend)
+
     def task_pipeline(self, task: str) -> Any:
         """The diffusers pipeline for ``task``, sharing this pipeline's components (and so its adapter)."""
         if task not in TASKS:
             raise AdapterError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
         if task == "txt2img":
             return self.pipeline
+        if task == "video":
+            return self._video()
         if task not in self._task_pipelines:
             self._task_pipelines[task] = _derived_pipeline(self.pipeline, task, self.controlnet)
         return self._task_pipelines[task]
 
+    def _video(self) -> Any:
+        """The AnimateDiff pipeline, rebuilt whenever the attached adapters or their settings changed.
+
+        Its motion UNet carries copies of the adapters (see :func:`~faceprompt.pipelines.video.video_pipeline_from`):
+        the same weight tensors, but settings (LoRA mode and strength, block scales, which adapters) fixed at copy
+        time, so a stale copy is replaced rather than used.
+        """
+        from .video import video_pipeline_from
+
+        if self.motion_adapter is None:
+            raise AdapterError(
+                "the video task needs an AnimateDiff motion adapter: FacePipeline.from_pretrained(..., motion_adapter="
+                "'guoyww/animatediff-motion-adapter-v1-5-2'), or set face.motion_adapter = MotionAdapter.from_pretrained(...)"
+            )
+        settings = _adapter_settings(self.pipeline)
+        if self._video_pipeline is None or self._video_pipeline[0] != settings:
+            video = video_pipeline_from(self.pipeline, self.motion_adapter)
+            self._video_pipeline = (settings, video)
+        return self._video_pipeline[1]
+
     def detach(self) -> None:
         """Remove the adapter: the pipeline is back to what it was."""
         detach_adapter(self.pipeline, self.adapter.name)
+        self._video_pipeline = None
 
     def __call__(
         self,
@@ -272,8 +443,8 @@ class FacePipeline:
         shortcut: bool | None = None,
         num_images: int = 1,
         seed: int | None = None,
-        guidance_scale: float = 7.5,
-        num_inference_steps: int = 30,
+        guidance_scale: float | None = None,
+        num_inference_steps: int | None = None,
         width: int | None = None,
         height: int | None = None,
         output_type: str = "pil",
@@ -294,7 +465,8 @@ class FacePipeline:
         stored crops) and need a CLIP image encoder.
 
         ``task``: ``"txt2img"``, ``"img2img"`` (``image``, ``strength``), ``"inpaint"`` (``image``, ``mask_image``),
-        ``"controlnet"`` (``control_image``); by default inferred from those keywords.
+        ``"controlnet"`` (``control_image``), ``"video"`` (``num_frames``; AnimateDiff with the motion adapter: each
+        image is then a list of frames); by default inferred from those keywords.
         ``style_image`` (with ``style_scale``) conditions on an image through the adapter of
         :meth:`add_style_adapter`.
         ``regions`` puts several identities into one image, each within its mask. ``start``/``end`` limit the
@@ -304,6 +476,10 @@ class FacePipeline:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise AdapterError("prompt is empty")
+        if num_inference_steps is None:
+            num_inference_steps = self.fast_mode.num_inference_steps if self.fast_mode else DEFAULT_STEPS
+        if guidance_scale is None:
+            guidance_scale = self.fast_mode.guidance_scale if self.fast_mode else DEFAULT_GUIDANCE_SCALE
         _check_range("scale", scale, SCALE_RANGE)
         _check_range("s_scale", s_scale, S_SCALE_RANGE)
         _check_size(width, height)
@@ -347,21 +523,23 @@ class FacePipeline:
         generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
         do_cfg = guidance_scale > 1.0 and getattr(self.pipeline.unet.config, "time_cond_proj_dim", None) is None
         prompts_by_adapter = {self.adapter.name: image_prompts, **self._style_prompts(style_image, style_scale)}
-        with get_runtime(self.pipeline).conditioning(prompts_by_adapter, do_cfg):
+        for hook in self._encoder_hooks:
+            hook.offload()  # the CLIP encoders are done for this call
+        batch = _batch_options(task, prompts, negative_prompt, num_images)
+        with get_runtime(pipeline).conditioning(prompts_by_adapter, do_cfg):
             output = pipeline(
-                prompt=prompts,
-                negative_prompt=negative_prompt,
-                num_images_per_prompt=num_images,
                 generator=generators,
                 guidance_scale=guidance_scale,
                 num_inference_steps=num_inference_steps,
                 output_type=output_type,
+                **batch,
                 **call_options,
             )
         settings = dict(
             negative_prompt=negative_prompt, scale=scale, s_scale=s_scale, shortcut=use_shortcut, start=start, end=end,
             guidance_scale=guidance_scale, num_inference_steps=num_inference_steps, width=width, height=height,
-            regions=len(regions) if regions else 0, task=task, **_recordable(pipeline_kwargs),
+            regions=len(regions) if regions else 0, task=task, fast=self.fast_mode.name if self.fast_mode else None,
+            scheduler=type(pipeline.scheduler).__name__, **_recordable(pipeline_kwargs),
             **({"style_scale": style_scale, "style_adapter": self.style_adapter.info["source"]} if style_image is not None else {}),
         )
         metadata = [
@@ -528,6 +706,27 @@ def region_mask(mask: Any, width: int | None, height: int | None) -> torch.Tenso
     return tensor
 
 
+def _adapter_settings(pipeline: Any) -> tuple:
+    """What a copy of the attached adapters depends on: names, weights' identity, LoRA mode/strength, block scales."""
+    return tuple(
+        (name, id(adapter.projection), adapter.lora_mode, adapter.lora_scale, tuple(sorted(adapter.layer_scales.items())))
+        for name, adapter in attached_adapters(pipeline).items()
+    )
+
+
+def _batch_options(task: str, prompts: list[str], negative_prompt: Any, num_images: int) -> dict[str, Any]:
+    """Prompts and images per prompt as the task's pipeline takes them.
+
+    AnimateDiff ignores ``num_videos_per_prompt`` (it always makes one video per prompt), so for video each prompt
+    is repeated ``num_images`` times instead: the same prompt-major order, one generator and identity row per video.
+    """
+    if task != "video":
+        return dict(prompt=prompts, negative_prompt=negative_prompt, num_images_per_prompt=num_images)
+    if isinstance(negative_prompt, (list, tuple)):
+        negative_prompt = [text for text in negative_prompt for _ in range(num_images)]
+    return dict(prompt=[text for text in prompts for _ in range(num_images)], negative_prompt=negative_prompt)
+
+
 def _recordable(pipeline_kwargs: dict[str, Any]) -> dict[str, Any]:
     """Plain-valued pipeline options (strength, eta, ...) for the metadata; images and tensors are left out."""
     return {k: v for k, v in pipeline_kwargs.items() if isinstance(v, (int, float, str, bool)) or v is None}
@@ -540,6 +739,8 @@ def _accepts(pipeline: Any, pipeline_kwargs: dict[str, Any]) -> bool:
 
 
 def _infer_task(pipeline_kwargs: dict[str, Any]) -> str:
+    if pipeline_kwargs.get("num_frames") is not None:
+        return "video"
     if pipeline_kwargs.get("mask_image") is not None:
         return "inpaint"
     if pipeline_kwargs.get("control_image") is not None:
@@ -574,8 +775,15 @@ def _task_options(pipeline: Any, task: str, width, height, pipeline_kwargs: dict
 
 
 def _pipeline_class(family: str, base: Any) -> Any:
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    """A single checkpoint file is read as the adapter's family; a folder or Hub repo names its own class."""
+    from diffusers import (
+        AutoPipelineForText2Image,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+    )
 
+    if not base.is_single_file:
+        return AutoPipelineForText2Image
     return StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
 
 

@@ -24,18 +24,36 @@ def save_image(image: Any, metadata: dict[str, Any], path: str | Path) -> tuple[
     pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
     if pixels.dtype != np.uint8:
         pixels = (np.clip(pixels, 0.0, 1.0) * 255).round().astype(np.uint8)
-    written = save_png(pixels, _free_stem(Path(path)).with_suffix(".png"),
+    written = save_png(pixels, _free_stem(Path(path), (".png", ".json")).with_suffix(".png"),
                        {METADATA_KEY: record, "parameters": _parameters_line(metadata)})
     sidecar = written.with_suffix(".json")
     sidecar.write_text(json.dumps(metadata, default=str, indent=2, sort_keys=True))
     return written, sidecar
 
 
-def _free_stem(path: Path) -> Path:
-    """``path`` without suffix, numbered (``-1``, ``-2``, ...) until neither its PNG nor its JSON exists."""
+def save_video_files(
+    frames: Any, metadata: dict[str, Any], stem: str | Path, *, formats: tuple[str, ...] = ("gif", "mp4"), fps: float = 8
+) -> list[Path]:
+    """Write one video as ``<stem>.gif`` and/or ``<stem>.mp4`` plus ``<stem>.json``; never replaces existing files.
+
+    All files share one free name (``stem-1.*`` when any of them exists). The GIF also carries the record as its
+    comment. Returns the paths written, sidecar last.
+    """
+    from .video import save_video
+
+    suffixes = tuple(f".{name}" for name in formats)
+    free = _free_stem(Path(f"{stem}.json"), (*suffixes, ".json"))
+    written = [save_video(frames, free.with_suffix(suffix), fps, metadata=metadata) for suffix in suffixes]
+    sidecar = free.with_suffix(".json")
+    sidecar.write_text(json.dumps(metadata, default=str, indent=2, sort_keys=True))
+    return [*written, sidecar]
+
+
+def _free_stem(path: Path, suffixes: tuple[str, ...]) -> Path:
+    """``path`` without suffix, numbered (``-1``, ``-2``, ...) until no file with any of ``suffixes`` exists."""
     base = path.with_suffix("")
     candidate, counter = base, 0
-    while candidate.with_suffix(".png").exists() or candidate.with_suffix(".json").exists():
+    while any(candidate.with_suffix(suffix).exists() for suffix in suffixes):
         counter += 1
         candidate = base.with_name(f"{base.name}-{counter}")
     return candidate

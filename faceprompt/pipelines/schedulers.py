@@ -20,19 +20,22 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def apply_scheduler(pipeline: Any, name: str | None) -> None:
-    """Replace ``pipeline.scheduler`` by the named one (``None`` keeps the current scheduler)."""
+def apply_scheduler(pipeline: Any, name: str | None, **overrides: Any) -> None:
+    """Replace ``pipeline.scheduler`` by the named one (``None`` keeps the current scheduler).
+
+    ``overrides`` change the scheduler's config on top of the name's own (e.g. ``timestep_spacing="trailing"``).
+    """
     if name is None:
         return
     if name not in SCHEDULERS:
         raise AdapterError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
     import diffusers
 
-    class_name, overrides = SCHEDULERS[name]
+    class_name, named_overrides = SCHEDULERS[name]
     scheduler_class = getattr(diffusers, class_name)
     if name == "ddim-model-card":
         from .sources import MODEL_CARD_DDIM
 
-        pipeline.scheduler = scheduler_class(**MODEL_CARD_DDIM)
+        pipeline.scheduler = scheduler_class(**{**MODEL_CARD_DDIM, **overrides})
         return
-    pipeline.scheduler = scheduler_class.from_config(pipeline.scheduler.config, **overrides)
+    pipeline.scheduler = scheduler_class.from_config(pipeline.scheduler.config, **{**named_overrides, **overrides})

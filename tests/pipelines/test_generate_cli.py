@@ -65,3 +65,50 @@ def test_photo_without_a_face(tmp_path, capsys):
     Image.new("RGB", (128, 128), "gray").save(wall)
     code = main(["generate", "--face", str(wall), "--prompt", "x", "--out", str(tmp_path / "o"), "--backend", "dlib", *TINY])
     assert code == 2 and "wall.png: no face found" in capsys.readouterr().err
+
+
+def test_video_from_the_cli_writes_gif_mp4_and_sidecar(tmp_path, astronaut_path, dlib_analyzer):
+    import cv2
+
+    identity_file = Identity.from_images(astronaut_path, dlib_analyzer).save(tmp_path / "id.safetensors")
+    args = ["generate", "--identity", str(identity_file), "--prompt", "waving", "--task", "video", "--num-frames", "3",
+            "--fps", "4", "--seed", "5", "--out", str(tmp_path / "o"), *TINY]
+    assert main(args) == 0
+    out = tmp_path / "o"
+    assert sorted(p.name for p in out.iterdir()) == ["faceprompt-5.gif", "faceprompt-5.json", "faceprompt-5.mp4"]
+    record = json.loads((out / "faceprompt-5.json").read_text())
+    assert (record["task"], record["num_frames"], record["seed"]) == ("video", 3, 5)
+    with Image.open(out / "faceprompt-5.gif") as gif:
+        assert json.loads(gif.info["comment"]) == record
+        assert gif.size == (64, 64) and gif.n_frames in (1, 2, 3)  # Pillow merges identical consecutive frames
+    capture = cv2.VideoCapture(str(out / "faceprompt-5.mp4"))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    capture.release()
+    assert main([*args[:-len(TINY)], "--video-format", "gif", *TINY]) == 0  # a second run takes the next free name
+    assert (out / "faceprompt-5-1.gif").exists() and not (out / "faceprompt-5-1.mp4").exists()
+
+
+def test_fast_and_style_image_from_the_cli(tmp_path, astronaut_path, dlib_analyzer):
+    identity_file = Identity.from_images(astronaut_path, dlib_analyzer).save(tmp_path / "id.safetensors")
+    style = tmp_path / "style.png"
+    Image.open(astronaut_path).resize((64, 64)).save(style)
+    common = ["generate", "--identity", str(identity_file), "--prompt", "x", "--seed", "2", "--model", "tiny",
+              "--size", "64x64"]
+    assert main([*common, "--fast", "--out", str(tmp_path / "fast")]) == 0
+    record = read_metadata(tmp_path / "fast" / "faceprompt-2.png")
+    assert (record["fast"], record["num_inference_steps"], record["guidance_scale"]) == ("lcm-lora", 4, 1.0)
+    assert main([*common, "--steps", "2", "--style-image", str(style), "--style-scale", "0.5",
+                 "--out", str(tmp_path / "style")]) == 0
+    record = read_metadata(tmp_path / "style" / "faceprompt-2.png")
+    assert record["style_scale"] == 0.5 and record["fast"] is None
+
+
+def test_memory_options_from_the_cli(tmp_path, astronaut_path, dlib_analyzer, capsys):
+    identity_file = Identity.from_images(astronaut_path, dlib_analyzer).save(tmp_path / "id.safetensors")
+    common = ["generate", "--identity", str(identity_file), "--prompt", "x", "--seed", "3", *TINY]
+    assert main([*common, "--vae-tiling", "--vae-slicing", "--out", str(tmp_path / "o")]) == 0
+    assert main([*common, "--out", str(tmp_path / "o")]) == 0
+    tiled, plain = Image.open(tmp_path / "o" / "faceprompt-3.png"), Image.open(tmp_path / "o" / "faceprompt-3-1.png")
+    assert list(tiled.getdata()) == list(plain.getdata())
+    assert main([*common, "--offload", "--out", str(tmp_path / "p")]) == 2
+    assert "--offload moves models between the CPU and a GPU" in capsys.readouterr().err
