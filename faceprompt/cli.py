@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--out", default="outputs", help="output folder (existing files are never overwritten)")
     generate.add_argument("--backend", default="auto", choices=["auto", "insightface", "dlib"], help="face backend for --face")
     generate.add_argument("--model-root", help="insightface model root for --face")
+    generate.add_argument(
+        "--min-face-size", type=float, default=64, help="smallest usable face in --face photos, px (default 64)"
+    )
     generate.set_defaults(handler=run_generate)
 
     convert = commands.add_parser("convert", help="convert an IP-Adapter-FaceID checkpoint (.bin <-> .safetensors)")
@@ -310,7 +313,10 @@ def run_generate(args: argparse.Namespace) -> int:
     else:
         from .faces import FaceAnalyzer
 
-        analyzer = FaceAnalyzer(args.backend, model_root=args.model_root)
+        from .faces import QualityFilter
+
+        quality = QualityFilter(min_face_size=args.min_face_size)
+        analyzer = FaceAnalyzer(args.backend, model_root=args.model_root, quality=quality)
         stderr.print(f"face backend: [bold]{analyzer.backend_name}[/] ({analyzer.face_model})", highlight=False)
         identity = Identity.from_images(args.face, analyzer)
     video = args.task == "video"

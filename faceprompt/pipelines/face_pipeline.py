@@ -759,6 +759,13 @@ def _task_options(pipeline: Any, task: str, width, height, pipeline_kwargs: dict
     for name in required.get(task, []):
         if options.get(name) is None:
             raise AdapterError(f"task {task!r} needs {name}=...")
+    if task == "inpaint":
+        image_size, mask_size = _pixel_size(options["image"]), _pixel_size(options["mask_image"])
+        if image_size and mask_size and image_size != mask_size:
+            raise AdapterError(
+                f"mask_image is {mask_size[0]}x{mask_size[1]} but image is {image_size[0]}x{image_size[1]}: "
+                "give a mask of the image's size (white = repaint)"
+            )
     strength = options.get("strength")
     if strength is not None and not 0.0 < strength <= 1.0:
         raise AdapterError(f"strength={strength} is out of range; use a value in (0, 1]")
@@ -772,6 +779,16 @@ def _task_options(pipeline: Any, task: str, width, height, pipeline_kwargs: dict
     if unknown:
         raise AdapterError(f"{type(pipeline).__name__} does not take {', '.join(unknown)}")
     return options
+
+
+def _pixel_size(image: Any) -> tuple[int, int] | None:
+    """Width and height of a PIL image or an ``[H, W(, C)]`` array; ``None`` for batches and other inputs."""
+    if hasattr(image, "size") and isinstance(image.size, tuple):
+        return image.size
+    shape = getattr(image, "shape", None)
+    if shape is not None and len(shape) in (2, 3) and (len(shape) == 2 or shape[2] in (1, 3, 4)):
+        return int(shape[1]), int(shape[0])
+    return None
 
 
 def _pipeline_class(family: str, base: Any) -> Any:

@@ -112,3 +112,13 @@ def test_memory_options_from_the_cli(tmp_path, astronaut_path, dlib_analyzer, ca
     assert list(tiled.getdata()) == list(plain.getdata())
     assert main([*common, "--offload", "--out", str(tmp_path / "p")]) == 2
     assert "--offload moves models between the CPU and a GPU" in capsys.readouterr().err
+
+
+def test_face_too_small_for_an_identity(tmp_path, astronaut_path, capsys):
+    small = tmp_path / "small.png"
+    Image.open(astronaut_path).resize((96, 96)).save(small)  # the face is ~20 px wide
+    code = main(["generate", "--face", str(small), "--prompt", "x", "--out", str(tmp_path / "o"), "--backend", "dlib",
+                 *TINY])
+    err = capsys.readouterr().err
+    assert code == 2 and "small.png" in err and "min_face_size" in err
+    assert not (tmp_path / "o").exists()

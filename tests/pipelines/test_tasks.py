@@ -41,6 +41,8 @@ def test_task_errors(face):
     embeds = random_id_embeds(1)
     with pytest.raises(AdapterError, match="task 'inpaint' needs mask_image"):
         face("x", faceid_embeds=embeds, task="inpaint", image=_photo(), **RUN)
+    with pytest.raises(AdapterError, match="mask_image is 32x32 but image is 64x64"):
+        face("x", faceid_embeds=embeds, image=_photo(), mask_image=Image.new("L", (32, 32), 255), **RUN)
     with pytest.raises(AdapterError, match="strength=1.5 is out of range"):
         face("x", faceid_embeds=embeds, image=_photo(), strength=1.5, **RUN)
     with pytest.raises(AdapterError, match="unknown task 'upscale'"):
