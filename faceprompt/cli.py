@@ -311,9 +311,7 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.identity:
         identity = Identity.load(args.identity)
     else:
-        from .faces import FaceAnalyzer
-
-        from .faces import QualityFilter
+        from .faces import FaceAnalyzer, QualityFilter
 
         quality = QualityFilter(min_face_size=args.min_face_size)
         analyzer = FaceAnalyzer(args.backend, model_root=args.model_root, quality=quality)
