@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     who = generate.add_mutually_exclusive_group(required=True)
     who.add_argument("--face", nargs="+", metavar="PHOTO", help="photos of the person (largest face of each)")
     who.add_argument("--identity", metavar="FILE", help="an identity file from `faceprompt identity create`")
+    who.add_argument(
+        "--region", nargs=2, action="append", metavar=("IDENTITY", "MASK"),
+        help="an identity file and the mask of where that person goes (white); repeat for several people",
+    )
     generate.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for several")
     generate.add_argument("--negative", help="negative prompt")
     generate.add_argument("--adapter", default="faceid-plusv2-sd15", help="registry name, file or owner/repo/file")
@@ -308,7 +312,13 @@ def run_generate(args: argparse.Namespace) -> int:
     from .identity import Identity
 
     width, height = _parse_size(args.size)
-    if args.identity:
+    regions = None
+    if args.region:
+        from .pipelines.face_pipeline import Region
+
+        regions = [Region(mask=_open_image(mask, "L"), identity=Identity.load(file)) for file, mask in args.region]
+        identity = None
+    elif args.identity:
         identity = Identity.load(args.identity)
     else:
         from .faces import FaceAnalyzer, QualityFilter
@@ -318,7 +328,7 @@ def run_generate(args: argparse.Namespace) -> int:
         stderr.print(f"face backend: [bold]{analyzer.backend_name}[/] ({analyzer.face_model})", highlight=False)
         identity = Identity.from_images(args.face, analyzer)
     video = args.task == "video"
-    face = _load_face_pipeline(args, identity)
+    face = _load_face_pipeline(args, identity or regions[0].identity)
     face.pipeline.set_progress_bar_config(disable=True)
     options = {
         "image": _open_image(args.image), "mask_image": _open_image(args.mask, "L"),
@@ -336,7 +346,8 @@ def run_generate(args: argparse.Namespace) -> int:
         for prompt, image_seed in jobs:
             steps = progress.add_task(f"seed {image_seed}", total=args.steps or _default_steps(face))
             result = face(
-                prompt, negative_prompt=args.negative, identity=identity, scale=args.scale, s_scale=args.s_scale,
+                prompt, negative_prompt=args.negative, identity=identity, regions=regions, scale=args.scale,
+                s_scale=args.s_scale,
                 seed=image_seed, guidance_scale=args.guidance, num_inference_steps=args.steps, width=width,
                 height=height, task=args.task,
                 callback_on_step_end=_advance(progress, steps), **options,

@@ -122,3 +122,30 @@ def test_face_too_small_for_an_identity(tmp_path, astronaut_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "small.png" in err and "min_face_size" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_two_people_with_regions_from_the_cli(tmp_path, astronaut_path, dlib_analyzer):
+    import numpy as np
+
+    from faceprompt.pipelines.face_pipeline import FacePipeline, Region
+
+    astronaut = Identity.from_images(astronaut_path, dlib_analyzer)
+    other = Identity(embeddings=np.random.default_rng(0).normal(size=(1, astronaut.embedding_dim)).astype(np.float32),
+                     face_model=astronaut.face_model)
+    files = [astronaut.save(tmp_path / "a.safetensors"), other.save(tmp_path / "b.safetensors")]
+    left = np.zeros((64, 64), np.uint8)
+    left[:, :32] = 255
+    masks = [tmp_path / "left.png", tmp_path / "right.png"]
+    Image.fromarray(left).save(masks[0])
+    Image.fromarray(255 - left).save(masks[1])
+    assert main(["generate", "--region", str(files[0]), str(masks[0]), "--region", str(files[1]), str(masks[1]),
+                 "--prompt", "two people", "--adapter", "faceid-sd15", "--seed", "9", "--out", str(tmp_path / "o"),
+                 *TINY]) == 0
+    record = read_metadata(tmp_path / "o" / "faceprompt-9.png")
+    assert record["regions"] == 2 and len(record["identity"]) == 2
+    # the same as the Python API with the same masks and identities
+    face = FacePipeline.tiny(id_embeddings_dim=astronaut.embedding_dim)
+    face.pipeline.set_progress_bar_config(disable=True)
+    regions = [Region(mask=Image.open(m).convert("L"), identity=Identity.load(f)) for f, m in zip(files, masks)]
+    expected = face("two people", regions=regions, seed=9, num_inference_steps=2, width=64, height=64).images[0]
+    assert list(Image.open(tmp_path / "o" / "faceprompt-9.png").getdata()) == list(expected.getdata())
