@@ -1,0 +1,285 @@
+"""Training configuration: a YAML file -> :class:`TrainConfig`, with a clear error for every unknown key or bad value.
+
+Defaults follow the reference recipe (spec §6 and seed ``001_…``): AdamW lr 1e-4, weight decay 1e-2, text / ID /
+both dropped 5% / 5% / 5%, LoRA rank 128 for the variants that have one, PlusV2's CLIP branch dropped for 50% of
+the samples, epsilon-prediction MSE.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from ..adapters.registry import VARIANTS, get_variant
+from ..errors import TrainingError
+
+LR_SCHEDULERS = (
+    "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial", "piecewise_constant",
+)  # fmt: skip  (the names diffusers.optimization.get_scheduler takes)
+MIXED_PRECISION = ("no", "fp16", "bf16")
+LOG_WITH = ("tensorboard", "wandb", "all", "none")
+#: Offline tiny bases from :mod:`faceprompt.testing` (random weights, for tests and smoke runs).
+TINY_BASES = ("tiny", "tiny-sdxl")
+#: The published FaceID LoRA rank.
+DEFAULT_LORA_RANK = 128
+#: PlusV2: share of samples whose CLIP branch is dropped ("we dropped 50% of the CLIP embedding").
+DEFAULT_PLUSV2_CLIP_DROP = 0.5
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs. Paths may be relative to the YAML file's folder.
+
+    What to train:
+        variant: the registry variant whose architecture is trained (``faceid-sd15``, ``faceid-plusv2-sdxl``, ...).
+        base_model: a Hub id, a local diffusers folder, a single ``.safetensors``/``.ckpt`` file, or ``tiny`` /
+            ``tiny-sdxl`` (the offline random test models).
+        data: a folder written by ``faceprompt prepare``.
+        output_dir: where checkpoints, logs, validation images and caches go (a folder of an earlier run is only
+            reused with ``--resume``).
+        image_encoder: Plus variants: the CLIP ViT-H image encoder (Hub id, folder, or ``tiny``); default
+            ``h94/IP-Adapter`` ``models/image_encoder``.
+        vae: a VAE to use instead of the base's (Hub id or folder).
+        lora_rank: LoRA rank (default 128 for variants with a LoRA; 0 trains none; Portrait variants have none).
+        num_faces: Portrait: reference photos of the identity per sample (5, as the model card feeds).
+    """
+
+    variant: str
+    base_model: str
+    data: str
+    output_dir: str
+    image_encoder: str | None = None
+    vae: str | None = None
+    lora_rank: int | None = None
+    num_faces: int = 5
+    # --- data
+    resolution: int = 512
+    crops: list[str] | None = None
+    random_crop: bool = False
+    random_flip: bool = True
+    buckets: bool = False
+    bucket_step: int = 64
+    max_aspect_ratio: float = 2.0
+    drop_text: float = 0.05
+    drop_id: float = 0.05
+    drop_both: float = 0.05
+    drop_clip: float | None = None
+    num_workers: int = 0
+    cache_latents: bool = False
+    cache_text_embeddings: bool = False
+    # --- optimisation
+    max_steps: int = 1000
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-2
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float | None = None
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    noise_offset: float = 0.0
+    ema: bool = False
+    ema_decay: float = 0.9999
+    seed: int = 0
+    # --- checkpoints, logging, validation
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = None
+    log_with: str = "tensorboard"
+    validation_steps: int = 0
+    validation_prompts: list[str] = field(default_factory=lambda: ["a photo of a person"])
+    validation_identities: list[str] = field(default_factory=list)
+    validation_seed: int = 0
+    validation_num_inference_steps: int = 30
+    validation_guidance_scale: float | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    # --- derived settings ---------------------------------------------------------------------------
+
+    @property
+    def adapter_variant(self):
+        return get_variant(self.variant)
+
+    @property
+    def effective_lora_rank(self) -> int | None:
+        """The LoRA rank to train, ``None`` for none."""
+        if not self.adapter_variant.has_lora:
+            return None
+        rank = DEFAULT_LORA_RANK if self.lora_rank is None else self.lora_rank
+        return rank or None
+
+    @property
+    def effective_drop_clip(self) -> float:
+        if self.adapter_variant.projection != "plus" or not self.adapter_variant.shortcut:
+            return 0.0
+        return DEFAULT_PLUSV2_CLIP_DROP if self.drop_clip is None else self.drop_clip
+
+    @property
+    def faces_per_sample(self) -> int:
+        """Reference faces per sample: ``num_faces`` for Portrait variants, 1 otherwise."""
+        return self.num_faces if self.adapter_variant.multi_face else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
+    """Read a YAML training configuration; relative paths are taken from the file's folder.
+
+    Raises:
+        TrainingError: the file is missing or not YAML, a key is unknown (with the closest known key), a value
+            has the wrong type or is out of range.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"{path}: no such configuration file")
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise TrainingError(f"{path}: not a valid YAML file: {error}") from None
+    if not isinstance(content, dict):
+        raise TrainingError(f"{path}: expected a mapping of settings (key: value), got {type(content).__name__}")
+    content = {**content, **{key: value for key, value in overrides.items() if value is not None}}
+    for key in ("data", "output_dir", "image_encoder", "vae", "base_model"):
+        value = content.get(key)
+        if isinstance(value, str) and _looks_relative_path(value, path.parent):
+            content[key] = str((path.parent / value).resolve())
+    return config_from_dict(content, source=str(path))
+
+
+def config_from_dict(content: dict[str, Any], source: str = "<config>") -> TrainConfig:
+    """Build a :class:`TrainConfig` from plain values, checking every key and type."""
+    hints = get_type_hints(TrainConfig)
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = [key for key in content if key not in fields]
+    if unknown:
+        hints_text = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hints_text.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise TrainingError(f"{source}: unknown setting(s) {', '.join(hints_text)}; known settings: {', '.join(fields)}")
+    missing = [
+        name for name, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and name not in content
+    ]  # fmt: skip
+    if missing:
+        raise TrainingError(f"{source}: missing required setting(s) {', '.join(missing)}")
+    values = {key: _coerce(key, value, hints[key], source) for key, value in content.items()}
+    try:
+        return TrainConfig(**values)
+    except TrainingError as error:
+        raise TrainingError(f"{source}: {error}") from None
+
+
+def _looks_relative_path(value: str, folder: Path) -> bool:
+    """A relative path that exists next to the YAML file (Hub ids like ``owner/name`` are left alone)."""
+    if value in TINY_BASES or Path(value).is_absolute():
+        return False
+    return value.startswith(".") or (folder / value).exists()
+
+
+def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
+    """Check ``value`` against the field's type; numbers like ``1e-4`` (text for YAML 1.1) become floats."""
+    allowed = list(get_args(annotation)) if get_origin(annotation) in (Union, UnionType) else [annotation]
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise TrainingError(f"{source}: {key} cannot be empty")
+    for kind in allowed:
+        if kind is type(None):
+            continue
+        if get_origin(kind) is list:
+            if isinstance(value, list) and all(isinstance(item, (str, int)) for item in value):
+                return [str(item) if get_args(kind)[0] is str else item for item in value]
+            continue
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            continue
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+            if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+                try:
+                    return float(value)
+                except ValueError:
+                    continue
+        if kind is str and isinstance(value, str):
+            return value
+    expected = " or ".join(_type_name(kind) for kind in allowed)
+    raise TrainingError(f"{source}: {key} must be {expected}, got {value!r}")
+
+
+def _type_name(kind: Any) -> str:
+    if kind is type(None):
+        return "empty (null)"
+    if get_origin(kind) is list:
+        return f"a list of {_type_name(get_args(kind)[0])}"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "text"}.get(kind, str(kind))
+
+
+def _validate(config: TrainConfig) -> None:
+    if config.variant not in VARIANTS or VARIANTS[config.variant].kind != "faceid":
+        faceid = [name for name, v in VARIANTS.items() if v.kind == "faceid"]
+        raise TrainingError(f"variant {config.variant!r} is not a FaceID variant; choose one of {', '.join(faceid)}")
+    _check(config.resolution >= 8 and config.resolution % 8 == 0, "resolution must be a positive multiple of 8",
+           config.resolution)
+    for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpointing_steps",
+                 "validation_num_inference_steps", "bucket_step"):
+        _check(getattr(config, name) >= 1, f"{name} must be >= 1", getattr(config, name))
+    for name in ("num_workers", "lr_warmup_steps", "validation_steps", "seed"):
+        _check(getattr(config, name) >= 0, f"{name} must be >= 0", getattr(config, name))
+    for name in ("drop_text", "drop_id", "drop_both", "noise_offset"):
+        _check(0.0 <= getattr(config, name) <= 1.0, f"{name} must be within [0, 1]", getattr(config, name))
+    _check(config.drop_text + config.drop_id + config.drop_both <= 1.0,
+           "drop_text + drop_id + drop_both must be <= 1", config.drop_text + config.drop_id + config.drop_both)
+    if config.drop_clip is not None:
+        _check(0.0 <= config.drop_clip <= 1.0, "drop_clip must be within [0, 1]", config.drop_clip)
+    _check(config.learning_rate > 0, "learning_rate must be > 0", config.learning_rate)
+    _check(config.weight_decay >= 0, "weight_decay must be >= 0", config.weight_decay)
+    _check(0.0 < config.ema_decay < 1.0, "ema_decay must be within (0, 1)", config.ema_decay)
+    _check(config.max_aspect_ratio >= 1.0, "max_aspect_ratio must be >= 1", config.max_aspect_ratio)
+    if config.lora_rank is not None:
+        _check(config.lora_rank >= 0, "lora_rank must be >= 0 (0: no LoRA)", config.lora_rank)
+    _check(config.num_faces >= 1, "num_faces must be >= 1", config.num_faces)
+    if config.max_grad_norm is not None:
+        _check(config.max_grad_norm > 0, "max_grad_norm must be > 0", config.max_grad_norm)
+    if config.checkpoints_total_limit is not None:
+        _check(config.checkpoints_total_limit >= 1, "checkpoints_total_limit must be >= 1",
+               config.checkpoints_total_limit)
+    _choice("lr_scheduler", config.lr_scheduler, LR_SCHEDULERS)
+    _choice("mixed_precision", config.mixed_precision, MIXED_PRECISION)
+    _choice("log_with", config.log_with, LOG_WITH)
+    if config.cache_latents and config.random_crop:
+        raise TrainingError(
+            "cache_latents needs deterministic images: set random_crop: false (flips are cached both ways)"
+        )
+    if config.lora_rank and not get_variant(config.variant).has_lora:
+        raise TrainingError(f"{config.variant} is trained without LoRA (Portrait variants have none); drop lora_rank")
+    if not config.validation_prompts:
+        raise TrainingError("validation_prompts must list at least one prompt")
+
+
+def _check(condition: bool, message: str, value: Any) -> None:
+    if not condition:
+        raise TrainingError(f"{message}, got {value!r}")
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise TrainingError(f"{name} must be one of {', '.join(choices)}, got {value!r}")

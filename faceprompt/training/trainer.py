@@ -1,0 +1,520 @@
+"""The adapter trainer: accelerate (one CPU/GPU to many GPUs, mixed precision, gradient accumulation), LR
+schedule, EMA, validation images, checkpoints with exact resume, TensorBoard / W&B logging.
+
+Resume is bit-for-bit: accelerate's checkpoint restores the weights, optimizer, LR scheduler, EMA and RNG states,
+and everything random in a step comes from generators seeded by the step's position (the data sampler, each
+sample's augmentations and drops, the step's noise), so ``N`` steps straight give exactly the parameters of
+``k`` steps, a stop, a resume and ``N - k`` more.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
+from diffusers import DDPMScheduler
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..adapters.attach import get_runtime
+from ..adapters.attention import ImagePrompt
+from ..adapters.registry import AdapterVariant
+from ..errors import TrainingError
+from .config import TINY_BASES, TrainConfig
+from .data import (
+    BucketBatchSampler,
+    FaceTrainingDataset,
+    LatentCache,
+    SampleOptions,
+    TextCache,
+    aspect_ratio_buckets,
+    build_latent_cache,
+    build_text_cache,
+)
+from .export import (
+    ADAPTER_FILE,
+    CHECKPOINTS_DIR,
+    EMA_ADAPTER_FILE,
+    adapter_checkpoint,
+    list_checkpoints,
+    resolve_checkpoint,
+    write_adapter,
+)
+from .model import (
+    ADAPTER_NAME,
+    AdapterTrainingModel,
+    BaseComponents,
+    enable_gradient_checkpointing,
+    registry_variant_for,
+)
+from .prepared import PreparedDataset
+
+STATE_FILE = "trainer_state.json"
+CONFIG_FILE = "config.yaml"
+CACHE_DIR = "cache"
+VALIDATION_DIR = "validation"
+LOG_DIR = "logs"
+
+
+@dataclass
+class TrainResult:
+    """What a run did: the last step, its checkpoint folder and exported adapter, the loss of every step run."""
+
+    output_dir: Path
+    step: int
+    checkpoint: Path | None
+    adapter: Path | None
+    losses: list[float] = field(default_factory=list)
+
+
+def train(config: TrainConfig, *, resume: str | None = None, max_steps: int | None = None) -> TrainResult:
+    """Train ``config``'s adapter; ``resume``: ``"latest"`` or a checkpoint folder; ``max_steps`` overrides the
+    config's (e.g. to stop early, or to go further after a resume)."""
+    return Trainer(config).run(resume=resume, max_steps=max_steps)
+
+
+def load_components(config: TrainConfig, variant: AdapterVariant) -> BaseComponents:
+    """The frozen base pipeline (+ CLIP image encoder for Plus) of ``config``, with the DDPM training schedule."""
+    from transformers import CLIPVisionModelWithProjection
+
+    from ..pipelines.sources import Source, load_base_pipeline, load_component, raise_if_missing
+
+    family = "sdxl" if config.base_model == "tiny-sdxl" else "sd15" if config.base_model == "tiny" else variant.base
+    if family != variant.base:
+        raise TrainingError(
+            f"base_model {config.base_model!r} is an {family.upper()} model but {variant.name} is an "
+            f"{variant.base.upper()} adapter; use {'tiny-sdxl' if variant.base == 'sdxl' else 'tiny'} or a "
+            f"{variant.base.upper()} base"
+        )
+    needs_encoder = variant.needs_image_encoder
+    if config.base_model in TINY_BASES:
+        from ..testing import tiny_sd15_pipeline, tiny_sdxl_pipeline
+
+        pipeline = tiny_sdxl_pipeline(config.seed) if family == "sdxl" else tiny_sd15_pipeline(config.seed)
+    else:
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+        source = Source(config.base_model, "base model", index_file="model_index.json")
+        sources = [] if source.is_single_file else [source]
+        if config.vae:
+            sources.append(Source(config.vae, "VAE"))
+        raise_if_missing(sources, None, None)
+        pipeline_class = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+        pipeline = load_base_pipeline(source, pipeline_class, torch_dtype=torch.float32, cache_dir=None,
+                                      local_files_only=None)
+        if config.vae:
+            from diffusers import AutoencoderKL
+
+            pipeline.vae = load_component(AutoencoderKL, Source(config.vae, "VAE"), torch_dtype=torch.float32,
+                                          cache_dir=None, local_files_only=None)
+    image_encoder = None
+    if needs_encoder:
+        reference = config.image_encoder or variant.clip_encoder.hub_id
+        if reference == "tiny":
+            from ..testing import tiny_clip_vision_model
+
+            image_encoder = tiny_clip_vision_model(config.seed)
+        else:
+            info = variant.clip_encoder
+            encoder_source = (
+                Source(info.repo, "CLIP image encoder", info.subfolder) if config.image_encoder is None
+                else Source(reference, "CLIP image encoder")
+            )
+            raise_if_missing([encoder_source], None, None)
+            image_encoder = load_component(CLIPVisionModelWithProjection, encoder_source, torch_dtype=torch.float32,
+                                           cache_dir=None, local_files_only=None)
+    noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+    pipeline.set_progress_bar_config(disable=True)
+    return BaseComponents(pipeline=pipeline, noise_scheduler=noise_scheduler, image_encoder=image_encoder)
+
+
+def step_generator(seed: int, batch_number: int, process_index: int) -> torch.Generator:
+    """The generator of one micro-batch: a pure function of the run's seed and the batch's position."""
+    state = np.random.SeedSequence([seed, batch_number, process_index]).generate_state(2, dtype=np.uint32)
+    return torch.Generator("cpu").manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+class Trainer:
+    """One training run of ``config`` (see :func:`train`)."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.variant = config.adapter_variant
+        self.output_dir = Path(config.output_dir)
+        self.model: AdapterTrainingModel | None = None  # the unwrapped trained model, after run()
+        self.face_model = ""  # the data set's, recorded in the exported adapters
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            mixed_precision=config.mixed_precision,
+            log_with=_trackers(config.log_with),
+            project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / LOG_DIR)),
+        )
+
+    # --- setup --------------------------------------------------------------------------------------
+
+    def run(self, *, resume: str | None = None, max_steps: int | None = None) -> TrainResult:
+        config, accelerator = self.config, self.accelerator
+        max_steps = max_steps or config.max_steps
+        checkpoint = self._prepare_output(resume)
+        components = load_components(config, self.variant)
+        components.pipeline.to(accelerator.device)
+        if components.image_encoder is not None:
+            components.image_encoder.to(accelerator.device)
+        prepared = PreparedDataset(config.data)
+        self.face_model = str(prepared.info["face_model"])
+        model = AdapterTrainingModel.create(
+            components, self.variant, lora_rank=config.effective_lora_rank, noise_offset=config.noise_offset,
+            seed=config.seed, id_embeddings_dim=int(prepared.info["embedding_dim"]),
+        )
+        if config.gradient_checkpointing:
+            enable_gradient_checkpointing(components.unet)
+        self._check_resolution(components)
+        dataset = self._dataset(prepared, model)
+        sampler = BucketBatchSampler(dataset.bucket_of, config.batch_size, seed=config.seed)
+        dataloader = DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers)
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            parameters, lr=config.learning_rate, weight_decay=config.weight_decay,
+            betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon,
+        )
+        lr_scheduler = get_scheduler(
+            config.lr_scheduler, optimizer,
+            num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
+            num_training_steps=max(max_steps, config.max_steps) * accelerator.num_processes,
+        )
+        ema = EMAModel(parameters, decay=config.ema_decay) if config.ema else None
+        if ema is not None:
+            ema.to(accelerator.device)
+            accelerator.register_for_checkpointing(ema)
+        self.model = model
+        model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
+
+        step, batches = 0, 0
+        if checkpoint is not None:
+            accelerator.load_state(str(checkpoint))
+            state = json.loads((checkpoint / STATE_FILE).read_text())
+            step, batches = state["step"], state["batches"]
+            dataloader = accelerator.skip_first_batches(dataloader, batches)
+            accelerator.print(f"resumed from {checkpoint} at step {step}")
+        if accelerator.is_main_process:
+            accelerator.init_trackers("faceprompt-train", config=_flat_config(config))
+        return self._loop(model, optimizer, dataloader, lr_scheduler, ema, prepared, step, batches, max_steps)
+
+    def _prepare_output(self, resume: str | None) -> Path | None:
+        """Refuse to mix runs in one folder; the checkpoint to resume from, if any."""
+        output, config = self.output_dir, self.config
+        existing = list_checkpoints(output)
+        if resume is None and existing:
+            raise TrainingError(
+                f"{output} already holds checkpoints of a run (newest: {existing[-1].name}); pass --resume latest "
+                "to continue it, or choose another output_dir"
+            )
+        checkpoint = resolve_checkpoint(output, resume) if resume is not None else None
+        config_file = output / CONFIG_FILE
+        text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+        if self.accelerator.is_main_process:
+            if config_file.is_file() and resume is None and config_file.read_text() != text:
+                raise TrainingError(
+                    f"{output} holds another run's {CONFIG_FILE}; choose another output_dir (or delete the folder)"
+                )
+            output.mkdir(parents=True, exist_ok=True)
+            if not config_file.is_file():
+                config_file.write_text(text)
+        self.accelerator.wait_for_everyone()
+        return checkpoint
+
+    def _check_resolution(self, components: BaseComponents) -> None:
+        unet = components.unet
+        multiple = 8 * 2 ** (len(unet.config.down_block_types) - 1)
+        sizes = [(self.config.resolution, self.config.resolution)]
+        if self.config.buckets:
+            sizes = aspect_ratio_buckets(self.config.resolution, self.config.bucket_step, self.config.max_aspect_ratio)
+        bad = [size for size in sizes if size[0] % multiple or size[1] % multiple]
+        if bad:
+            raise TrainingError(
+                f"training sizes {bad} are not multiples of {multiple} px, which this UNet needs "
+                f"(resolution / bucket_step must be multiples of {multiple})"
+            )
+
+    def _dataset(self, prepared: PreparedDataset, model: AdapterTrainingModel) -> FaceTrainingDataset:
+        config, variant = self.config, self.variant
+        options = SampleOptions(
+            resolution=config.resolution,
+            crops=tuple(config.crops or prepared.info["crops"]),
+            random_crop=config.random_crop,
+            random_flip=config.random_flip,
+            drop_text=config.drop_text,
+            drop_id=config.drop_id,
+            drop_both=config.drop_both,
+            drop_clip=config.effective_drop_clip,
+            faces_per_sample=config.faces_per_sample,
+            multi_face=variant.multi_face,
+            normalized=variant.normalized_embedding,
+            clip_faces=variant.projection == "plus",
+            sdxl=model.components.is_sdxl,
+            seed=config.seed,
+        )
+        buckets = None
+        if config.buckets:
+            buckets = aspect_ratio_buckets(config.resolution, config.bucket_step, config.max_aspect_ratio)
+        dataset = FaceTrainingDataset(prepared, options, buckets=buckets)
+        if config.cache_latents:
+            dataset.latent_cache = self._cached("latents", lambda folder: build_latent_cache(
+                dataset, folder, lambda pixels: model.latent_distribution(pixels).parameters,
+                progress=self._progress("caching latents"),
+            ), LatentCache)
+        if config.cache_text_embeddings:
+            dataset.text_cache = self._cached("text", lambda folder: build_text_cache(
+                prepared, folder, model.encode_captions
+            ), TextCache)
+        return dataset
+
+    def _cached(self, name: str, build, reader):
+        """The cache ``name`` under the output folder: built once (main process), then read by every process.
+
+        A cache is tied to what it was computed from; a folder made with other settings is refused, not replaced.
+        """
+        config = self.config
+        folder = self.output_dir / CACHE_DIR / name
+        fingerprint = {
+            "base_model": config.base_model, "vae": config.vae, "data": str(Path(config.data).resolve()),
+            "resolution": config.resolution, "crops": config.crops, "random_flip": config.random_flip,
+            "buckets": config.buckets, "bucket_step": config.bucket_step, "max_aspect_ratio": config.max_aspect_ratio,
+            "seed": config.seed if config.base_model in TINY_BASES else None,
+        }
+        marker = folder / "fingerprint.json"
+        if self.accelerator.is_main_process:
+            if marker.is_file():
+                if json.loads(marker.read_text()) != fingerprint:
+                    raise TrainingError(
+                        f"{folder} was computed for other settings (base, data, resolution, crops, flips or buckets); "
+                        "delete it to recompute it"
+                    )
+            else:
+                if folder.exists():
+                    shutil.rmtree(folder)  # an unfinished cache of an interrupted run (no fingerprint yet)
+                build(folder)
+                marker.write_text(json.dumps(fingerprint))
+        self.accelerator.wait_for_everyone()
+        return reader(folder)
+
+    def _progress(self, description: str):
+        disable = not (self.config.progress and self.accelerator.is_local_main_process)
+        return lambda iterable: tqdm(iterable, desc=description, disable=disable)
+
+    # --- loop ---------------------------------------------------------------------------------------
+
+    def _loop(self, model, optimizer, dataloader, lr_scheduler, ema, prepared, step, batches, max_steps) -> TrainResult:
+        config, accelerator = self.config, self.accelerator
+        losses: list[float] = []
+        last_checkpoint: Path | None = None
+        progress = tqdm(
+            total=max_steps, initial=step, desc="training", disable=not (config.progress and accelerator.is_local_main_process)
+        )
+        trainable = [p for p in accelerator.unwrap_model(model).parameters() if p.requires_grad]
+        accumulated = 0.0
+        if step < max_steps:
+            for batch in dataloader:
+                with accelerator.accumulate(model):
+                    generator = step_generator(config.seed, batches, accelerator.process_index)
+                    loss = model(batch, generator)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and config.max_grad_norm:
+                        accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+                    optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                batches += 1
+                accumulated += accelerator.gather(loss.detach()[None]).mean().item() / config.gradient_accumulation_steps
+                if not accelerator.sync_gradients:
+                    continue
+                step += 1
+                if ema is not None:
+                    ema.step(trainable)
+                losses.append(accumulated)
+                accelerator.log({"train/loss": accumulated, "train/lr": lr_scheduler.get_last_lr()[0]}, step=step)
+                progress.update(1)
+                progress.set_postfix(loss=f"{accumulated:.4f}")
+                accumulated = 0.0
+                if config.validation_steps and step % config.validation_steps == 0:
+                    self.validate(accelerator.unwrap_model(model), prepared, step, ema)
+                if step % config.checkpointing_steps == 0 or step >= max_steps:
+                    last_checkpoint = self.save(model, ema, step, batches)
+                if step >= max_steps:
+                    break
+        progress.close()
+        if last_checkpoint is None:
+            existing = list_checkpoints(self.output_dir)
+            last_checkpoint = existing[-1] if existing else None
+        accelerator.end_training()
+        adapter = last_checkpoint / ADAPTER_FILE if last_checkpoint is not None else None
+        return TrainResult(self.output_dir, step, last_checkpoint, adapter, losses)
+
+    # --- checkpoints ----------------------------------------------------------------------------------
+
+    def save(self, model, ema: EMAModel | None, step: int, batches: int) -> Path:
+        """``checkpoints/checkpoint-<step>``: accelerate's state (for resume) + the exported adapter(s)."""
+        accelerator = self.accelerator
+        folder = self.output_dir / CHECKPOINTS_DIR / f"checkpoint-{step:07d}"
+        if accelerator.is_main_process and folder.exists():
+            raise TrainingError(f"{folder} already exists; it is never overwritten (resume from it, or move it)")
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(folder))
+        if accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(model)
+            metadata = self._metadata(unwrapped, step)
+            write_adapter(adapter_checkpoint(unwrapped), folder / ADAPTER_FILE, metadata=metadata)
+            if ema is not None:
+                trainable = [p for p in unwrapped.parameters() if p.requires_grad]
+                ema.store(trainable)
+                ema.copy_to(trainable)
+                write_adapter(adapter_checkpoint(unwrapped), folder / EMA_ADAPTER_FILE, metadata={**metadata, "ema": "true"})
+                ema.restore(trainable)
+            (folder / STATE_FILE).write_text(json.dumps({"step": step, "batches": batches}))
+            self._prune_checkpoints()
+        accelerator.wait_for_everyone()
+        return folder
+
+    def _metadata(self, model: AdapterTrainingModel, step: int) -> dict[str, str]:
+        config = self.config
+        metadata = {
+            "training_step": str(step),
+            "base_model": config.base_model,
+            "face_model": self.face_model,
+            "trained_with": "faceprompt train",
+        }
+        published = registry_variant_for(adapter_checkpoint(model).state_dict(), self.variant)
+        if published is not None:
+            metadata["variant"] = published
+        return metadata
+
+    def _prune_checkpoints(self) -> None:
+        limit = self.config.checkpoints_total_limit
+        if limit is None:
+            return
+        for old in list_checkpoints(self.output_dir)[:-limit]:
+            shutil.rmtree(old)  # this run's own checkpoints beyond checkpoints_total_limit
+
+    # --- validation -----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def validate(self, model: AdapterTrainingModel, prepared: PreparedDataset, step: int, ema: EMAModel | None) -> list[Path]:
+        """Images of fixed identities x prompts x seed with the current (EMA, when on) weights, as PNGs under
+        ``validation/step-<step>/`` and in the trackers."""
+        if not self.accelerator.is_main_process:
+            return []
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if ema is not None:
+            ema.store(trainable)
+            ema.copy_to(trainable)
+        try:
+            images = validation_images(model, prepared, self.config)
+        finally:
+            if ema is not None:
+                ema.restore(trainable)
+        folder = self.output_dir / VALIDATION_DIR / f"step-{step:07d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for (label, prompt_index), image in images.items():
+            path = _free_path(folder / f"{_safe_name(label)}-prompt{prompt_index}.png")
+            image.save(path)
+            paths.append(path)
+        tracker = self._tensorboard()
+        if tracker is not None:
+            for (label, prompt_index), image in images.items():
+                tracker.add_image(f"validation/{label}/prompt{prompt_index}", np.asarray(image), step, dataformats="HWC")
+        return paths
+
+    def _tensorboard(self):
+        try:
+            return self.accelerator.get_tracker("tensorboard", unwrap=True)
+        except (ValueError, KeyError):
+            return None
+
+
+def validation_images(model: AdapterTrainingModel, prepared: PreparedDataset, config: TrainConfig) -> dict:
+    """``{(identity label, prompt index): PIL image}`` generated through the base pipeline with the adapter's tokens
+    (unconditional tokens: the projection of a zero ID, as at inference)."""
+    components = model.components
+    variant = model.variant
+    groups = prepared.identities()
+    labels = config.validation_identities or list(groups)[:2]
+    unknown = [label for label in labels if label not in groups]
+    if unknown:
+        raise TrainingError(f"validation_identities {unknown} are not in the data set; it has {', '.join(list(groups)[:10])}")
+    size = config.resolution
+    guidance = config.validation_guidance_scale or (5.0 if components.is_sdxl else 7.5)
+    images = {}
+    for label in labels:
+        members = groups[label]
+        embeddings = [prepared.embedding(i, normalized=variant.normalized_embedding) for i in members]
+        if variant.multi_face:
+            chosen = [embeddings[i % len(embeddings)] for i in range(config.faces_per_sample)]
+            embeds = torch.from_numpy(np.stack(chosen))[None]
+        else:
+            embeds = torch.from_numpy(embeddings[0])[None]
+        clip_cond = clip_uncond = keep = None
+        if variant.projection == "plus":
+            from ..adapters.tokens import clip_pixel_values
+
+            clip_cond = clip_pixel_values([prepared.face(members[0])])
+            clip_uncond = torch.zeros_like(clip_cond)
+            keep = torch.ones(1)
+        cond = model.identity_tokens(embeds, clip_cond, keep)
+        uncond = model.identity_tokens(torch.zeros_like(embeds), clip_uncond, keep)
+        for prompt_index, prompt in enumerate(config.validation_prompts):
+            generator = torch.Generator("cpu").manual_seed(config.validation_seed)
+            with get_runtime(components.unet).conditioning(
+                {ADAPTER_NAME: [ImagePrompt(cond=cond, uncond=uncond)]}, classifier_free_guidance=guidance > 1.0
+            ):
+                output = components.pipeline(
+                    prompt=[prompt], num_inference_steps=config.validation_num_inference_steps,
+                    guidance_scale=guidance, generator=generator, height=size, width=size, output_type="pil",
+                )
+            images[(label, prompt_index)] = output.images[0]
+    return images
+
+
+def _trackers(log_with: str) -> list[str] | None:
+    import importlib.util
+
+    installed = [name for name in ("tensorboard", "wandb") if importlib.util.find_spec(name) is not None]
+    if log_with == "none":
+        return None
+    wanted = installed if log_with == "all" else [log_with]
+    missing = [name for name in wanted if name not in installed]
+    if missing:
+        raise TrainingError(
+            f"log_with: {log_with} needs {', '.join(missing)} (pip install {' '.join(missing)}), or set log_with: none"
+        )
+    return wanted or None
+
+
+def _flat_config(config: TrainConfig) -> dict[str, Any]:
+    """Scalars only (what TensorBoard's hparams accept)."""
+    return {key: value if isinstance(value, (int, float, str, bool)) else str(value)
+            for key, value in config.to_dict().items()}
+
+
+def _safe_name(label: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label) or "identity"
+
+
+def _free_path(path: Path) -> Path:
+    """``path``, or ``stem-1``, ``stem-2``, ... when it exists (nothing is overwritten)."""
+    candidate, number = path, 0
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
+    return candidate
+
