@@ -46,7 +46,6 @@ import logging
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,10 +58,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks._machine import cpu_model, usable_cores
+from benchmarks._machine import cpu_model, run_child, usable_cores
 from faceprompt.testing.full_size import FULL_SIZE_UNET_CONFIGS
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: The issue's goals.
 GOAL_STEP_OVERHEAD = 0.03  # identity conditioning costs <= 3% over the bare UNet step
@@ -615,16 +612,9 @@ def memory_child(key: str, size: int, checkpoint: Path) -> dict[str, float]:
 def measure_memory(size: int, checkpoint: Path, log) -> dict[str, dict[str, float] | str]:
     results: dict[str, dict[str, float] | str] = {}
     for key, _ in MEMORY_CONFIGS:
-        command = [sys.executable, "-m", "benchmarks.adapters", "--memory-child", key, "--size", str(size),
-                   "--checkpoint", str(checkpoint)]  # fmt: skip
+        arguments = ["--memory-child", key, "--size", str(size), "--checkpoint", str(checkpoint)]
         start = time.perf_counter()
-        done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
-        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-        if done.returncode != 0 or not lines:
-            results[key] = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        else:
-            results[key] = json.loads(lines[-1])
+        results[key] = run_child("benchmarks.adapters", arguments)
         log(f"  memory {key}: {time.perf_counter() - start:.0f} s")
     return results
 

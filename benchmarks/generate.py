@@ -52,9 +52,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -68,6 +66,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchmarks._machine import run_child
 from benchmarks.adapters import (
     CpuShare,
     Table,
@@ -79,8 +78,6 @@ from benchmarks.adapters import (
     rss_mib,
     sharing_copy,
 )
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: The issue's goals.
 GOAL_RATIO_TO_NONE = 1.02  # faceprompt's seconds per image <= 1.02x the plain pipeline's
@@ -423,16 +420,10 @@ def memory_child(key: str, checkpoint: Path, size: int, batches: Sequence[int]) 
 def measure_memory(keys: Sequence[str], checkpoint: Path, size: int, batches: Sequence[int], log) -> dict[str, Any]:
     results: dict[str, dict[str, float] | str] = {}
     for key in keys:
-        command = [sys.executable, "-m", "benchmarks.generate", "--memory-child", key, "--checkpoint",
-                   str(checkpoint), "--size", str(size), "--batch-sizes", ",".join(map(str, batches))]  # fmt: skip
+        arguments = ["--memory-child", key, "--checkpoint", str(checkpoint), "--size", str(size),
+                     "--batch-sizes", ",".join(map(str, batches))]  # fmt: skip
         start = time.perf_counter()
-        done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
-        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-        if done.returncode != 0 or not lines:
-            results[key] = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        else:
-            results[key] = json.loads(lines[-1])
+        results[key] = run_child("benchmarks.generate", arguments)
         log(f"  memory {key}: {time.perf_counter() - start:.0f} s")
     return results
 
