@@ -96,6 +96,7 @@ class TrainConfig:
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = None
     log_with: str = "tensorboard"
+    tracker_project: str = "faceprompt-train"
     validation_steps: int = 0
     validation_prompts: list[str] = field(default_factory=lambda: ["a photo of a person"])
     validation_identities: list[str] = field(default_factory=list)
@@ -262,6 +263,7 @@ def _validate(config: TrainConfig) -> None:
     if config.checkpoints_total_limit is not None:
         _check(config.checkpoints_total_limit >= 1, "checkpoints_total_limit must be >= 1",
                config.checkpoints_total_limit)
+    _check(bool(config.tracker_project.strip()), "tracker_project must not be empty", config.tracker_project)
     _choice("lr_scheduler", config.lr_scheduler, LR_SCHEDULERS)
     _choice("mixed_precision", config.mixed_precision, MIXED_PRECISION)
     _choice("log_with", config.log_with, LOG_WITH)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
@@ -153,6 +154,7 @@ class Trainer:
         self.output_dir = Path(config.output_dir)
         self.model: AdapterTrainingModel | None = None  # the unwrapped trained model, after run()
         self.face_model = ""  # the data set's, recorded in the exported adapters
+        _release_other_precision(config.mixed_precision)
         self.accelerator = Accelerator(
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             mixed_precision=config.mixed_precision,
@@ -207,7 +209,11 @@ class Trainer:
             dataloader = accelerator.skip_first_batches(dataloader, batches)
             accelerator.print(f"resumed from {checkpoint} at step {step}")
         if accelerator.is_main_process:
-            accelerator.init_trackers("faceprompt-train", config=_flat_config(config))
+            wandb_dir = self.output_dir / LOG_DIR  # W&B's local run files next to TensorBoard's, not in the cwd
+            wandb_dir.mkdir(parents=True, exist_ok=True)
+            accelerator.init_trackers(
+                config.tracker_project, config=_flat_config(config), init_kwargs={"wandb": {"dir": str(wandb_dir)}}
+            )
         return self._loop(model, optimizer, dataloader, lr_scheduler, ema, prepared, step, batches, max_steps)
 
     def _prepare_output(self, resume: str | None) -> Path | None:
@@ -429,17 +435,23 @@ class Trainer:
             path = _free_path(folder / f"{_safe_name(label)}-prompt{prompt_index}.png")
             image.save(path)
             paths.append(path)
-        tracker = self._tensorboard()
-        if tracker is not None:
-            for (label, prompt_index), image in images.items():
-                tracker.add_image(f"validation/{label}/prompt{prompt_index}", np.asarray(image), step, dataformats="HWC")
+        self._log_validation_images(images, step)
         return paths
 
-    def _tensorboard(self):
-        try:
-            return self.accelerator.get_tracker("tensorboard", unwrap=True)
-        except (ValueError, KeyError):
-            return None
+    def _log_validation_images(self, images: dict, step: int) -> None:
+        """One image per identity and prompt, captioned, in every tracker that shows images."""
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":
+                for (label, prompt_index), image in images.items():
+                    tracker.writer.add_image(
+                        f"validation/{label}/prompt{prompt_index}", np.asarray(image), step, dataformats="HWC"
+                    )
+            elif tracker.name == "wandb":
+                import wandb
+
+                captioned = [wandb.Image(image, caption=f"{label}, prompt {prompt_index}")
+                             for (label, prompt_index), image in images.items()]
+                tracker.run.log({"validation": captioned}, step=step)
 
 
 def validation_images(model: AdapterTrainingModel, prepared: PreparedDataset, config: TrainConfig) -> dict:
@@ -483,6 +495,14 @@ def validation_images(model: AdapterTrainingModel, prepared: PreparedDataset, co
                 )
             images[(label, prompt_index)] = output.images[0]
     return images
+
+
+def _release_other_precision(mixed_precision: str) -> None:
+    """accelerate keeps one process-wide state and refuses a second run with another ``mixed_precision`` in the same
+    Python session (a notebook); drop the finished run's state then, keeping the distributed set-up."""
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") not in (None, mixed_precision):
+        AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def _trackers(log_with: str) -> list[str] | None:
