@@ -540,6 +540,8 @@ def run_train(args: argparse.Namespace) -> int:
     if args.max_steps is not None and args.max_steps < 1:
         raise TrainingError(f"--max-steps must be >= 1, got {args.max_steps}")
     result = train(load_config(args.config), resume=args.resume, max_steps=args.max_steps)
+    if not result.main_process:
+        return 0
     stdout.print(f"trained {result.step} steps; checkpoint {result.checkpoint}", highlight=False, markup=False)
     if result.checkpoint is not None:
         stdout.print(f"export with: faceprompt train export {result.checkpoint} --out adapter.bin", highlight=False,

@@ -76,6 +76,7 @@ class TrainResult:
     checkpoint: Path | None
     adapter: Path | None
     losses: list[float] = field(default_factory=list)
+    main_process: bool = True  # False in the other processes of a multi-process run (they report nothing)
 
 
 def train(config: TrainConfig, *, resume: str | None = None, max_steps: int | None = None) -> TrainResult:
@@ -364,7 +365,7 @@ class Trainer:
             last_checkpoint = existing[-1] if existing else None
         accelerator.end_training()
         adapter = last_checkpoint / ADAPTER_FILE if last_checkpoint is not None else None
-        return TrainResult(self.output_dir, step, last_checkpoint, adapter, losses)
+        return TrainResult(self.output_dir, step, last_checkpoint, adapter, losses, accelerator.is_main_process)
 
     # --- checkpoints ----------------------------------------------------------------------------------
 
