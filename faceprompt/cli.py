@@ -1,4 +1,5 @@
-"""Command line: ``faceprompt analyze | identity create | identity show | generate | convert | prepare | train | demo``.
+"""Command line: ``faceprompt analyze | identity create | identity show | generate | convert | prepare | train | eval |
+demo``.
 
 Exit codes: 0 success, 2 bad input (an unreadable photo, no face, a damaged file, ...): the message on stderr
 names the file and what was wrong. ``analyze`` keeps going over the other files and exits 2 at the end.
@@ -171,6 +172,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--ema", action="store_true", help="export the EMA weights (runs trained with ema: true)")
     export.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     export.set_defaults(handler=run_train_export)
+
+    evaluate = commands.add_parser("eval", help="score generated images: identity similarity, CLIP-T, CLIP-I")
+    evaluate.add_argument("images", nargs="+", help="generated image files or folders")
+    evaluate.add_argument("--reference", nargs="+", metavar="PHOTO", help="photos of the person (face similarity)")
+    evaluate.add_argument("--prompt", action="append", dest="prompts", metavar="TEXT",
+                          help="one per image, in order (default: the prompt recorded in each image)")
+    evaluate.add_argument("--baseline", nargs="+", metavar="IMAGE",
+                          help="the same prompts and seeds without the identity, files or folders (CLIP-I)")
+    evaluate.add_argument("--clip", default=None, metavar="MODEL|tiny|none",
+                          help="CLIP model for CLIP-T/CLIP-I: Hub id or folder (default: OpenAI's CLIP ViT-L/14, as "
+                               "the papers), tiny (offline random stand-in), none")
+    evaluate.add_argument("--out", metavar="FILE", help="write the report as JSON here (never overwritten)")
+    _add_analyzer_options(evaluate)
+    evaluate.set_defaults(handler=run_eval)
 
     demo = commands.add_parser("demo", help="offline demo on the sample photos shipped in installed packages")
     demo.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
@@ -447,6 +462,45 @@ def _open_image(path: str | None, mode: str = "RGB"):
 
 
 # --- convert --------------------------------------------------------------------------------------
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from .evaluation import DEFAULT_CLIP_MODEL, ClipScorer, IdentityScorer, evaluate_images, image_files
+
+    images = image_files(args.images)
+    baselines = image_files(args.baseline) if args.baseline else None
+    identity = IdentityScorer(args.reference, _make_analyzer(args)) if args.reference else None
+    clip_choice = args.clip or DEFAULT_CLIP_MODEL
+    clip = None
+    if clip_choice == "tiny":
+        from .testing import tiny_clip_model, tiny_clip_processor
+
+        clip = ClipScorer(tiny_clip_model(), tiny_clip_processor())
+    elif clip_choice != "none":
+        clip = ClipScorer.from_pretrained(clip_choice)
+    report = evaluate_images(images, prompts=args.prompts, identity=identity, clip=clip, baselines=baselines)
+    if args.out:
+        stdout.print(f"report: {report.save(args.out)}", highlight=False, markup=False)
+    _print_report(report)
+    return 0
+
+
+def _print_report(report) -> None:
+    table = Table(title="evaluation")
+    for column in ("image", "faces", "face similarity", "CLIP-T", "CLIP-I"):
+        table.add_column(column)
+
+    def number(value, fmt="{:.3f}"):
+        return "-" if value is None else fmt.format(value)
+
+    for row in report.images:
+        table.add_row(Path(row.path).name, number(row.faces, "{}"), number(row.face_similarity), number(row.clip_t, "{:.2f}"),
+                      number(row.clip_i))
+    stdout.print(table)
+    for key, value in report.summary.items():
+        stdout.print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}", highlight=False)
+    for warning in report.evaluator.get("warnings", []):
+        stderr.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
 def run_convert(args: argparse.Namespace) -> int:

@@ -119,3 +119,10 @@ class DatasetError(FacepromptError, ValueError):
 
 class TrainingError(FacepromptError, ValueError):
     """A training run cannot start or continue: a bad configuration, a missing checkpoint, an output in the way."""
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+
+class EvaluationError(FacepromptError, ValueError):
+    """An evaluation cannot run: no images, images and prompts that do not pair up, a missing scoring model."""

@@ -49,7 +49,10 @@ from diffusers import (
 )
 from huggingface_hub import try_to_load_from_cache
 from transformers import (
+    CLIPConfig,
     CLIPImageProcessorPil,
+    CLIPModel,
+    CLIPProcessor,
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTextModelWithProjection,
@@ -364,6 +367,27 @@ def tiny_clip_image_processor(image_size: int = 224) -> CLIPImageProcessorPil:
     )
 
 
+def tiny_clip_model(seed: int = 0, hidden_size: int = 32) -> CLIPModel:
+    """A tiny stand-in for the CLIP model that scores prompt alignment (CLIP-T) and image similarity (CLIP-I)."""
+    vision = CLIPVisionConfig(
+        hidden_size=hidden_size, intermediate_size=4 * hidden_size, num_hidden_layers=2, num_attention_heads=4,
+        image_size=224, patch_size=32, hidden_act="gelu",
+    )
+    config = CLIPConfig(
+        text_config=_tiny_text_config(hidden_size, "quick_gelu").to_dict(), vision_config=vision.to_dict(),
+        projection_dim=hidden_size,
+    )
+    with _seeded(seed):
+        model = CLIPModel(config)
+    _tag_tiny(model)
+    return model.eval()
+
+
+def tiny_clip_processor() -> CLIPProcessor:
+    """The tokenizer and image preprocessing that go with :func:`tiny_clip_model`."""
+    return CLIPProcessor(image_processor=tiny_clip_image_processor(), tokenizer=tiny_clip_tokenizer())
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Saving, Hub cache, labelling
 # --------------------------------------------------------------------------------------------------------------------
@@ -396,6 +420,15 @@ def save_tiny_clip_vision(path: str | os.PathLike, seed: int = 0) -> Path:
     tiny_clip_vision_model(seed).save_pretrained(path)
     tiny_clip_image_processor().save_pretrained(path)
     _write_marker(path, "clip_vision")
+    return path
+
+
+def save_tiny_clip(path: str | os.PathLike, seed: int = 0) -> Path:
+    """Save `tiny_clip_model(seed)` and its processor in one folder, with the tiny-model marker."""
+    path = Path(path)
+    tiny_clip_model(seed).save_pretrained(path)
+    tiny_clip_processor().save_pretrained(path)
+    _write_marker(path, "clip")
     return path
 
 

@@ -1,0 +1,157 @@
+"""Evaluate a set of generated images: identity similarity, face detection rate, CLIP-T and CLIP-I, one row per
+image plus a summary, written as JSON (and printed as a table by the CLI)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import EvaluationError, OutputExistsError
+from ..pipelines.outputs import METADATA_KEY
+from .clip_scores import ClipScorer
+from .identity_similarity import IdentityScorer
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+@dataclass
+class ImageScores:
+    """The scores of one generated image (``None``: not measured, or no face found)."""
+
+    path: str
+    prompt: str | None = None
+    seed: int | None = None
+    faces: int | None = None
+    face_similarity: float | None = None
+    clip_t: float | None = None
+    clip_i: float | None = None
+
+
+@dataclass
+class EvaluationReport:
+    images: list[ImageScores]
+    evaluator: dict[str, Any] = field(default_factory=dict)  # face model, CLIP model, warnings
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """Means over the images (face similarity over the images where a face was found)."""
+        faces = [row.faces for row in self.images if row.faces is not None]
+        similarities = [row.face_similarity for row in self.images if row.face_similarity is not None]
+        summary: dict[str, Any] = {"images": len(self.images)}
+        if faces:
+            summary["face_detection_rate"] = sum(count > 0 for count in faces) / len(faces)
+        for name, values in (
+            ("face_similarity", similarities),
+            ("clip_t", [row.clip_t for row in self.images if row.clip_t is not None]),
+            ("clip_i", [row.clip_i for row in self.images if row.clip_i is not None]),
+        ):
+            if values:
+                summary[f"{name}_mean"] = statistics.fmean(values)
+                summary[f"{name}_median"] = statistics.median(values)
+        return summary
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"summary": self.summary, "evaluator": self.evaluator, "images": [asdict(row) for row in self.images]}
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise OutputExistsError(f"{path} exists; choose another --out (reports are never overwritten)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+
+def evaluate_images(
+    images: Sequence[str | Path],
+    *,
+    prompts: Sequence[str] | None = None,
+    identity: IdentityScorer | None = None,
+    clip: ClipScorer | None = None,
+    baselines: Sequence[str | Path] | None = None,
+) -> EvaluationReport:
+    """Score image files.
+
+    Args:
+        images: the generated images.
+        prompts: one per image; default: the prompt recorded in each image by ``faceprompt generate``.
+        identity: scores faces against the person's reference photos (face similarity, detection rate).
+        clip: computes CLIP-T with the prompts, and CLIP-I against ``baselines``.
+        baselines: one image per image, generated with the same prompt and seed without the identity.
+    """
+    paths = [Path(image) for image in images]
+    if not paths:
+        raise EvaluationError("no images to evaluate")
+    if prompts is not None and len(prompts) != len(paths):
+        raise EvaluationError(f"got {len(prompts)} prompts for {len(paths)} images; give one per image or none")
+    if baselines is not None and len(baselines) != len(paths):
+        raise EvaluationError(f"got {len(baselines)} baseline images for {len(paths)} images; they pair one to one")
+    records = [_recorded_parameters(path) for path in paths]
+    rows = [
+        ImageScores(str(path), prompt=prompts[index] if prompts is not None else records[index].get("prompt"),
+                    seed=records[index].get("seed"))
+        for index, path in enumerate(paths)
+    ]
+    evaluator: dict[str, Any] = {"warnings": []}
+    if identity is not None:
+        evaluator["face_model"] = identity.face_model
+        if any(identity.face_model in _conditioning_face_models(record) for record in records):
+            evaluator["warnings"].append(
+                f"the images were conditioned on {identity.face_model} embeddings and are scored with the same face "
+                "model, which favours them; score with another face model for numbers comparable to papers"
+            )
+        for row, path in zip(rows, paths):
+            score = identity.score(path)
+            row.faces, row.face_similarity = score.faces, score.similarity
+    if clip is not None:
+        evaluator["clip_model"] = getattr(clip.model, "name_or_path", "") or type(clip.model).__name__
+        if any(row.prompt is None for row in rows):
+            missing = next(row.path for row in rows if row.prompt is None)
+            raise EvaluationError(f"{missing}: no prompt recorded in the image; pass the prompts for CLIP-T")
+        for row, value in zip(rows, clip.text_alignment(paths, [row.prompt for row in rows])):
+            row.clip_t = value
+        if baselines is not None:
+            for row, value in zip(rows, clip.image_similarity(paths, [Path(b) for b in baselines])):
+                row.clip_i = value
+    return EvaluationReport(rows, evaluator)
+
+
+def image_files(folder_or_files: Sequence[str | Path]) -> list[Path]:
+    """Image files named directly, or inside the folders named, in sorted order."""
+    found: list[Path] = []
+    for entry in map(Path, folder_or_files):
+        if entry.is_dir():
+            found += sorted(path for path in entry.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
+        elif entry.is_file():
+            found.append(entry)
+        else:
+            raise EvaluationError(f"{entry}: no such file or folder")
+    return found
+
+
+def _recorded_parameters(path: Path) -> dict[str, Any]:
+    """The generation record in a faceprompt PNG (text chunk) or its JSON sidecar; empty for other images."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            text = getattr(image, "text", {}).get(METADATA_KEY)
+    except OSError as error:
+        raise EvaluationError(f"{path}: not a readable image ({error})") from error
+    if text is None and path.with_suffix(".json").is_file():
+        text = path.with_suffix(".json").read_text()
+    try:
+        return json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def _conditioning_face_models(record: dict[str, Any]) -> set[str]:
+    """The face models of the identities an image was generated with (one identity, or one per region)."""
+    described = record.get("identity") or []
+    described = [described] if isinstance(described, dict) else described
+    return {item.get("face_model") for item in described if isinstance(item, dict)}

@@ -1,0 +1,132 @@
+"""Evaluation: identity similarity on real photos with the dlib face model, CLIP-T/CLIP-I against CLIP's own
+forward pass, the report, the `faceprompt eval` command on images from `faceprompt generate`, and bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from faceprompt.cli import main
+from faceprompt.errors import EvaluationError, OutputExistsError
+from faceprompt.evaluation import ClipScorer, IdentityScorer, evaluate_images, image_files
+from faceprompt.faces.face import l2_normalize
+from faceprompt.testing import save_tiny_clip, tiny_clip_model, tiny_clip_processor
+
+TINY_GENERATE = ["--model", "tiny", "--steps", "2", "--size", "64x64"]
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return ClipScorer(tiny_clip_model(), tiny_clip_processor())
+
+
+@pytest.fixture(scope="module")
+def scorer(dlib_analyzer, astronaut_path):
+    return IdentityScorer([astronaut_path], dlib_analyzer)
+
+
+@pytest.fixture()
+def images(tmp_path, astronaut_rgb, tom_hanks_path):
+    """The astronaut mirrored and re-encoded as JPEG (the same person), Tom Hanks, and an image without a face."""
+    paths = [tmp_path / "mirror.png", tmp_path / "jpeg.jpg", tmp_path / "other.png", tmp_path / "empty.png"]
+    Image.fromarray(astronaut_rgb[:, ::-1]).save(paths[0])
+    Image.fromarray(astronaut_rgb).save(paths[1], quality=90)
+    Image.open(tom_hanks_path).convert("RGB").save(paths[2])
+    Image.new("RGB", (128, 128), (120, 120, 120)).save(paths[3])
+    return paths
+
+
+def test_face_similarity_is_the_cosine_to_the_references_and_follows_the_person(scorer, dlib_analyzer,
+                                                                                astronaut_path, images):
+    reference = l2_normalize(dlib_analyzer.get_face(astronaut_path).embedding)
+    mirrored = l2_normalize(dlib_analyzer.detect(images[0])[0].embedding)
+    score = scorer.score(images[0])
+    assert score.faces == 1 and score.similarity == pytest.approx(float(mirrored @ reference), abs=1e-6)
+    same_person = [scorer.score(path).similarity for path in images[:2]]
+    other_person = scorer.score(images[2]).similarity
+    assert min(same_person) > 0.95 and min(same_person) - other_person > 0.05, (same_person, other_person)
+    assert scorer.score(images[3]).faces == 0 and scorer.score(images[3]).similarity is None
+
+
+def test_clip_scores_equal_clip_models_own_embeddings(clip, images):
+    model, processor = tiny_clip_model(), tiny_clip_processor()
+    prompts = ["a photo of an astronaut", "a face", "a man", "grey"]
+    pictures = [Image.open(path).convert("RGB") for path in images]
+    with torch.no_grad():
+        output = model(**processor(text=prompts, images=pictures, return_tensors="pt", padding=True))
+    cosines = (output.image_embeds * output.text_embeds).sum(dim=-1)  # CLIPModel normalises both
+    expected = (100 * cosines.clamp(min=0)).tolist()
+    assert clip.text_alignment(images, prompts) == pytest.approx(expected, abs=1e-4)
+    assert clip.image_similarity(images[:2], images[:2]) == pytest.approx([1.0, 1.0], abs=1e-5)
+    reversed_order = clip.image_similarity(images[:2], images[:2][::-1])
+    direct = float(output.image_embeds[0] @ output.image_embeds[1])
+    assert reversed_order == pytest.approx([direct, direct], abs=1e-5)
+
+
+def test_report_rows_summary_and_json(scorer, clip, images, tmp_path):
+    prompts = ["an astronaut", "an astronaut", "a man", "nothing"]
+    report = evaluate_images(images, prompts=prompts, identity=scorer, clip=clip, baselines=images[::-1])
+    similarities = [scorer.score(path).similarity for path in images[:3]]
+    summary = report.summary
+    assert summary["images"] == 4 and summary["face_detection_rate"] == 0.75
+    assert summary["face_similarity_mean"] == pytest.approx(float(np.mean(similarities)))
+    assert [row.clip_t for row in report.images] == pytest.approx(clip.text_alignment(images, prompts))
+    assert [row.clip_i for row in report.images] == pytest.approx(clip.image_similarity(images, images[::-1]))
+    path = report.save(tmp_path / "report.json")
+    saved = json.loads(path.read_text())
+    assert saved["summary"] == pytest.approx(summary) and saved["evaluator"]["face_model"] == scorer.face_model
+    assert [row["prompt"] for row in saved["images"]] == prompts
+    with pytest.raises(OutputExistsError, match="never overwritten"):
+        report.save(path)
+
+
+def test_eval_cli_scores_images_from_generate_with_their_recorded_prompts(tmp_path, astronaut_path, clip, capsys):
+    out = tmp_path / "generated"
+    assert main(["generate", "--face", str(astronaut_path), "--prompt", "on the moon", "--prompt", "a painting",
+                 "--seed", "3", "--out", str(out), "--backend", "dlib", *TINY_GENERATE]) == 0
+    report_path = tmp_path / "report.json"
+    arguments = ["eval", str(out), "--reference", str(astronaut_path), "--backend", "dlib", "--clip", "tiny",
+                 "--out", str(report_path)]
+    capsys.readouterr()
+    assert main(arguments) == 0
+    captured = capsys.readouterr()
+    report = json.loads(report_path.read_text())
+    generated = image_files([out])
+    assert [row["prompt"] for row in report["images"]] == ["on the moon", "a painting"]
+    assert [row["seed"] for row in report["images"]] == [3, 4]
+    assert [row["faces"] for row in report["images"]] == [0, 0]  # tiny random model: noise, no faces
+    assert report["summary"]["face_detection_rate"] == 0.0
+    assert [row["clip_t"] for row in report["images"]] == pytest.approx(
+        clip.text_alignment(generated, ["on the moon", "a painting"]), abs=1e-4)
+    assert "scored with the same face model" in captured.err  # generated from dlib embeddings, scored with dlib
+    assert main(arguments) == 2 and "never overwritten" in capsys.readouterr().err
+
+
+def test_clip_model_from_a_local_folder_and_missing_offline(tmp_path, clip, images):
+    folder = save_tiny_clip(tmp_path / "clip")
+    loaded = ClipScorer.from_pretrained(folder)
+    assert loaded.text_alignment(images[:1], ["a face"]) == pytest.approx(clip.text_alignment(images[:1], ["a face"]),
+                                                                           abs=1e-5)
+    with pytest.raises(EvaluationError, match=r"CLIP model openai/clip-vit-large-patch14: could not be loaded.*--clip none"):
+        ClipScorer.from_pretrained(cache_dir=tmp_path / "empty-cache", local_files_only=True)
+
+
+def test_bad_input_is_a_clear_error(scorer, clip, images, tmp_path, dlib_analyzer):
+    with pytest.raises(EvaluationError, match="no images to evaluate"):
+        evaluate_images([], identity=scorer)
+    with pytest.raises(EvaluationError, match="got 1 prompts for 4 images"):
+        evaluate_images(images, prompts=["x"], clip=clip)
+    with pytest.raises(EvaluationError, match="got 2 baseline images for 4 images"):
+        evaluate_images(images, prompts=["x"] * 4, clip=clip, baselines=images[:2])
+    with pytest.raises(EvaluationError, match=r"mirror.png: no prompt recorded in the image; pass the prompts"):
+        evaluate_images(images, clip=clip)
+    with pytest.raises(EvaluationError, match="reference photo: .*face"):
+        IdentityScorer([images[3]], dlib_analyzer)
+    with pytest.raises(EvaluationError, match="missing: no such file or folder"):
+        image_files([tmp_path / "missing"])
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("hello")
+    with pytest.raises(EvaluationError, match="notes.png: not a readable image"):
+        evaluate_images([not_an_image])
