@@ -8,6 +8,7 @@ user's prompt. Every image gets its own seed and a metadata record from which it
 from __future__ import annotations
 
 import random
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -582,6 +583,7 @@ class FacePipeline:
             crops = face_image
         else:
             raise AdapterError("no identity given: pass identity=Identity(...) or faceid_embeds=[B, 512]")
+        self._warn_on_face_count(embeds)
         embeds = _per_prompt(embeds, num_prompts, "identities")
         identities = identities * num_prompts if len(identities) == 1 else identities
         if crops is not None:
@@ -590,6 +592,19 @@ class FacePipeline:
             if len(crops) != num_prompts:
                 raise AdapterError(f"{len(crops)} face images for {num_prompts} prompts; pass one, or one per prompt")
         return embeds, crops, identities
+
+    def _warn_on_face_count(self, embeds: torch.Tensor) -> None:
+        """Portrait adapters were trained on a fixed number of photos per person. The reference code silently
+        misplaces tokens for any other count; here each face keeps its own tokens, so another count works, but
+        it is outside what the adapter saw in training: say so."""
+        trained = self.variant.default_faces if self.variant and self.variant.multi_face else None
+        if trained and embeds.ndim == 3 and embeds.shape[1] != trained:
+            warnings.warn(
+                f"{self.variant.name} was trained with {trained} photos per person and got {embeds.shape[1]}; "
+                f"the images may follow the identity less closely (give {trained} photos for the trained setting)",
+                UserWarning,
+                stacklevel=4,
+            )
 
     def _tokens(self, embeds: torch.Tensor, crops, shortcut: bool, s_scale: float):
         if self._projection_kind() != "plus":

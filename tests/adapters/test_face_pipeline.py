@@ -1,10 +1,13 @@
 """FacePipeline: the public generation API over a diffusers pipeline (tiny offline models)."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
 from faceprompt import FacePipeline
+from faceprompt.adapters.registry import get_variant
 from faceprompt.errors import AdapterError, FaceModelMismatchError
 from faceprompt.identity import Identity
 from faceprompt.testing import tiny_clip_vision_model, tiny_sd15_pipeline
@@ -116,6 +119,17 @@ def test_portrait_takes_several_faces(sd15):
     assert result.images.shape[0] == 1
     fewer = pipe("a portrait", faceid_embeds=faces[:, :1], seed=0, **STEPS)
     assert not torch.allclose(result.images, fewer.images, atol=1e-4)
+
+
+def test_portrait_warns_when_the_face_count_differs_from_training(sd15):
+    state = random_faceid_state_dict(sd15.unet, "mlp", num_tokens=16, lora_rank=None, seed=3)
+    pipe = FacePipeline(sd15, state)
+    pipe.adapter.info["variant"] = get_variant("faceid-portrait-sd15")  # the published file resolves to it; tiny widths match none
+    with pytest.warns(UserWarning, match="faceid-portrait-sd15 was trained with 5 photos per person and got 3"):
+        pipe("a portrait", faceid_embeds=random_id_embeds(3)[None], seed=0, **STEPS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # five faces: the trained setting, no warning
+        pipe("a portrait", faceid_embeds=random_id_embeds(5)[None], seed=0, **STEPS)
 
 
 @pytest.mark.parametrize(
