@@ -1,5 +1,5 @@
 """Command line: ``faceprompt analyze | identity create | identity show | generate | convert | prepare | train | eval |
-demo``.
+eval-run | demo``.
 
 Exit codes: 0 success, 2 bad input (an unreadable photo, no face, a damaged file, ...): the message on stderr
 names the file and what was wrong. ``analyze`` keeps going over the other files and exits 2 at the end.
@@ -88,13 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for several")
     generate.add_argument("--negative", help="negative prompt")
-    generate.add_argument("--adapter", default="faceid-plusv2-sd15", help="registry name, file or owner/repo/file")
-    generate.add_argument("--variant", help="registry variant when the adapter file's name cannot tell")
-    generate.add_argument("--base", help="base model: Hub id, diffusers folder or single .safetensors/.ckpt file")
-    generate.add_argument("--vae", help="VAE to use instead of the base model's")
-    generate.add_argument("--image-encoder", help="CLIP ViT-H image encoder for Plus variants")
+    _add_model_options(generate)
     generate.add_argument("--controlnet", help="ControlNet for --task controlnet")
-    generate.add_argument("--model", choices=["tiny"], help="tiny: the offline random test models (images are noise)")
     generate.add_argument(
         "--task", choices=["txt2img", "img2img", "inpaint", "controlnet", "video"], help="default: inferred"
     )
@@ -109,24 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--num-frames", type=int, default=16, help="frames per video (default 16)")
     generate.add_argument("--fps", type=float, default=8, help="video frames per second (default 8)")
     generate.add_argument("--video-format", choices=["gif", "mp4", "both"], default="both", help="default: both")
-    generate.add_argument(
-        "--fast", nargs="?", const="lcm-lora", choices=["lcm-lora", "lightning", "hyper-sd"],
-        help="4-8 step generation with a distillation LoRA (default lcm-lora; lightning is SDXL only)",
-    )
-    generate.add_argument("--scale", type=float, default=1.0, help="identity weight (default 1.0)")
-    generate.add_argument("--s-scale", type=float, default=1.0, help="PlusV2 face-structure weight (default 1.0)")
     generate.add_argument("--num-images", type=int, default=1, help="images per prompt")
     generate.add_argument("--seed", type=int, help="seed of the first image; image k uses seed + k (default: random)")
-    generate.add_argument("--steps", type=int, help="denoising steps (default 30; the fast mode's with --fast)")
-    generate.add_argument("--guidance", type=float, help="guidance scale (default 7.5; the fast mode's with --fast)")
-    generate.add_argument("--size", default=None, help="WxH, multiples of 8 (default: the model's)")
-    generate.add_argument("--scheduler", help="ddim, dpm++2m, dpm++2m-karras, euler, euler-a, unipc, pndm, lcm")
-    generate.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
-    generate.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    generate.add_argument("--offload", action="store_true", help="model CPU offload to the GPU --device: less GPU memory")
-    generate.add_argument("--vae-tiling", action="store_true", help="decode in tiles (large images, less memory)")
-    generate.add_argument("--vae-slicing", action="store_true", help="decode one image at a time (less memory)")
-    generate.add_argument("--compile", action="store_true", help="torch.compile the UNet (the first image is slower)")
     generate.add_argument("--out", default="outputs", help="output folder (existing files are never overwritten)")
     generate.add_argument("--backend", default="auto", choices=["auto", "insightface", "dlib"], help="face backend for --face")
     generate.add_argument("--model-root", help="insightface model root for --face")
@@ -187,11 +166,53 @@ def build_parser() -> argparse.ArgumentParser:
     _add_analyzer_options(evaluate)
     evaluate.set_defaults(handler=run_eval)
 
+    protocol = commands.add_parser(
+        "eval-run", help="generate a protocol of prompts x seeds with and without each person, and score it"
+    )
+    protocol.add_argument("--person", nargs="+", action="append", required=True, metavar=("NAME", "PHOTO"),
+                          help="a name and photos of the person; repeat for several people")
+    protocol.add_argument("--prompts", metavar="FILE", help="one prompt per line (# comments); default: 20 built-in")
+    protocol.add_argument("--face-prompt", help="the portrait prompt of the face-similarity images ('' for none)")
+    protocol.add_argument("--seeds", type=int, default=4, help="seeds 0..N-1 per person and prompt (default 4)")
+    protocol.add_argument("--no-baseline", action="store_true", help="skip the images without the identity (CLIP-I)")
+    protocol.add_argument("--clip", default=None, metavar="MODEL|tiny|none", help="CLIP model, as for eval")
+    protocol.add_argument("--out", required=True, metavar="DIR", help="output folder (never overwritten)")
+    _add_model_options(protocol)
+    _add_analyzer_options(protocol)
+    protocol.set_defaults(handler=run_eval_run, controlnet=None, task=None, style_image=None, style_adapter=None,
+                          motion_adapter=None)
+
     demo = commands.add_parser("demo", help="offline demo on the sample photos shipped in installed packages")
     demo.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
     demo.add_argument("--backend", default="auto", choices=["auto", "insightface", "dlib"])
     demo.set_defaults(handler=run_demo)
     return parser
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The pipeline (base, adapter, devices, memory options) and per-call settings of generate and eval-run."""
+    parser.add_argument("--adapter", default="faceid-plusv2-sd15", help="registry name, file or owner/repo/file")
+    parser.add_argument("--variant", help="registry variant when the adapter file's name cannot tell")
+    parser.add_argument("--base", help="base model: Hub id, diffusers folder or single .safetensors/.ckpt file")
+    parser.add_argument("--vae", help="VAE to use instead of the base model's")
+    parser.add_argument("--image-encoder", help="CLIP ViT-H image encoder for Plus variants")
+    parser.add_argument("--model", choices=["tiny"], help="tiny: the offline random test models (images are noise)")
+    parser.add_argument(
+        "--fast", nargs="?", const="lcm-lora", choices=["lcm-lora", "lightning", "hyper-sd"],
+        help="4-8 step generation with a distillation LoRA (default lcm-lora; lightning is SDXL only)",
+    )
+    parser.add_argument("--scale", type=float, default=1.0, help="identity weight (default 1.0)")
+    parser.add_argument("--s-scale", type=float, default=1.0, help="PlusV2 face-structure weight (default 1.0)")
+    parser.add_argument("--steps", type=int, help="denoising steps (default 30; the fast mode's with --fast)")
+    parser.add_argument("--guidance", type=float, help="guidance scale (default 7.5; the fast mode's with --fast)")
+    parser.add_argument("--size", default=None, help="WxH, multiples of 8 (default: the model's)")
+    parser.add_argument("--scheduler", help="ddim, dpm++2m, dpm++2m-karras, euler, euler-a, unipc, pndm, lcm")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--offload", action="store_true", help="model CPU offload to the GPU --device: less GPU memory")
+    parser.add_argument("--vae-tiling", action="store_true", help="decode in tiles (large images, less memory)")
+    parser.add_argument("--vae-slicing", action="store_true", help="decode one image at a time (less memory)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (the first image is slower)")
 
 
 def _add_analyzer_options(parser: argparse.ArgumentParser) -> None:
@@ -465,24 +486,84 @@ def _open_image(path: str | None, mode: str = "RGB"):
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from .evaluation import DEFAULT_CLIP_MODEL, ClipScorer, IdentityScorer, evaluate_images, image_files
+    from .evaluation import IdentityScorer, evaluate_images, image_files
 
     images = image_files(args.images)
     baselines = image_files(args.baseline) if args.baseline else None
     identity = IdentityScorer(args.reference, _make_analyzer(args)) if args.reference else None
-    clip_choice = args.clip or DEFAULT_CLIP_MODEL
-    clip = None
-    if clip_choice == "tiny":
-        from .testing import tiny_clip_model, tiny_clip_processor
-
-        clip = ClipScorer(tiny_clip_model(), tiny_clip_processor())
-    elif clip_choice != "none":
-        clip = ClipScorer.from_pretrained(clip_choice)
+    clip = _clip_scorer(args.clip)
     report = evaluate_images(images, prompts=args.prompts, identity=identity, clip=clip, baselines=baselines)
     if args.out:
         stdout.print(f"report: {report.save(args.out)}", highlight=False, markup=False)
     _print_report(report)
     return 0
+
+
+def run_eval_run(args: argparse.Namespace) -> int:
+    from .evaluation import DEFAULT_PROMPTS, FACE_PROMPT, IdentityScorer, ProtocolSettings, run_protocol
+    from .identity import Identity
+
+    analyzer = _make_analyzer(args)
+    people, scorers = {}, {}
+    for name, *photos in args.person:
+        if not photos:
+            raise FacepromptError(f"--person {name}: give the person's photos after the name")
+        people[name] = Identity.from_images(photos, analyzer, name=name)
+        scorers[name] = IdentityScorer(photos, analyzer)
+    width, height = _parse_size(args.size)
+    generation = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, width=width, height=height,
+                      scale=args.scale, s_scale=args.s_scale)
+    settings = ProtocolSettings(
+        prompts=_read_prompts(args.prompts) if args.prompts else DEFAULT_PROMPTS,
+        face_prompt=FACE_PROMPT if args.face_prompt is None else args.face_prompt or None,
+        seeds=tuple(range(args.seeds)), baseline=not args.no_baseline, generation=generation,
+    )
+    face = _load_face_pipeline(args, next(iter(people.values())))
+    face.pipeline.set_progress_bar_config(disable=True)
+    clip = _clip_scorer(args.clip)
+    total = len(people) * len(settings.jobs())
+    from rich.progress import Progress
+
+    with Progress(console=stderr) as progress:
+        task = progress.add_task("protocol", total=total)
+
+        def advance(message: str) -> None:
+            progress.update(task, advance=1, description=message[:60])
+
+        result = run_protocol(face, people, args.out, settings, scorers=scorers, clip=clip, progress=advance)
+    for person, report in result.reports.items():
+        stdout.print(f"[bold]{person}[/]")
+        _print_report(report)
+    summary_path = Path(args.out) / "summary.json"
+    summary_path.write_text(json.dumps(result.summary, indent=2))
+    stdout.print(f"reports: {Path(args.out)}/<person>/report.json, summary: {summary_path}", highlight=False)
+    return 0
+
+
+def _read_prompts(path: str) -> list[str]:
+    from .errors import EvaluationError
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise EvaluationError(f"{path}: cannot read the prompts file ({error.strerror})") from error
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise EvaluationError(f"{path}: no prompts (one per line; lines starting with # are comments)")
+    return prompts
+
+
+def _clip_scorer(choice: str | None):
+    """``--clip``: a Hub id or folder (default CLIP ViT-L/14), ``tiny`` or ``none``."""
+    from .evaluation import DEFAULT_CLIP_MODEL, ClipScorer
+
+    if choice == "none":
+        return None
+    if choice == "tiny":
+        from .testing import tiny_clip_model, tiny_clip_processor
+
+        return ClipScorer(tiny_clip_model(), tiny_clip_processor())
+    return ClipScorer.from_pretrained(choice or DEFAULT_CLIP_MODEL)
 
 
 def _print_report(report) -> None:

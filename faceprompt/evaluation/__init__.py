@@ -3,10 +3,16 @@
 
 from .clip_scores import DEFAULT_CLIP_MODEL, ClipScorer
 from .identity_similarity import FaceScore, IdentityScorer
+from .protocol import DEFAULT_PROMPTS, FACE_PROMPT, ProtocolResult, ProtocolSettings, run_protocol
 from .report import EvaluationReport, ImageScores, evaluate_images, image_files
 
 __all__ = [
     "DEFAULT_CLIP_MODEL",
+    "DEFAULT_PROMPTS",
+    "FACE_PROMPT",
+    "ProtocolResult",
+    "ProtocolSettings",
+    "run_protocol",
     "ClipScorer",
     "EvaluationReport",
     "FaceScore",

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import random
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from ..adapters.attach import (
     attached_adapters,
     detach_adapter,
     get_runtime,
+    set_lora,
 )
 from ..adapters.attention import AttachedAdapter, ImagePrompt
 from ..adapters.registry import (
@@ -358,6 +360,26 @@ class FacePipeline:
             CLIPVisionModelWithProjection, source, torch_dtype=self.pipeline.unet.dtype, cache_dir=cache_dir,
             local_files_only=local_files_only,
         ).to(self.pipeline.unet.device)
+
+    # --- comparisons ----------------------------------------------------------------------------------
+
+    @contextmanager
+    def without_lora(self) -> Iterator[FacePipeline]:
+        """Take the adapter's LoRA out of the UNet until the block ends (then put it back as it was).
+
+        Inside, a call with ``scale=0.0`` gives the base model's image for the same seed: the "without the
+        identity" image that evaluations (CLIP-I) and side-by-side comparisons need. A FaceID LoRA changes the
+        base model even at scale 0, so ``scale=0.0`` alone is not the base model.
+        """
+        adapter = self.adapter
+        mode = adapter.lora_mode
+        if mode != "off":
+            set_lora(self.pipeline, adapter.name, mode="off")
+        try:
+            yield self
+        finally:
+            if mode != "off":
+                set_lora(self.pipeline, adapter.name, mode=mode)
 
     # --- memory and speed -------------------------------------------------------------------------
 

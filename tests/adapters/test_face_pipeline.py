@@ -253,3 +253,20 @@ def test_style_image_and_identity_each_with_their_own_scale(adapter_file):
     plain = FacePipeline(tiny_sd15_pipeline(), str(adapter_file))
     with pytest.raises(AdapterError, match="call add_style_adapter"):
         plain("a photo", faceid_embeds=embeds, style_image=style, **STEPS)
+
+
+def test_without_lora_and_scale_zero_is_the_base_model_and_the_lora_comes_back(adapter_file):
+    embeds = random_id_embeds(1)
+    base = tiny_sd15_pipeline()(["a photo"], generator=[torch.Generator().manual_seed(4)], **STEPS).images
+    face = FacePipeline(tiny_sd15_pipeline(), str(adapter_file))  # LoRA fused
+    with_identity = face("a photo", faceid_embeds=embeds, seed=4, **STEPS).images
+    zero_scale = face("a photo", faceid_embeds=embeds, seed=4, scale=0.0, **STEPS).images
+    assert (zero_scale - base).abs().max() > 1e-3  # the fused LoRA alone changes the model
+    with face.without_lora():
+        assert face.adapter.lora_mode == "off"
+        result = face("a photo", faceid_embeds=embeds, seed=4, scale=0.0, **STEPS)
+    torch.testing.assert_close(result.images, base, rtol=0, atol=2e-5)  # unfusing: float rounding only
+    assert result.metadata[0]["lora"] == "off" and result.metadata[0]["scale"] == 0.0
+    assert face.adapter.lora_mode == "fused"
+    again = face("a photo", faceid_embeds=embeds, seed=4, **STEPS).images
+    torch.testing.assert_close(again, with_identity, rtol=0, atol=2e-5)

@@ -1,0 +1,137 @@
+"""An identity-evaluation protocol: generate every person x prompt x seed with the identity and, for CLIP-I, the
+same prompt and seed without it, then score everything.
+
+The shape follows what the field reports (PuLID, PhotoMaker, ConsistentID): face similarity on one fixed portrait
+prompt, prompt alignment (CLIP-T) over a list of prompts that ask for clothing, accessories, actions, attributes,
+views, backgrounds, styles and combinations, CLIP-I against the identity-free image of the same seed, and a few
+seeds per person and prompt, the same for every method compared. The prompts are this project's own.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import EvaluationError, OutputExistsError
+from ..identity import Identity
+from ..pipelines.face_pipeline import FacePipeline
+from ..pipelines.outputs import save_image
+from .clip_scores import ClipScorer
+from .identity_similarity import IdentityScorer
+from .report import EvaluationReport, evaluate_images
+
+FACE_PROMPT = "a close-up portrait photo of a person in a garden, soft light, detailed face"
+
+DEFAULT_PROMPTS: tuple[str, ...] = (
+    "a photo of a person wearing a red raincoat",  # clothing
+    "a photo of a person in a black suit and tie",
+    "a photo of a person wearing round glasses",  # accessories
+    "a photo of a person wearing a wide straw hat",
+    "a photo of a person riding a bicycle",  # actions
+    "a photo of a person playing the guitar",
+    "a photo of a person reading a book in a cafe",
+    "a photo of a smiling person with curly hair",  # attributes
+    "a photo of an elderly person",
+    "a side view photo of a person",  # views
+    "a full-body photo of a person walking",
+    "a photo of a person on a snowy mountain",  # backgrounds
+    "a photo of a person on a beach at sunset",
+    "a photo of a person in a busy city street at night",
+    "an oil painting of a person",  # styles
+    "a watercolor illustration of a person",
+    "a pencil sketch of a person",
+    "a person as an astronaut on the moon, digital art",  # combinations
+    "a person cooking pasta in a sunny kitchen, wearing an apron",
+    "a person in a knight's armour holding a sword, in a castle courtyard",
+)
+
+
+@dataclass
+class ProtocolSettings:
+    """What to generate: ``face_prompt`` (face similarity) and ``prompts`` (CLIP-T, CLIP-I), each with every seed."""
+
+    prompts: Sequence[str] = DEFAULT_PROMPTS
+    face_prompt: str | None = FACE_PROMPT
+    seeds: Sequence[int] = (0, 1, 2, 3)
+    baseline: bool = True  # also generate without the identity (CLIP-I)
+    generation: dict[str, Any] = field(default_factory=dict)  # steps, guidance, size, scale, ... for every call
+
+    def jobs(self) -> list[tuple[str, int]]:
+        prompts = ([self.face_prompt] if self.face_prompt else []) + list(self.prompts)
+        if not prompts or not self.seeds:
+            raise EvaluationError("the protocol needs at least one prompt and one seed")
+        return [(prompt, seed) for prompt in prompts for seed in self.seeds]
+
+
+@dataclass
+class ProtocolResult:
+    reports: dict[str, EvaluationReport]  # per person
+    out_dir: Path
+
+    @property
+    def summary(self) -> dict[str, dict[str, Any]]:
+        return {person: report.summary for person, report in self.reports.items()}
+
+
+def run_protocol(
+    face: FacePipeline,
+    people: Mapping[str, Identity],
+    out_dir: str | Path,
+    settings: ProtocolSettings | None = None,
+    *,
+    scorers: Mapping[str, IdentityScorer] | None = None,
+    clip: ClipScorer | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ProtocolResult:
+    """Generate and score the protocol for each person; writes ``OUT/<person>/{identity,baseline}/*.png`` and
+    ``OUT/<person>/report.json``.
+
+    Args:
+        face: the pipeline under test (any adapter, base model and options).
+        people: the identities to generate, by name.
+        scorers: per person, an :class:`IdentityScorer` with the evaluator's face model (default: no face scores).
+        clip: CLIP-T and CLIP-I (default: none).
+    """
+    settings = settings or ProtocolSettings()
+    out_dir = Path(out_dir)
+    jobs = settings.jobs()
+    if not people:
+        raise EvaluationError("the protocol needs at least one person")
+    folders = {person: out_dir / _folder_name(person) for person in people}
+    taken = [str(folder) for folder in folders.values() if folder.exists() and any(folder.iterdir())]
+    if taken:
+        raise OutputExistsError(f"{', '.join(taken)} already exist; choose another output folder (nothing is overwritten)")
+    reports = {}
+    for person, identity in people.items():
+        folder = folders[person]
+        with_identity, baselines = [], []
+        for index, (prompt, seed) in enumerate(jobs):
+            if progress:
+                progress(f"{person}: {prompt!r}, seed {seed}")
+            name = f"{index:04d}-seed{seed}.png"
+            result = face(prompt, identity=identity, seed=seed, **settings.generation)
+            with_identity.append(save_image(result.images[0], result.metadata[0], folder / "identity" / name)[0])
+            if settings.baseline:
+                with face.without_lora():
+                    plain = face(prompt, identity=identity, seed=seed, **{**settings.generation, "scale": 0.0})
+                baselines.append(save_image(plain.images[0], plain.metadata[0], folder / "baseline" / name)[0])
+        report = evaluate_images(
+            with_identity,
+            identity=(scorers or {}).get(person),
+            clip=clip,
+            baselines=baselines if settings.baseline and clip is not None else None,
+        )
+        report.evaluator["person"] = person
+        report.save(folder / "report.json")
+        reports[person] = report
+    return ProtocolResult(reports, out_dir)
+
+
+def _folder_name(person: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", person).strip("._")
+    if not name:
+        raise EvaluationError(f"person name {person!r} has no letters or digits to name its folder")
+    return name

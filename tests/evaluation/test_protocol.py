@@ -1,0 +1,84 @@
+"""The evaluation protocol on the tiny pipeline: every person x prompt x seed with and without the identity, the
+baseline equal to the base model's image, scores paired by seed, nothing overwritten, and `faceprompt eval-run`."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from faceprompt import FacePipeline
+from faceprompt.cli import main
+from faceprompt.errors import EvaluationError, OutputExistsError
+from faceprompt.evaluation import ClipScorer, IdentityScorer, ProtocolSettings, run_protocol
+from faceprompt.identity import Identity
+from faceprompt.testing import tiny_clip_model, tiny_clip_processor, tiny_sd15_pipeline
+
+GENERATION = dict(num_inference_steps=2, width=64, height=64)
+
+
+@pytest.fixture(scope="module")
+def astronaut_identity(dlib_analyzer, astronaut_path):
+    return Identity.from_images(astronaut_path, dlib_analyzer, name="astronaut")
+
+
+def test_protocol_generates_pairs_and_scores_them(tmp_path, astronaut_identity, astronaut_path, dlib_analyzer):
+    face = FacePipeline.tiny(id_embeddings_dim=128)
+    face.pipeline.set_progress_bar_config(disable=True)
+    clip = ClipScorer(tiny_clip_model(), tiny_clip_processor())
+    settings = ProtocolSettings(prompts=["a painting of a person"], face_prompt="a portrait", seeds=(5, 6),
+                                generation=GENERATION)
+    messages = []
+    result = run_protocol(face, {"the astronaut": astronaut_identity}, tmp_path / "run", settings,
+                          scorers={"the astronaut": IdentityScorer([astronaut_path], dlib_analyzer)}, clip=clip,
+                          progress=messages.append)
+
+    folder = tmp_path / "run" / "the_astronaut"
+    names = ["0000-seed5.png", "0001-seed6.png", "0002-seed5.png", "0003-seed6.png"]
+    assert sorted(path.name for path in (folder / "identity").glob("*.png")) == names
+    assert sorted(path.name for path in (folder / "baseline").glob("*.png")) == names
+    assert len(messages) == 4 and messages[0] == "the astronaut: 'a portrait', seed 5"
+    report = result.reports["the astronaut"]
+    assert [(row.prompt, row.seed) for row in report.images] == [
+        ("a portrait", 5), ("a portrait", 6), ("a painting of a person", 5), ("a painting of a person", 6)]
+    assert [row.faces for row in report.images] == [0, 0, 0, 0]  # tiny random models draw noise
+
+    # the baseline is the base model's own image for the same prompt and seed
+    base = tiny_sd15_pipeline(0)
+    base.set_progress_bar_config(disable=True)
+    expected = base(["a painting of a person"], generator=[torch.Generator().manual_seed(6)], output_type="np",
+                    guidance_scale=7.5, **GENERATION).images[0]
+    baseline = np.asarray(Image.open(folder / "baseline" / names[3]), dtype=np.float32) / 255
+    assert np.abs(baseline - expected).max() <= 1 / 255 + 1e-6  # PNG rounding (and unfusing's float rounding)
+    with_identity = np.asarray(Image.open(folder / "identity" / names[3]), dtype=np.float32) / 255
+    assert np.abs(with_identity - expected).max() > 0.05
+
+    identity_paths = sorted((folder / "identity").glob("*.png"))
+    baseline_paths = sorted((folder / "baseline").glob("*.png"))
+    assert [row.clip_i for row in report.images] == pytest.approx(clip.image_similarity(identity_paths, baseline_paths))
+    saved = json.loads((folder / "report.json").read_text())
+    assert saved["evaluator"]["person"] == "the astronaut" and saved["summary"]["images"] == 4
+    assert face.adapter.lora_mode == "fused"  # back after the baselines
+
+    with pytest.raises(OutputExistsError, match="the_astronaut already exist"):
+        run_protocol(face, {"the astronaut": astronaut_identity}, tmp_path / "run", settings)
+    with pytest.raises(EvaluationError, match="at least one prompt and one seed"):
+        run_protocol(face, {"x": astronaut_identity}, tmp_path / "other", ProtocolSettings(seeds=()))
+
+
+def test_eval_run_cli_end_to_end(tmp_path, astronaut_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a painting of a person\n\n# comment\na person on a beach\n")
+    out = tmp_path / "run"
+    code = main(["eval-run", "--person", "astro", str(astronaut_path), "--prompts", str(prompts), "--seeds", "2",
+                 "--out", str(out), "--model", "tiny", "--steps", "1", "--size", "64x64", "--backend", "dlib",
+                 "--clip", "tiny"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads((out / "astro" / "report.json").read_text())
+    assert [row["prompt"] for row in report["images"]][2:] == ["a painting of a person"] * 2 + ["a person on a beach"] * 2
+    assert [row["seed"] for row in report["images"]] == [0, 1] * 3
+    assert all(row["clip_i"] is not None for row in report["images"])
+    assert "astro" in captured.out and "face_detection_rate" in captured.out
+    assert json.loads((out / "summary.json").read_text())["astro"]["images"] == 6
