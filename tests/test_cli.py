@@ -92,6 +92,11 @@ def test_demo_writes_crops_identity_and_contact_sheet(tmp_path, capsys):
 
     record = read_metadata(summary["generated"][0])
     assert record["seed"] == 2023 and record["notice"].startswith("tiny randomly initialised")
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert summary["evaluation"] == evaluation["summary"]
+    assert evaluation["summary"]["images"] == 4 and evaluation["summary"]["face_detection_rate"] == 0.0  # noise
+    assert [row["prompt"] for row in evaluation["images"]][::2] == ["a photo of the astronaut on the moon",
+                                                                    "an oil painting of the astronaut"]
     assert main(["demo", "--out", str(out), "--backend", "dlib"]) == 0  # safe to re-run
     assert len(list((out / "generated").glob("*.png"))) == 4
 
