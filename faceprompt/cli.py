@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     protocol.add_argument("--no-baseline", action="store_true", help="skip the images without the identity (CLIP-I)")
     protocol.add_argument("--clip", default=None, metavar="MODEL|tiny|none", help="CLIP model, as for eval")
     protocol.add_argument("--out", required=True, metavar="DIR", help="output folder (never overwritten)")
+    protocol.add_argument("--eval-backend", choices=["auto", "insightface", "dlib"],
+                          help="face backend that scores the images (default: --backend's); another model than the "
+                               "one the adapter is conditioned on gives unbiased scores")
     _add_model_options(protocol)
     _add_analyzer_options(protocol)
     protocol.set_defaults(handler=run_eval_run, controlnet=None, task=None, style_image=None, style_adapter=None,
@@ -224,11 +227,11 @@ def _add_analyzer_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-faces", type=int, help="keep at most this many faces per photo, largest first")
 
 
-def _make_analyzer(args: argparse.Namespace):
+def _make_analyzer(args: argparse.Namespace, backend: str | None = None):
     from .faces import FaceAnalyzer, QualityFilter
 
     analyzer = FaceAnalyzer(
-        args.backend,
+        backend or args.backend,
         model_root=args.model_root,
         pack=args.pack,
         quality=QualityFilter(min_face_size=args.min_face_size, max_faces=args.max_faces),
@@ -504,12 +507,13 @@ def run_eval_run(args: argparse.Namespace) -> int:
     from .identity import Identity
 
     analyzer = _make_analyzer(args)
+    evaluator = _make_analyzer(args, args.eval_backend) if args.eval_backend else analyzer
     people, scorers = {}, {}
     for name, *photos in args.person:
         if not photos:
             raise FacepromptError(f"--person {name}: give the person's photos after the name")
         people[name] = Identity.from_images(photos, analyzer, name=name)
-        scorers[name] = IdentityScorer(photos, analyzer)
+        scorers[name] = IdentityScorer(photos, evaluator)
     width, height = _parse_size(args.size)
     generation = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, width=width, height=height,
                       scale=args.scale, s_scale=args.s_scale)

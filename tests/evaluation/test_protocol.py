@@ -13,7 +13,12 @@ from faceprompt.cli import main
 from faceprompt.errors import EvaluationError, OutputExistsError
 from faceprompt.evaluation import ClipScorer, IdentityScorer, ProtocolSettings, run_protocol
 from faceprompt.identity import Identity
-from faceprompt.testing import tiny_clip_model, tiny_clip_processor, tiny_sd15_pipeline
+from faceprompt.testing import (
+    tiny_clip_model,
+    tiny_clip_processor,
+    tiny_sd15_pipeline,
+    write_standin_insightface_pack,
+)
 
 GENERATION = dict(num_inference_steps=2, width=64, height=64)
 
@@ -82,3 +87,25 @@ def test_eval_run_cli_end_to_end(tmp_path, astronaut_path, capsys):
     assert all(row["clip_i"] is not None for row in report["images"])
     assert "astro" in captured.out and "face_detection_rate" in captured.out
     assert json.loads((out / "summary.json").read_text())["astro"]["images"] == 6
+    assert report["evaluator"]["face_model"] == "dlib/resnet_v1"
+    assert "scored with the same face model" in captured.err  # conditioned and scored with dlib
+
+
+def test_eval_run_scores_with_another_face_model_when_asked(tmp_path, astronaut_path, capsys):
+    insightface_root = tmp_path / "insightface"
+    write_standin_insightface_pack(insightface_root, "buffalo_l")
+    code = main(["eval-run", "--person", "astro", str(astronaut_path), "--prompts", str(_one_prompt(tmp_path)),
+                 "--face-prompt", "", "--seeds", "1", "--no-baseline", "--out", str(tmp_path / "run"), "--model",
+                 "tiny", "--steps", "1", "--size", "64x64", "--backend", "dlib", "--eval-backend", "insightface",
+                 "--model-root", str(insightface_root), "--clip", "none"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads((tmp_path / "run" / "astro" / "report.json").read_text())
+    assert report["evaluator"]["face_model"] == "insightface/buffalo_l" and report["evaluator"]["warnings"] == []
+    assert [row["prompt"] for row in report["images"]] == ["a painting"] and report["images"][0]["clip_i"] is None
+
+
+def _one_prompt(tmp_path):
+    path = tmp_path / "one.txt"
+    path.write_text("a painting\n")
+    return path
