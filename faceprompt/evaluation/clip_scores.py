@@ -82,14 +82,23 @@ class ClipScorer:
         """CLIP-T of each image with its prompt: ``100 * max(cos, 0)``."""
         if len(images) != len(prompts):
             raise EvaluationError(f"CLIP-T pairs each image with its prompt: got {len(images)} images, {len(prompts)} prompts")
-        cosines = (self.image_embeddings(images) * self.text_embeddings(prompts)).sum(dim=-1)
-        return (100.0 * cosines.clamp(min=0.0)).tolist()
+        return clip_t(self.image_embeddings(images), self.text_embeddings(prompts))
 
     def image_similarity(self, images: Sequence[ImageInput], others: Sequence[ImageInput]) -> list[float]:
         """CLIP-I: the cosine between ``images[i]`` and ``others[i]``."""
         if len(images) != len(others):
             raise EvaluationError(f"CLIP-I pairs images one to one: got {len(images)} and {len(others)}")
-        return (self.image_embeddings(images) * self.image_embeddings(others)).sum(dim=-1).tolist()
+        return clip_i(self.image_embeddings(images), self.image_embeddings(others))
+
+
+def clip_t(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> list[float]:
+    """CLIP-T from unit-length embeddings, row by row."""
+    return (100.0 * (image_embeddings * text_embeddings).sum(dim=-1).clamp(min=0.0)).tolist()
+
+
+def clip_i(image_embeddings: torch.Tensor, other_embeddings: torch.Tensor) -> list[float]:
+    """CLIP-I from unit-length embeddings, row by row."""
+    return (image_embeddings * other_embeddings).sum(dim=-1).tolist()
 
 
 def _pil(image: ImageInput) -> Image.Image:

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import EvaluationError, OutputExistsError
 from ..pipelines.outputs import METADATA_KEY
-from .clip_scores import ClipScorer
+from .clip_scores import ClipScorer, clip_i, clip_t
 from .identity_similarity import IdentityScorer
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -112,10 +112,11 @@ def evaluate_images(
         if any(row.prompt is None for row in rows):
             missing = next(row.path for row in rows if row.prompt is None)
             raise EvaluationError(f"{missing}: no prompt recorded in the image; pass the prompts for CLIP-T")
-        for row, value in zip(rows, clip.text_alignment(paths, [row.prompt for row in rows])):
+        image_embeddings = clip.image_embeddings(paths)  # once for CLIP-T and CLIP-I
+        for row, value in zip(rows, clip_t(image_embeddings, clip.text_embeddings([row.prompt for row in rows]))):
             row.clip_t = value
         if baselines is not None:
-            for row, value in zip(rows, clip.image_similarity(paths, [Path(b) for b in baselines])):
+            for row, value in zip(rows, clip_i(image_embeddings, clip.image_embeddings([Path(b) for b in baselines]))):
                 row.clip_i = value
     return EvaluationReport(rows, evaluator)
 
