@@ -70,10 +70,18 @@ class ProtocolSettings:
 class ProtocolResult:
     reports: dict[str, EvaluationReport]  # per person
     out_dir: Path
+    face_prompt: str | None = None
 
     @property
     def summary(self) -> dict[str, dict[str, Any]]:
-        return {person: report.summary for person, report in self.reports.items()}
+        """Per person: the summary over all images, and that of the face-similarity prompt's images (the figure
+        papers report as face similarity)."""
+        summary = {}
+        for person, report in self.reports.items():
+            summary[person] = dict(report.summary)
+            if self.face_prompt in report.by_prompt:
+                summary[person]["face_prompt"] = report.by_prompt[self.face_prompt]
+        return summary
 
 
 def run_protocol(
@@ -127,7 +135,7 @@ def run_protocol(
         report.evaluator["person"] = person
         report.save(folder / "report.json")
         reports[person] = report
-    return ProtocolResult(reports, out_dir)
+    return ProtocolResult(reports, out_dir, settings.face_prompt)
 
 
 def _folder_name(person: str) -> str:

@@ -38,24 +38,18 @@ class EvaluationReport:
 
     @property
     def summary(self) -> dict[str, Any]:
-        """Means over the images (face similarity over the images where a face was found)."""
-        faces = [row.faces for row in self.images if row.faces is not None]
-        similarities = [row.face_similarity for row in self.images if row.face_similarity is not None]
-        summary: dict[str, Any] = {"images": len(self.images)}
-        if faces:
-            summary["face_detection_rate"] = sum(count > 0 for count in faces) / len(faces)
-        for name, values in (
-            ("face_similarity", similarities),
-            ("clip_t", [row.clip_t for row in self.images if row.clip_t is not None]),
-            ("clip_i", [row.clip_i for row in self.images if row.clip_i is not None]),
-        ):
-            if values:
-                summary[f"{name}_mean"] = statistics.fmean(values)
-                summary[f"{name}_median"] = statistics.median(values)
-        return summary
+        """Means and medians over all images (face similarity over the images where a face was found)."""
+        return _summarize(self.images)
+
+    @property
+    def by_prompt(self) -> dict[str, dict[str, Any]]:
+        """The summary of each prompt's images: which prompts keep the identity, which the prompt."""
+        prompts = dict.fromkeys(row.prompt for row in self.images if row.prompt is not None)
+        return {prompt: _summarize([row for row in self.images if row.prompt == prompt]) for prompt in prompts}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"summary": self.summary, "evaluator": self.evaluator, "images": [asdict(row) for row in self.images]}
+        return {"summary": self.summary, "by_prompt": self.by_prompt, "evaluator": self.evaluator,
+                "images": [asdict(row) for row in self.images]}
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         path = Path(path)
@@ -64,6 +58,22 @@ class EvaluationReport:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_dict(), indent=2))
         return path
+
+
+def _summarize(rows: Sequence[ImageScores]) -> dict[str, Any]:
+    faces = [row.faces for row in rows if row.faces is not None]
+    summary: dict[str, Any] = {"images": len(rows)}
+    if faces:
+        summary["face_detection_rate"] = sum(count > 0 for count in faces) / len(faces)
+    for name, values in (
+        ("face_similarity", [row.face_similarity for row in rows if row.face_similarity is not None]),
+        ("clip_t", [row.clip_t for row in rows if row.clip_t is not None]),
+        ("clip_i", [row.clip_i for row in rows if row.clip_i is not None]),
+    ):
+        if values:
+            summary[f"{name}_mean"] = statistics.fmean(values)
+            summary[f"{name}_median"] = statistics.median(values)
+    return summary
 
 
 def evaluate_images(

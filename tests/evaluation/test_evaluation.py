@@ -74,9 +74,14 @@ def test_report_rows_summary_and_json(scorer, clip, images, tmp_path):
     assert summary["face_similarity_mean"] == pytest.approx(float(np.mean(similarities)))
     assert [row.clip_t for row in report.images] == pytest.approx(clip.text_alignment(images, prompts))
     assert [row.clip_i for row in report.images] == pytest.approx(clip.image_similarity(images, images[::-1]))
+    by_prompt = report.by_prompt
+    assert list(by_prompt) == ["an astronaut", "a man", "nothing"] and by_prompt["an astronaut"]["images"] == 2
+    assert by_prompt["an astronaut"]["face_similarity_mean"] == pytest.approx(float(np.mean(similarities[:2])))
+    assert by_prompt["nothing"]["face_detection_rate"] == 0.0 and "face_similarity_mean" not in by_prompt["nothing"]
     path = report.save(tmp_path / "report.json")
     saved = json.loads(path.read_text())
     assert saved["summary"] == pytest.approx(summary) and saved["evaluator"]["face_model"] == scorer.face_model
+    assert saved["by_prompt"]["a man"] == pytest.approx(by_prompt["a man"])
     assert [row["prompt"] for row in saved["images"]] == prompts
     with pytest.raises(OutputExistsError, match="never overwritten"):
         report.save(path)

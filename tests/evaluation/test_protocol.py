@@ -86,7 +86,8 @@ def test_eval_run_cli_end_to_end(tmp_path, astronaut_path, capsys):
     assert [row["seed"] for row in report["images"]] == [0, 1] * 3
     assert all(row["clip_i"] is not None for row in report["images"])
     assert "astro" in captured.out and "face_detection_rate" in captured.out
-    assert json.loads((out / "summary.json").read_text())["astro"]["images"] == 6
+    summary = json.loads((out / "summary.json").read_text())["astro"]
+    assert summary["images"] == 6 and summary["face_prompt"]["images"] == 2
     assert report["evaluator"]["face_model"] == "dlib/resnet_v1"
     assert "scored with the same face model" in captured.err  # conditioned and scored with dlib
 
