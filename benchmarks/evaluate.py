@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> str:
     with tempfile.TemporaryDirectory(prefix="faceprompt-bench-eval-") as folder:
         images = benchmark_images(Path(folder))
         prompts = [PROMPTS[index % len(PROMPTS)] for index in range(len(images))]
-        scorer = IdentityScorer([sample_photo("astronaut")], FaceAnalyzer("dlib"))
+        scorer = IdentityScorer.from_photos([sample_photo("astronaut")], FaceAnalyzer("dlib"))
         scores = [scorer.score(path) for path in images]  # warm-up, and the numbers for the table's note
         face_seconds = time_repeats(lambda: [scorer.score(path) for path in images], args.repeats)
 

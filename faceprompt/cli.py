@@ -493,7 +493,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     images = image_files(args.images)
     baselines = image_files(args.baseline) if args.baseline else None
-    identity = IdentityScorer(args.reference, _make_analyzer(args)) if args.reference else None
+    identity = IdentityScorer.from_photos(args.reference, _make_analyzer(args)) if args.reference else None
     clip = _clip_scorer(args.clip)
     report = evaluate_images(images, prompts=args.prompts, identity=identity, clip=clip, baselines=baselines)
     if args.out:
@@ -513,7 +513,10 @@ def run_eval_run(args: argparse.Namespace) -> int:
         if not photos:
             raise FacepromptError(f"--person {name}: give the person's photos after the name")
         people[name] = Identity.from_images(photos, analyzer, name=name)
-        scorers[name] = IdentityScorer(photos, evaluator)
+        if evaluator is analyzer:
+            scorers[name] = IdentityScorer.from_identity(people[name], analyzer)  # the same embeddings
+        else:
+            scorers[name] = IdentityScorer.from_photos(photos, evaluator)
     width, height = _parse_size(args.size)
     generation = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, width=width, height=height,
                       scale=args.scale, s_scale=args.s_scale)
@@ -579,7 +582,8 @@ def _print_report(report) -> None:
         return "-" if value is None else fmt.format(value)
 
     for row in report.images:
-        table.add_row(Path(row.path).name, number(row.faces, "{}"), number(row.face_similarity), number(row.clip_t, "{:.2f}"),
+        table.add_row(Path(row.path).name, number(row.faces, "{}"), number(row.face_similarity),
+                      number(row.clip_t, "{:.2f}"),
                       number(row.clip_i))
     stdout.print(table)
     for key, value in report.summary.items():

@@ -2,8 +2,8 @@
 
 It analyses the sample photos, writes aligned (and background-removed) crops and an identity file, generates
 images of that identity with the tiny offline pipeline (random weights: the images are noise by design, they
-show that the path runs end to end), scores them as `faceprompt eval` does, and writes a contact sheet (PNG + HTML). Re-running rewrites the demo's
-own files in that folder.
+show that the path runs end to end), scores them as `faceprompt eval` does, and writes a contact sheet (PNG +
+HTML). Re-running rewrites the demo's own files in that folder.
 """
 
 from __future__ import annotations
@@ -97,7 +97,9 @@ def _evaluate(images: list[Path], reference: Path, analyzer: FaceAnalyzer, repor
     from .testing import tiny_clip_model, tiny_clip_processor
 
     report = evaluate_images(
-        images, identity=IdentityScorer([reference], analyzer), clip=ClipScorer(tiny_clip_model(), tiny_clip_processor())
+        images,
+        identity=IdentityScorer.from_photos([reference], analyzer),
+        clip=ClipScorer(tiny_clip_model(), tiny_clip_processor()),
     )
     report.evaluator["notice"] = "tiny random CLIP model and noise images: the scores show the path, not quality"
     report.save(report_path, overwrite=True)  # the demo's own file from a previous run

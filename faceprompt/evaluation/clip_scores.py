@@ -41,7 +41,8 @@ class ClipScorer:
         """A Hub id or a local folder with a CLIP model and its processor."""
         from transformers import CLIPModel, CLIPProcessor
 
-        options = dict(cache_dir=cache_dir, local_files_only=_offline() if local_files_only is None else local_files_only)
+        offline = _offline() if local_files_only is None else local_files_only
+        options = dict(cache_dir=cache_dir, local_files_only=offline)
         try:
             model = CLIPModel.from_pretrained(model_id, **options)
             processor = CLIPProcessor.from_pretrained(model_id, **options)
@@ -81,7 +82,9 @@ class ClipScorer:
     def text_alignment(self, images: Sequence[ImageInput], prompts: Sequence[str]) -> list[float]:
         """CLIP-T of each image with its prompt: ``100 * max(cos, 0)``."""
         if len(images) != len(prompts):
-            raise EvaluationError(f"CLIP-T pairs each image with its prompt: got {len(images)} images, {len(prompts)} prompts")
+            raise EvaluationError(
+                f"CLIP-T pairs each image with its prompt: got {len(images)} images, {len(prompts)} prompts"
+            )
         return clip_t(self.image_embeddings(images), self.text_embeddings(prompts))
 
     def image_similarity(self, images: Sequence[ImageInput], others: Sequence[ImageInput]) -> list[float]:

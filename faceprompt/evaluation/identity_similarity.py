@@ -16,6 +16,7 @@ import numpy as np
 from ..errors import EvaluationError, NoFaceFoundError
 from ..faces import FaceAnalyzer
 from ..faces.face import l2_normalize
+from ..identity import Identity
 from ..images import ImageInput
 
 
@@ -28,25 +29,41 @@ class FaceScore:
 
 
 class IdentityScorer:
-    """Scores images against reference photos of one person with ``analyzer``'s face model.
+    """Scores images against one person's reference embedding, with ``analyzer``'s face model.
+
+    Build it with :meth:`from_photos` (the reference photos embedded by the evaluator) or :meth:`from_identity`.
 
     Args:
-        references: photos of the person (paths, PIL images or RGB arrays); the largest face of each is used.
-        analyzer: the evaluator's :class:`FaceAnalyzer` (default: ``FaceAnalyzer("auto")``).
+        reference: the person's embedding from ``analyzer``'s face model (normalised here).
+        analyzer: the evaluator's :class:`FaceAnalyzer`.
     """
 
-    def __init__(self, references: Sequence[ImageInput], analyzer: FaceAnalyzer | None = None):
-        if not references:
+    def __init__(self, reference: np.ndarray, analyzer: FaceAnalyzer):
+        self.reference = l2_normalize(np.asarray(reference, dtype=np.float32))
+        self.analyzer = analyzer
+
+    @classmethod
+    def from_photos(cls, photos: Sequence[ImageInput], analyzer: FaceAnalyzer | None = None) -> IdentityScorer:
+        """The normalised mean of the largest face of each photo (default analyzer: ``FaceAnalyzer("auto")``)."""
+        if not photos:
             raise EvaluationError("identity similarity needs at least one reference photo of the person")
-        self.analyzer = analyzer or FaceAnalyzer()
+        analyzer = analyzer or FaceAnalyzer()
         embeddings = []
-        for reference in references:
+        for photo in photos:
             try:
-                face = self.analyzer.get_face(reference, "largest")
+                face = analyzer.get_face(photo, "largest")
             except NoFaceFoundError as error:
-                raise EvaluationError(f"reference photo: {error}; give photos in which the person's face is visible") from error
+                raise EvaluationError(
+                    f"reference photo: {error}; give photos in which the person's face is visible"
+                ) from error
             embeddings.append(l2_normalize(face.embedding))
-        self.reference = l2_normalize(np.mean(embeddings, axis=0))
+        return cls(np.mean(embeddings, axis=0), analyzer)
+
+    @classmethod
+    def from_identity(cls, identity: Identity, analyzer: FaceAnalyzer) -> IdentityScorer:
+        """Reuse an identity's embeddings (made with ``analyzer``'s face model): no second analysis of its photos."""
+        identity.check_face_model(analyzer.face_model)
+        return cls(identity.embedding("norm_mean"), analyzer)  # the normalised mean of unit-length embeddings
 
     @property
     def face_model(self) -> str:

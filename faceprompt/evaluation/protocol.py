@@ -111,7 +111,9 @@ def run_protocol(
     folders = {person: out_dir / _folder_name(person) for person in people}
     taken = [str(folder) for folder in folders.values() if folder.exists() and any(folder.iterdir())]
     if taken:
-        raise OutputExistsError(f"{', '.join(taken)} already exist; choose another output folder (nothing is overwritten)")
+        raise OutputExistsError(
+            f"{', '.join(taken)} already exist; choose another output folder (nothing is overwritten)"
+        )
     reports = {}
     for person, identity in people.items():
         folder = folders[person]

@@ -12,6 +12,7 @@ from faceprompt.cli import main
 from faceprompt.errors import EvaluationError, OutputExistsError
 from faceprompt.evaluation import ClipScorer, IdentityScorer, evaluate_images, image_files
 from faceprompt.faces.face import l2_normalize
+from faceprompt.identity import Identity
 from faceprompt.testing import save_tiny_clip, tiny_clip_model, tiny_clip_processor
 
 TINY_GENERATE = ["--model", "tiny", "--steps", "2", "--size", "64x64"]
@@ -24,7 +25,7 @@ def clip():
 
 @pytest.fixture(scope="module")
 def scorer(dlib_analyzer, astronaut_path):
-    return IdentityScorer([astronaut_path], dlib_analyzer)
+    return IdentityScorer.from_photos([astronaut_path], dlib_analyzer)
 
 
 @pytest.fixture()
@@ -48,6 +49,8 @@ def test_face_similarity_is_the_cosine_to_the_references_and_follows_the_person(
     other_person = scorer.score(images[2]).similarity
     assert min(same_person) > 0.95 and min(same_person) - other_person > 0.05, (same_person, other_person)
     assert scorer.score(images[3]).faces == 0 and scorer.score(images[3]).similarity is None
+    from_identity = IdentityScorer.from_identity(Identity.from_images(astronaut_path, dlib_analyzer), dlib_analyzer)
+    np.testing.assert_allclose(from_identity.reference, scorer.reference, atol=1e-6)
 
 
 def test_clip_scores_equal_clip_models_own_embeddings(clip, images):
@@ -114,7 +117,8 @@ def test_clip_model_from_a_local_folder_and_missing_offline(tmp_path, clip, imag
     loaded = ClipScorer.from_pretrained(folder)
     assert loaded.text_alignment(images[:1], ["a face"]) == pytest.approx(clip.text_alignment(images[:1], ["a face"]),
                                                                            abs=1e-5)
-    with pytest.raises(EvaluationError, match=r"CLIP model openai/clip-vit-large-patch14: could not be loaded.*--clip none"):
+    missing = r"CLIP model openai/clip-vit-large-patch14: could not be loaded.*--clip none"
+    with pytest.raises(EvaluationError, match=missing):
         ClipScorer.from_pretrained(cache_dir=tmp_path / "empty-cache", local_files_only=True)
 
 
@@ -128,7 +132,7 @@ def test_bad_input_is_a_clear_error(scorer, clip, images, tmp_path, dlib_analyze
     with pytest.raises(EvaluationError, match=r"mirror.png: no prompt recorded in the image; pass the prompts"):
         evaluate_images(images, clip=clip)
     with pytest.raises(EvaluationError, match="reference photo: .*face"):
-        IdentityScorer([images[3]], dlib_analyzer)
+        IdentityScorer.from_photos([images[3]], dlib_analyzer)
     with pytest.raises(EvaluationError, match="missing: no such file or folder"):
         image_files([tmp_path / "missing"])
     not_an_image = tmp_path / "notes.png"

@@ -36,7 +36,8 @@ def test_protocol_generates_pairs_and_scores_them(tmp_path, astronaut_identity, 
                                 generation=GENERATION)
     messages = []
     result = run_protocol(face, {"the astronaut": astronaut_identity}, tmp_path / "run", settings,
-                          scorers={"the astronaut": IdentityScorer([astronaut_path], dlib_analyzer)}, clip=clip,
+                          scorers={"the astronaut": IdentityScorer.from_photos([astronaut_path], dlib_analyzer)},
+                          clip=clip,
                           progress=messages.append)
 
     folder = tmp_path / "run" / "the_astronaut"
@@ -82,7 +83,8 @@ def test_eval_run_cli_end_to_end(tmp_path, astronaut_path, capsys):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     report = json.loads((out / "astro" / "report.json").read_text())
-    assert [row["prompt"] for row in report["images"]][2:] == ["a painting of a person"] * 2 + ["a person on a beach"] * 2
+    prompts_used = [row["prompt"] for row in report["images"]]
+    assert prompts_used[2:] == ["a painting of a person"] * 2 + ["a person on a beach"] * 2
     assert [row["seed"] for row in report["images"]] == [0, 1] * 3
     assert all(row["clip_i"] is not None for row in report["images"])
     assert "astro" in captured.out and "face_detection_rate" in captured.out
