@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python -m benchmarks.evaluate                   # 3 repeats (~2 minutes on 2 idle cores)
+    python -m benchmarks.evaluate                   # 3 repeats (~4 minutes on 2 idle cores)
     python -m benchmarks.evaluate --format markdown
 
 What is measured (CPU, float32, no download):

@@ -163,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="CLIP model for CLIP-T/CLIP-I: Hub id or folder (default: OpenAI's CLIP ViT-L/14, as "
                                "the papers), tiny (offline random stand-in), none")
     evaluate.add_argument("--out", metavar="FILE", help="write the report as JSON here (never overwritten)")
+    evaluate.add_argument("--device", default="cpu", help="where CLIP runs: cpu, cuda, mps ... (default cpu)")
     _add_analyzer_options(evaluate)
     evaluate.set_defaults(handler=run_eval)
 
@@ -489,12 +490,15 @@ def _open_image(path: str | None, mode: str = "RGB"):
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from .errors import OutputExistsError
     from .evaluation import IdentityScorer, evaluate_images, image_files
 
+    if args.out and Path(args.out).exists():
+        raise OutputExistsError(f"{args.out} exists; choose another --out (reports are never overwritten)")
     images = image_files(args.images)
     baselines = image_files(args.baseline) if args.baseline else None
     identity = IdentityScorer.from_photos(args.reference, _make_analyzer(args)) if args.reference else None
-    clip = _clip_scorer(args.clip)
+    clip = _clip_scorer(args.clip, args.device)
     report = evaluate_images(images, prompts=args.prompts, identity=identity, clip=clip, baselines=baselines)
     if args.out:
         stdout.print(f"report: {report.save(args.out)}", highlight=False, markup=False)
@@ -503,15 +507,32 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_eval_run(args: argparse.Namespace) -> int:
+    from .errors import EvaluationError, OutputExistsError
     from .evaluation import DEFAULT_PROMPTS, FACE_PROMPT, IdentityScorer, ProtocolSettings, run_protocol
+    from .evaluation.protocol import protocol_folders
     from .identity import Identity
+    from .images import list_image_files
+
+    # everything that can be refused is refused before any model is loaded
+    if args.seeds < 1:
+        raise EvaluationError(f"--seeds must be >= 1, got {args.seeds}")
+    names = [name for name, *_ in args.person]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise EvaluationError(f"--person {repeated[0]} is given twice; give each person once, with all their photos")
+    summary_path = Path(args.out) / "summary.json"
+    if summary_path.exists():
+        raise OutputExistsError(f"{summary_path} exists; choose another --out (nothing is overwritten)")
+    protocol_folders(Path(args.out), names)
+    prompts = _read_prompts(args.prompts) if args.prompts else DEFAULT_PROMPTS
 
     analyzer = _make_analyzer(args)
     evaluator = _make_analyzer(args, args.eval_backend) if args.eval_backend else analyzer
     people, scorers = {}, {}
-    for name, *photos in args.person:
+    for name, *given in args.person:
+        photos = list_image_files(given)
         if not photos:
-            raise FacepromptError(f"--person {name}: give the person's photos after the name")
+            raise EvaluationError(f"--person {name}: give the person's photos (files or folders) after the name")
         people[name] = Identity.from_images(photos, analyzer, name=name)
         if evaluator is analyzer:
             scorers[name] = IdentityScorer.from_identity(people[name], analyzer)  # the same embeddings
@@ -521,14 +542,14 @@ def run_eval_run(args: argparse.Namespace) -> int:
     generation = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, width=width, height=height,
                       scale=args.scale, s_scale=args.s_scale)
     settings = ProtocolSettings(
-        prompts=_read_prompts(args.prompts) if args.prompts else DEFAULT_PROMPTS,
+        prompts=prompts,
         face_prompt=FACE_PROMPT if args.face_prompt is None else args.face_prompt or None,
         seeds=tuple(range(args.seeds)), baseline=not args.no_baseline, generation=generation,
     )
     face = _load_face_pipeline(args, next(iter(people.values())))
     face.pipeline.set_progress_bar_config(disable=True)
-    clip = _clip_scorer(args.clip)
-    total = len(people) * len(settings.jobs())
+    clip = _clip_scorer(args.clip, args.device)
+    total = len(people) * len(settings.jobs()) * (2 if settings.baseline else 1)
     from rich.progress import Progress
 
     with Progress(console=stderr) as progress:
@@ -541,7 +562,6 @@ def run_eval_run(args: argparse.Namespace) -> int:
     for person, report in result.reports.items():
         stdout.print(f"[bold]{person}[/]")
         _print_report(report)
-    summary_path = Path(args.out) / "summary.json"
     summary_path.write_text(json.dumps(result.summary, indent=2))
     stdout.print(f"reports: {Path(args.out)}/<person>/report.json, summary: {summary_path}", highlight=False)
     return 0
@@ -560,7 +580,7 @@ def _read_prompts(path: str) -> list[str]:
     return prompts
 
 
-def _clip_scorer(choice: str | None):
+def _clip_scorer(choice: str | None, device: str = "cpu"):
     """``--clip``: a Hub id or folder (default CLIP ViT-L/14), ``tiny`` or ``none``."""
     from .evaluation import DEFAULT_CLIP_MODEL, ClipScorer
 
@@ -569,8 +589,8 @@ def _clip_scorer(choice: str | None):
     if choice == "tiny":
         from .testing import tiny_clip_model, tiny_clip_processor
 
-        return ClipScorer(tiny_clip_model(), tiny_clip_processor())
-    return ClipScorer.from_pretrained(choice or DEFAULT_CLIP_MODEL)
+        return ClipScorer(tiny_clip_model(), tiny_clip_processor(), device=device)
+    return ClipScorer.from_pretrained(choice or DEFAULT_CLIP_MODEL, device=device)
 
 
 def _print_report(report) -> None:

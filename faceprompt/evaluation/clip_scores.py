@@ -39,16 +39,20 @@ class ClipScorer:
         cache_dir: str | os.PathLike | None = None,
     ) -> ClipScorer:
         """A Hub id or a local folder with a CLIP model and its processor."""
-        from transformers import CLIPModel, CLIPProcessor
+        from transformers import AutoConfig, CLIPModel, CLIPProcessor
 
         offline = _offline() if local_files_only is None else local_files_only
         options = dict(cache_dir=cache_dir, local_files_only=offline)
         try:
+            model_type = AutoConfig.from_pretrained(model_id, **options).model_type
+            if model_type != "clip":
+                raise ValueError(f"its config is a {model_type!r} model")
             model = CLIPModel.from_pretrained(model_id, **options)
             processor = CLIPProcessor.from_pretrained(model_id, **options)
-        except OSError as error:
+        except (OSError, ValueError, RuntimeError) as error:  # missing files, or not a full CLIP model (text + vision)
             raise EvaluationError(
-                f"CLIP model {model_id}: could not be loaded ({str(error).splitlines()[0]}); download it once with "
+                f"CLIP model {model_id}: could not be loaded ({str(error).splitlines()[0]}); a full CLIP model (text "
+                "and vision towers, not an image encoder alone) is needed; download it once with "
                 f"`huggingface-cli download {model_id}` where there is network, give a local folder, or skip CLIP "
                 "scores (--clip none)"
             ) from error

@@ -106,28 +106,24 @@ def run_protocol(
     settings = settings or ProtocolSettings()
     out_dir = Path(out_dir)
     jobs = settings.jobs()
-    if not people:
-        raise EvaluationError("the protocol needs at least one person")
-    folders = {person: out_dir / _folder_name(person) for person in people}
-    taken = [str(folder) for folder in folders.values() if folder.exists() and any(folder.iterdir())]
-    if taken:
-        raise OutputExistsError(
-            f"{', '.join(taken)} already exist; choose another output folder (nothing is overwritten)"
-        )
+    folders = protocol_folders(out_dir, list(people))
     reports = {}
     for person, identity in people.items():
         folder = folders[person]
-        with_identity, baselines = [], []
-        for index, (prompt, seed) in enumerate(jobs):
-            if progress:
-                progress(f"{person}: {prompt!r}, seed {seed}")
-            name = f"{index:04d}-seed{seed}.png"
-            result = face(prompt, identity=identity, seed=seed, **settings.generation)
-            with_identity.append(save_image(result.images[0], result.metadata[0], folder / "identity" / name)[0])
-            if settings.baseline:
-                with face.without_lora():
-                    plain = face(prompt, identity=identity, seed=seed, **{**settings.generation, "scale": 0.0})
-                baselines.append(save_image(plain.images[0], plain.metadata[0], folder / "baseline" / name)[0])
+        names = [f"{index:04d}-seed{seed}.png" for index, (_, seed) in enumerate(jobs)]
+        with_identity = [
+            _generate(face, identity, prompt, seed, settings.generation, folder / "identity" / name, person, progress)
+            for (prompt, seed), name in zip(jobs, names)
+        ]
+        baselines = []
+        if settings.baseline:
+            # one LoRA round trip per person: un- and re-fusing rounds half-precision weights a little each time
+            with face.without_lora():
+                baselines = [
+                    _generate(face, identity, prompt, seed, {**settings.generation, "scale": 0.0},
+                              folder / "baseline" / name, f"{person} (baseline)", progress)
+                    for (prompt, seed), name in zip(jobs, names)
+                ]
         report = evaluate_images(
             with_identity,
             identity=(scorers or {}).get(person),
@@ -138,6 +134,35 @@ def run_protocol(
         report.save(folder / "report.json")
         reports[person] = report
     return ProtocolResult(reports, out_dir, settings.face_prompt)
+
+
+def protocol_folders(out_dir: Path, people: list[str]) -> dict[str, Path]:
+    """``OUT/<person>`` per person; refuses before any work when a folder is in use or two names share one."""
+    if not people:
+        raise EvaluationError("the protocol needs at least one person")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EvaluationError(f"{out_dir}: is a file; the protocol writes a folder there")
+    folders = {person: out_dir / _folder_name(person) for person in people}
+    by_folder: dict[Path, list[str]] = {}
+    for person, folder in folders.items():
+        by_folder.setdefault(folder, []).append(person)
+    shared = [names for names in by_folder.values() if len(names) > 1]
+    if shared:
+        raise EvaluationError(f"people {shared[0]} would share the folder {folders[shared[0][0]]}; rename one")
+    taken = [str(folder) for folder in folders.values() if folder.exists() and any(folder.iterdir())]
+    if taken:
+        raise OutputExistsError(
+            f"{', '.join(taken)} already exist; choose another output folder (nothing is overwritten)"
+        )
+    return folders
+
+
+def _generate(face: FacePipeline, identity: Identity, prompt: str, seed: int, generation: dict[str, Any], path: Path,
+              label: str, progress: Callable[[str], None] | None) -> Path:
+    if progress:
+        progress(f"{label}: {prompt!r}, seed {seed}")
+    result = face(prompt, identity=identity, seed=seed, **generation)
+    return save_image(result.images[0], result.metadata[0], path)[0]
 
 
 def _folder_name(person: str) -> str:

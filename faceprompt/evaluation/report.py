@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EvaluationError, OutputExistsError
+from ..images import list_image_files
 from ..pipelines.outputs import METADATA_KEY
 from .clip_scores import ClipScorer, clip_i, clip_t
 from .identity_similarity import IdentityScorer
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 @dataclass
@@ -100,7 +99,13 @@ def evaluate_images(
         raise EvaluationError(f"got {len(prompts)} prompts for {len(paths)} images; give one per image or none")
     if baselines is not None and len(baselines) != len(paths):
         raise EvaluationError(f"got {len(baselines)} baseline images for {len(paths)} images; they pair one to one")
+    if identity is None and clip is None:
+        raise EvaluationError("nothing to score: give reference photos (face similarity) and/or a CLIP model")
+    if baselines is not None and clip is None:
+        raise EvaluationError("baseline images are compared with CLIP (CLIP-I): give a CLIP model too")
     records = [_recorded_parameters(path) for path in paths]
+    if baselines is not None:
+        _check_pairs(paths, records, [Path(baseline) for baseline in baselines])
     rows = [
         ImageScores(str(path), prompt=prompts[index] if prompts is not None else records[index].get("prompt"),
                     seed=records[index].get("seed"))
@@ -133,15 +138,11 @@ def evaluate_images(
 
 def image_files(folder_or_files: Sequence[str | Path]) -> list[Path]:
     """Image files named directly, or inside the folders named, in sorted order."""
-    found: list[Path] = []
-    for entry in map(Path, folder_or_files):
-        if entry.is_dir():
-            found += sorted(path for path in entry.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
-        elif entry.is_file():
-            found.append(entry)
-        else:
-            raise EvaluationError(f"{entry}: no such file or folder")
-    return found
+    files = list_image_files(list(folder_or_files))
+    missing = [path for path in files if not path.is_file()]
+    if missing:
+        raise EvaluationError(f"{missing[0]}: no such file or folder")
+    return files
 
 
 def _recorded_parameters(path: Path) -> dict[str, Any]:
@@ -156,9 +157,22 @@ def _recorded_parameters(path: Path) -> dict[str, Any]:
     if text is None and path.with_suffix(".json").is_file():
         text = path.with_suffix(".json").read_text()
     try:
-        return json.loads(text) if text else {}
+        record = json.loads(text) if text else {}
     except json.JSONDecodeError:
         return {}
+    return record if isinstance(record, dict) else {}  # another tool's sidecar: no record of ours
+
+
+def _check_pairs(paths: list[Path], records: list[dict[str, Any]], baselines: list[Path]) -> None:
+    """Baselines pair with the images by position; where both record their prompt and seed, those must agree."""
+    for path, record, baseline in zip(paths, records, baselines):
+        other = _recorded_parameters(baseline)
+        for key in ("prompt", "seed"):
+            if key in record and key in other and record[key] != other[key]:
+                raise EvaluationError(
+                    f"{path} and its baseline {baseline} differ in {key} ({record[key]!r} vs {other[key]!r}); "
+                    "images and baselines pair in sorted order: give folders made with the same prompts and seeds"
+                )
 
 
 def _conditioning_face_models(record: dict[str, Any]) -> set[str]:

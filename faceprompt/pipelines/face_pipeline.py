@@ -369,7 +369,9 @@ class FacePipeline:
 
         Inside, a call with ``scale=0.0`` gives the base model's image for the same seed: the "without the
         identity" image that evaluations (CLIP-I) and side-by-side comparisons need. A FaceID LoRA changes the
-        base model even at scale 0, so ``scale=0.0`` alone is not the base model.
+        base model even at scale 0, so ``scale=0.0`` alone is not the base model. Exact in float32; in half
+        precision each un-/re-fusing rounds the weights (about one unit in the last place), so enter it once for a
+        batch of comparisons, not once per image.
         """
         adapter = self.adapter
         mode = adapter.lora_mode

@@ -212,9 +212,15 @@ class Trainer:
         if accelerator.is_main_process:
             wandb_dir = self.output_dir / LOG_DIR  # W&B's local run files next to TensorBoard's, not in the cwd
             wandb_dir.mkdir(parents=True, exist_ok=True)
-            accelerator.init_trackers(
-                config.tracker_project, config=_flat_config(config), init_kwargs={"wandb": {"dir": str(wandb_dir)}}
-            )
+            try:
+                accelerator.init_trackers(
+                    config.tracker_project, config=_flat_config(config), init_kwargs={"wandb": {"dir": str(wandb_dir)}}
+                )
+            except _tracker_errors(accelerator) as error:
+                raise TrainingError(
+                    f"log_with: {config.log_with}: W&B could not start ({str(error).splitlines()[0]}); run "
+                    "`wandb login`, set WANDB_MODE=offline, or choose log_with: tensorboard"
+                ) from error
         return self._loop(model, optimizer, dataloader, lr_scheduler, ema, prepared, step, batches, max_steps)
 
     def _prepare_output(self, resume: str | None) -> Path | None:
@@ -504,6 +510,15 @@ def _release_other_precision(mixed_precision: str) -> None:
     state = AcceleratorState._shared_state
     if state and state.get("_mixed_precision") not in (None, mixed_precision):
         AcceleratorState._reset_state(reset_partial_state=False)
+
+
+def _tracker_errors(accelerator: Accelerator) -> tuple[type[BaseException], ...]:
+    """The errors a tracker raises for a setup problem (W&B: not logged in, no network in online mode)."""
+    if "wandb" not in [str(getattr(tracker, "value", tracker)) for tracker in accelerator.log_with]:
+        return ()
+    from wandb.errors import Error
+
+    return (Error,)
 
 
 def _trackers(log_with: str) -> list[str] | None:

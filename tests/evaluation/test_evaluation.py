@@ -135,7 +135,33 @@ def test_bad_input_is_a_clear_error(scorer, clip, images, tmp_path, dlib_analyze
         IdentityScorer.from_photos([images[3]], dlib_analyzer)
     with pytest.raises(EvaluationError, match="missing: no such file or folder"):
         image_files([tmp_path / "missing"])
+    with pytest.raises(EvaluationError, match="nothing to score"):
+        evaluate_images(images)
+    with pytest.raises(EvaluationError, match="baseline images are compared with CLIP"):
+        evaluate_images(images, identity=scorer, baselines=images)
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("hello")
     with pytest.raises(EvaluationError, match="notes.png: not a readable image"):
-        evaluate_images([not_an_image])
+        evaluate_images([not_an_image], identity=scorer)
+    (tmp_path / "mirror.json").write_text("[1, 2]")  # another tool's sidecar: ignored, not a crash
+    assert evaluate_images(images[:1], identity=scorer).images[0].prompt is None
+
+
+def test_baselines_must_match_the_images_prompts_and_seeds(tmp_path, clip):
+    from faceprompt.pipelines.outputs import save_image
+
+    pixels = np.zeros((32, 32, 3), dtype=np.uint8)
+    image, _ = save_image(pixels, {"prompt": "a", "seed": 1}, tmp_path / "image.png")
+    same, _ = save_image(pixels, {"prompt": "a", "seed": 1, "scale": 0.0}, tmp_path / "same.png")
+    other, _ = save_image(pixels, {"prompt": "a", "seed": 2}, tmp_path / "other.png")
+    assert evaluate_images([image], clip=clip, baselines=[same]).images[0].clip_i == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(EvaluationError, match=r"image.png and its baseline .*other.png differ in seed \(1 vs 2\)"):
+        evaluate_images([image], clip=clip, baselines=[other])
+
+
+def test_a_clip_vision_encoder_alone_is_refused_clearly(tmp_path):
+    from faceprompt.testing import save_tiny_clip_vision
+
+    folder = save_tiny_clip_vision(tmp_path / "encoder")
+    with pytest.raises(EvaluationError, match=r"encoder: could not be loaded \(its config is a 'clip_vision_model'"):
+        ClipScorer.from_pretrained(folder)

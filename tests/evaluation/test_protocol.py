@@ -44,7 +44,8 @@ def test_protocol_generates_pairs_and_scores_them(tmp_path, astronaut_identity, 
     names = ["0000-seed5.png", "0001-seed6.png", "0002-seed5.png", "0003-seed6.png"]
     assert sorted(path.name for path in (folder / "identity").glob("*.png")) == names
     assert sorted(path.name for path in (folder / "baseline").glob("*.png")) == names
-    assert len(messages) == 4 and messages[0] == "the astronaut: 'a portrait', seed 5"
+    assert len(messages) == 8 and messages[0] == "the astronaut: 'a portrait', seed 5"
+    assert messages[4] == "the astronaut (baseline): 'a portrait', seed 5"  # baselines after, in one LoRA round trip
     report = result.reports["the astronaut"]
     assert [(row.prompt, row.seed) for row in report.images] == [
         ("a portrait", 5), ("a portrait", 6), ("a painting of a person", 5), ("a painting of a person", 6)]
@@ -71,6 +72,12 @@ def test_protocol_generates_pairs_and_scores_them(tmp_path, astronaut_identity, 
         run_protocol(face, {"the astronaut": astronaut_identity}, tmp_path / "run", settings)
     with pytest.raises(EvaluationError, match="at least one prompt and one seed"):
         run_protocol(face, {"x": astronaut_identity}, tmp_path / "other", ProtocolSettings(seeds=()))
+    with pytest.raises(EvaluationError, match=r"people \['a b', 'a_b'\] would share the folder"):
+        run_protocol(face, {"a b": astronaut_identity, "a_b": astronaut_identity}, tmp_path / "other", settings)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(EvaluationError, match="file: is a file"):
+        run_protocol(face, {"x": astronaut_identity}, tmp_path / "file", settings)
+    assert not (tmp_path / "other").exists()  # refused before generating anything
 
 
 def test_eval_run_cli_end_to_end(tmp_path, astronaut_path, capsys):
@@ -106,6 +113,31 @@ def test_eval_run_scores_with_another_face_model_when_asked(tmp_path, astronaut_
     report = json.loads((tmp_path / "run" / "astro" / "report.json").read_text())
     assert report["evaluator"]["face_model"] == "insightface/buffalo_l" and report["evaluator"]["warnings"] == []
     assert [row["prompt"] for row in report["images"]] == ["a painting"] and report["images"][0]["clip_i"] is None
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--seeds", "0"], "--seeds must be >= 1, got 0"),
+    (["--person", "astro", "PHOTO"], "--person astro is given twice"),
+    (["--prompts", "EMPTY"], "no prompts"),
+])
+def test_eval_run_refuses_bad_input_before_loading_models(tmp_path, astronaut_path, capsys, extra, message):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n")
+    extra = [str(astronaut_path) if item == "PHOTO" else str(empty) if item == "EMPTY" else item for item in extra]
+    arguments = ["eval-run", "--person", "astro", str(astronaut_path), "--out", str(tmp_path / "run"), "--model",
+                 "tiny", "--clip", "none", "--backend", "dlib", *extra]
+    assert main(arguments) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_eval_run_never_overwrites_a_summary(tmp_path, astronaut_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "summary.json").write_text("{}")
+    assert main(["eval-run", "--person", "other", str(astronaut_path), "--out", str(tmp_path / "run"), "--model",
+                 "tiny", "--clip", "none", "--backend", "dlib"]) == 2
+    assert "summary.json exists" in capsys.readouterr().err
+    assert (tmp_path / "run" / "summary.json").read_text() == "{}"
 
 
 def _one_prompt(tmp_path):

@@ -1,6 +1,6 @@
 """Several processes on one machine: the trainer under ``torchrun`` with two CPU processes (gloo), the way it runs
-on several GPUs. Each process trains on its own shard of every batch; the checkpoint holds each process's RNG
-state, and resuming a two-process run continues it bit for bit."""
+on several GPUs (accelerate shards the batches). The checkpoint holds each process's RNG state, only the main
+process reports, and resuming a two-process run continues it bit for bit."""
 
 import os
 import subprocess

@@ -40,14 +40,16 @@ def test_tensorboard_gets_every_loss_and_the_validation_images(data, tmp_path):
     losses = events.Scalars("train/loss")
     assert [event.step for event in losses] == [1, 2]
     assert [event.value for event in losses] == pytest.approx(result.losses)
+    assert [event.value for event in events.Scalars("train/lr")] == pytest.approx([1e-4, 1e-4])  # constant default
     assert sorted(events.Tags()["images"]) == ["validation/person-0/prompt0", "validation/person-1/prompt0"]
     logged = events.Images("validation/person-0/prompt0")[0]
     assert logged.step == 2 and (logged.width, logged.height) == (64, 64)
 
 
-def test_wandb_offline_run_gets_losses_config_and_captioned_validation_images(data, tmp_path, monkeypatch):
+def test_wandb_offline_run_gets_losses_and_captioned_validation_images(data, tmp_path, monkeypatch):
     import wandb
 
+    wandb.teardown()  # W&B keeps process-wide settings: start from the environment set here
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     logged: list[tuple[dict, int]] = []
@@ -62,6 +64,7 @@ def test_wandb_offline_run_gets_losses_config_and_captioned_validation_images(da
     result = train(config_from_dict({**SETTINGS, "data": str(data), "output_dir": str(output), "log_with": "wandb"}))
 
     losses = [(values["train/loss"], step) for values, step in logged if "train/loss" in values]
+    assert [values["train/lr"] for values, _ in logged if "train/lr" in values] == pytest.approx([1e-4, 1e-4])
     assert losses == [(pytest.approx(result.losses[0]), 1), (pytest.approx(result.losses[1]), 2)]
     images = [(values["validation"], step) for values, step in logged if "validation" in values]
     assert len(images) == 1 and images[0][1] == 2
@@ -75,6 +78,19 @@ def test_wandb_offline_run_gets_losses_config_and_captioned_validation_images(da
     media_pixels = [np.asarray(Image.open(path)) for path in media]
     assert len(media_pixels) == 2
     assert all(any(np.array_equal(pixels, png) for png in saved) for pixels in media_pixels)
+
+
+def test_wandb_without_a_login_is_a_clear_error(data, tmp_path, monkeypatch):
+    import wandb
+
+    wandb.teardown()  # W&B keeps process-wide settings (an earlier test's offline mode)
+    for name in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc login
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    config = config_from_dict({**SETTINGS, "data": str(data), "output_dir": str(tmp_path / "run"), "log_with": "wandb"})
+    with pytest.raises(TrainingError, match=r"log_with: wandb: W&B could not start .*wandb login.*WANDB_MODE=offline"):
+        train(config)
 
 
 def test_a_tracker_that_is_not_installed_is_a_clear_error(data, tmp_path, monkeypatch):
