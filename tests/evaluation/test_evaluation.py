@@ -165,3 +165,17 @@ def test_a_clip_vision_encoder_alone_is_refused_clearly(tmp_path):
     folder = save_tiny_clip_vision(tmp_path / "encoder")
     with pytest.raises(EvaluationError, match=r"encoder: could not be loaded \(its config is a 'clip_vision_model'"):
         ClipScorer.from_pretrained(folder)
+
+
+def test_eval_cli_scores_real_faces(tmp_path, images, astronaut_path, dlib_analyzer, capsys):
+    report_path = tmp_path / "faces.json"
+    assert main(["eval", str(images[0]), str(images[2]), "--reference", str(astronaut_path), "--backend", "dlib",
+                 "--clip", "none", "--out", str(report_path)]) == 0
+    rows = json.loads(report_path.read_text())["images"]
+    expected = IdentityScorer.from_photos([astronaut_path], dlib_analyzer)
+    assert [row["faces"] for row in rows] == [1, 1]
+    assert [row["face_similarity"] for row in rows] == pytest.approx(
+        [expected.score(images[0]).similarity, expected.score(images[2]).similarity], abs=1e-6)
+    assert rows[0]["face_similarity"] > rows[1]["face_similarity"]  # the astronaut, then Tom Hanks
+    assert main(["eval", str(images[0]), "--clip", "none"]) == 2
+    assert "nothing to score" in capsys.readouterr().err
