@@ -414,22 +414,23 @@ def save_tiny_sdxl(path: str | os.PathLike, seed: int = 0) -> Path:
     return path
 
 
-def save_tiny_clip_vision(path: str | os.PathLike, seed: int = 0) -> Path:
-    """Save `tiny_clip_vision_model(seed)` and its image processor in one folder, with the tiny-model marker."""
+def _save_with_processor(path: str | os.PathLike, model: PreTrainedModel, processor, kind: str) -> Path:
+    """A transformers model and its processor in one folder, with the tiny-model marker."""
     path = Path(path)
-    tiny_clip_vision_model(seed).save_pretrained(path)
-    tiny_clip_image_processor().save_pretrained(path)
-    _write_marker(path, "clip_vision")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    _write_marker(path, kind)
     return path
+
+
+def save_tiny_clip_vision(path: str | os.PathLike, seed: int = 0) -> Path:
+    """Save `tiny_clip_vision_model(seed)` and its image processor in one folder."""
+    return _save_with_processor(path, tiny_clip_vision_model(seed), tiny_clip_image_processor(), "clip_vision")
 
 
 def save_tiny_clip(path: str | os.PathLike, seed: int = 0) -> Path:
-    """Save `tiny_clip_model(seed)` and its processor in one folder, with the tiny-model marker."""
-    path = Path(path)
-    tiny_clip_model(seed).save_pretrained(path)
-    tiny_clip_processor().save_pretrained(path)
-    _write_marker(path, "clip")
-    return path
+    """Save `tiny_clip_model(seed)` and its processor in one folder."""
+    return _save_with_processor(path, tiny_clip_model(seed), tiny_clip_processor(), "clip")
 
 
 def _git_blob_sha1(data: bytes) -> str:
