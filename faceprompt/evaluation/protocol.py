@@ -107,6 +107,8 @@ def run_protocol(
     out_dir = Path(out_dir)
     jobs = settings.jobs()
     folders = protocol_folders(out_dir, list(people))
+    if clip is None and not scorers:
+        raise EvaluationError("nothing to score: give scorers (face similarity) and/or a CLIP model")
     reports = {}
     for person, identity in people.items():
         folder = folders[person]

@@ -77,6 +77,8 @@ def test_protocol_generates_pairs_and_scores_them(tmp_path, astronaut_identity, 
     (tmp_path / "file").write_text("x")
     with pytest.raises(EvaluationError, match="file: is a file"):
         run_protocol(face, {"x": astronaut_identity}, tmp_path / "file", settings)
+    with pytest.raises(EvaluationError, match="nothing to score"):
+        run_protocol(face, {"x": astronaut_identity}, tmp_path / "other", settings)
     assert not (tmp_path / "other").exists()  # refused before generating anything
 
 
