@@ -555,8 +555,8 @@ def run_eval_run(args: argparse.Namespace) -> int:
     with Progress(console=stderr) as progress:
         task = progress.add_task("protocol", total=total)
 
-        def advance(message: str) -> None:
-            progress.update(task, advance=1, description=message[:60])
+        def advance(message: str, images: int) -> None:
+            progress.update(task, advance=images, description=message[:60])
 
         result = run_protocol(face, people, args.out, settings, scorers=scorers, clip=clip, progress=advance)
     for person, report in result.reports.items():

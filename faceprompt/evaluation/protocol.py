@@ -59,11 +59,14 @@ class ProtocolSettings:
     baseline: bool = True  # also generate without the identity (CLIP-I)
     generation: dict[str, Any] = field(default_factory=dict)  # steps, guidance, size, scale, ... for every call
 
+    def all_prompts(self) -> list[str]:
+        """The face-similarity prompt (if any), then the others."""
+        return ([self.face_prompt] if self.face_prompt else []) + list(self.prompts)
+
     def jobs(self) -> list[tuple[str, int]]:
-        prompts = ([self.face_prompt] if self.face_prompt else []) + list(self.prompts)
-        if not prompts or not self.seeds:
+        if not self.all_prompts() or not self.seeds:
             raise EvaluationError("the protocol needs at least one prompt and one seed")
-        return [(prompt, seed) for prompt in prompts for seed in self.seeds]
+        return [(prompt, seed) for prompt in self.all_prompts() for seed in self.seeds]
 
 
 @dataclass
@@ -92,7 +95,7 @@ def run_protocol(
     *,
     scorers: Mapping[str, IdentityScorer] | None = None,
     clip: ClipScorer | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str, int], None] | None = None,
 ) -> ProtocolResult:
     """Generate and score the protocol for each person; writes ``OUT/<person>/{identity,baseline}/*.png`` and
     ``OUT/<person>/report.json``.
@@ -102,6 +105,7 @@ def run_protocol(
         people: the identities to generate, by name.
         scorers: per person, an :class:`IdentityScorer` with the evaluator's face model (default: no face scores).
         clip: CLIP-T and CLIP-I (default: none).
+        progress: called before each generation call with a description and its number of images.
     """
     settings = settings or ProtocolSettings()
     out_dir = Path(out_dir)
@@ -113,19 +117,13 @@ def run_protocol(
     for person, identity in people.items():
         folder = folders[person]
         names = [f"{index:04d}-seed{seed}.png" for index, (_, seed) in enumerate(jobs)]
-        with_identity = [
-            _generate(face, identity, prompt, seed, settings.generation, folder / "identity" / name, person, progress)
-            for (prompt, seed), name in zip(jobs, names)
-        ]
+        with_identity = _generate_all(face, identity, settings, folder / "identity", names, person, progress)
         baselines = []
         if settings.baseline:
             # one LoRA round trip per person: un- and re-fusing rounds half-precision weights a little each time
             with face.without_lora():
-                baselines = [
-                    _generate(face, identity, prompt, seed, {**settings.generation, "scale": 0.0},
-                              folder / "baseline" / name, f"{person} (baseline)", progress)
-                    for (prompt, seed), name in zip(jobs, names)
-                ]
+                baselines = _generate_all(face, identity, settings, folder / "baseline", names,
+                                          f"{person} (baseline)", progress, scale=0.0)
         report = evaluate_images(
             with_identity,
             identity=(scorers or {}).get(person),
@@ -159,12 +157,24 @@ def protocol_folders(out_dir: Path, people: list[str]) -> dict[str, Path]:
     return folders
 
 
-def _generate(face: FacePipeline, identity: Identity, prompt: str, seed: int, generation: dict[str, Any], path: Path,
-              label: str, progress: Callable[[str], None] | None) -> Path:
-    if progress:
-        progress(f"{label}: {prompt!r}, seed {seed}")
-    result = face(prompt, identity=identity, seed=seed, **generation)
-    return save_image(result.images[0], result.metadata[0], path)[0]
+def _generate_all(face: FacePipeline, identity: Identity, settings: ProtocolSettings, folder: Path, names: list[str],
+                  label: str, progress: Callable[[str, int], None] | None, **overrides: Any) -> list[Path]:
+    """Every prompt x seed, one call per prompt when the seeds are consecutive (image k of a call uses seed + k:
+    the same images as one call per seed, batched on the device)."""
+    seeds = list(settings.seeds)
+    consecutive = seeds == list(range(seeds[0], seeds[0] + len(seeds)))
+    prompts = settings.all_prompts()
+    calls = [(prompt, seeds) for prompt in prompts] if consecutive else [(p, [seed]) for p in prompts for seed in seeds]
+    written, names = [], iter(names)
+    for prompt, call_seeds in calls:
+        if progress:
+            progress(f"{label}: {prompt!r}, seed{'s' if len(call_seeds) > 1 else ''} "
+                     f"{', '.join(map(str, call_seeds))}", len(call_seeds))
+        result = face(prompt, identity=identity, seed=call_seeds[0], num_images=len(call_seeds),
+                      **{**settings.generation, **overrides})
+        for image, record in zip(result.images, result.metadata):
+            written.append(save_image(image, record, folder / next(names))[0])
+    return written
 
 
 def _folder_name(person: str) -> str:

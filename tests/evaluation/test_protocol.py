@@ -38,14 +38,17 @@ def test_protocol_generates_pairs_and_scores_them(tmp_path, astronaut_identity, 
     result = run_protocol(face, {"the astronaut": astronaut_identity}, tmp_path / "run", settings,
                           scorers={"the astronaut": IdentityScorer.from_photos([astronaut_path], dlib_analyzer)},
                           clip=clip,
-                          progress=messages.append)
+                          progress=lambda message, images: messages.append((message, images)))
 
     folder = tmp_path / "run" / "the_astronaut"
     names = ["0000-seed5.png", "0001-seed6.png", "0002-seed5.png", "0003-seed6.png"]
     assert sorted(path.name for path in (folder / "identity").glob("*.png")) == names
     assert sorted(path.name for path in (folder / "baseline").glob("*.png")) == names
-    assert len(messages) == 8 and messages[0] == "the astronaut: 'a portrait', seed 5"
-    assert messages[4] == "the astronaut (baseline): 'a portrait', seed 5"  # baselines after, in one LoRA round trip
+    # one call per prompt (consecutive seeds batch), then the baselines in one LoRA round trip
+    assert messages == [("the astronaut: 'a portrait', seeds 5, 6", 2),
+                        ("the astronaut: 'a painting of a person', seeds 5, 6", 2),
+                        ("the astronaut (baseline): 'a portrait', seeds 5, 6", 2),
+                        ("the astronaut (baseline): 'a painting of a person', seeds 5, 6", 2)]
     report = result.reports["the astronaut"]
     assert [(row.prompt, row.seed) for row in report.images] == [
         ("a portrait", 5), ("a portrait", 6), ("a painting of a person", 5), ("a painting of a person", 6)]
@@ -80,6 +83,25 @@ def test_protocol_generates_pairs_and_scores_them(tmp_path, astronaut_identity, 
     with pytest.raises(EvaluationError, match="nothing to score"):
         run_protocol(face, {"x": astronaut_identity}, tmp_path / "other", settings)
     assert not (tmp_path / "other").exists()  # refused before generating anything
+
+
+def test_seeds_that_are_not_consecutive_generate_one_call_each_and_the_same_images(tmp_path, astronaut_identity,
+                                                                                   astronaut_path, dlib_analyzer):
+    face = FacePipeline.tiny(id_embeddings_dim=128)
+    face.pipeline.set_progress_bar_config(disable=True)
+    scorers = {"a": IdentityScorer.from_photos([astronaut_path], dlib_analyzer)}
+    runs = {}
+    for seeds in [(6, 5), (5, 6)]:
+        messages = []
+        settings = ProtocolSettings(prompts=[], face_prompt="a portrait", seeds=seeds, baseline=False,
+                                    generation=GENERATION)
+        out = tmp_path / "-".join(map(str, seeds))
+        report = run_protocol(face, {"a": astronaut_identity}, out, settings, scorers=scorers,
+                              progress=lambda message, images: messages.append(images)).reports["a"]
+        assert messages == ([1, 1] if seeds == (6, 5) else [2])
+        runs[seeds] = {row.seed: np.asarray(Image.open(row.path), dtype=np.int16) for row in report.images}
+    for seed in (5, 6):
+        assert np.abs(runs[(6, 5)][seed] - runs[(5, 6)][seed]).max() <= 1  # batched or not: the same image
 
 
 def test_eval_run_cli_end_to_end(tmp_path, astronaut_path, capsys):
