@@ -175,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     protocol.add_argument("--prompts", metavar="FILE", help="one prompt per line (# comments); default: 20 built-in")
     protocol.add_argument("--face-prompt", help="the portrait prompt of the face-similarity images ('' for none)")
     protocol.add_argument("--seeds", type=int, default=4, help="seeds 0..N-1 per person and prompt (default 4)")
-    protocol.add_argument("--no-baseline", action="store_true", help="skip the images without the identity (CLIP-I)")
+    protocol.add_argument("--no-baseline", action="store_true",
+                          help="skip the images without the identity (CLIP-I; skipped anyway with --clip none)")
+    protocol.add_argument("--batch-size", type=int, default=4, help="images per generation call (default 4)")
     protocol.add_argument("--clip", default=None, metavar="MODEL|tiny|none", help="CLIP model, as for eval")
     protocol.add_argument("--out", required=True, metavar="DIR", help="output folder (never overwritten)")
     protocol.add_argument("--eval-backend", choices=["auto", "insightface", "dlib"],
@@ -513,42 +515,48 @@ def run_eval_run(args: argparse.Namespace) -> int:
     from .identity import Identity
     from .images import list_image_files
 
-    # everything that can be refused is refused before any model is loaded
+    # what can be checked without the models is refused before any of them loads
     if args.seeds < 1:
         raise EvaluationError(f"--seeds must be >= 1, got {args.seeds}")
     names = [name for name, *_ in args.person]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise EvaluationError(f"--person {repeated[0]} is given twice; give each person once, with all their photos")
+    if args.batch_size < 1:
+        raise EvaluationError(f"--batch-size must be >= 1, got {args.batch_size}")
     summary_path = Path(args.out) / "summary.json"
+    protocol_folders(Path(args.out), names)
     if summary_path.exists():
         raise OutputExistsError(f"{summary_path} exists; choose another --out (nothing is overwritten)")
-    protocol_folders(Path(args.out), names)
     prompts = _read_prompts(args.prompts) if args.prompts else DEFAULT_PROMPTS
+    photos_of = {name: list_image_files(given) for name, *given in args.person}
+    for name, photos in photos_of.items():
+        missing = [photo for photo in photos if not photo.is_file()]
+        if not photos or missing:
+            where = f" ({missing[0]} is not a file)" if missing else ""
+            raise EvaluationError(f"--person {name}: give the person's photos (files or folders) after the name{where}")
+    width, height = _parse_size(args.size)
+    clip = _clip_scorer(args.clip, args.device)
 
     analyzer = _make_analyzer(args)
     evaluator = _make_analyzer(args, args.eval_backend) if args.eval_backend else analyzer
     people, scorers = {}, {}
-    for name, *given in args.person:
-        photos = list_image_files(given)
-        if not photos:
-            raise EvaluationError(f"--person {name}: give the person's photos (files or folders) after the name")
+    for name, photos in photos_of.items():
         people[name] = Identity.from_images(photos, analyzer, name=name)
         if evaluator is analyzer:
             scorers[name] = IdentityScorer.from_identity(people[name], analyzer)  # the same embeddings
         else:
             scorers[name] = IdentityScorer.from_photos(photos, evaluator)
-    width, height = _parse_size(args.size)
     generation = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, width=width, height=height,
                       scale=args.scale, s_scale=args.s_scale)
     settings = ProtocolSettings(
         prompts=prompts,
         face_prompt=FACE_PROMPT if args.face_prompt is None else args.face_prompt or None,
-        seeds=tuple(range(args.seeds)), baseline=not args.no_baseline, generation=generation,
+        seeds=tuple(range(args.seeds)), baseline=not args.no_baseline and clip is not None, generation=generation,
+        batch_size=args.batch_size,
     )
     face = _load_face_pipeline(args, next(iter(people.values())))
     face.pipeline.set_progress_bar_config(disable=True)
-    clip = _clip_scorer(args.clip, args.device)
     total = len(people) * len(settings.jobs()) * (2 if settings.baseline else 1)
     from rich.progress import Progress
 

@@ -51,7 +51,7 @@ class ClipScorer:
             processor = CLIPProcessor.from_pretrained(model_id, **options)
         except (OSError, ValueError, RuntimeError) as error:  # missing files, or not a full CLIP model (text + vision)
             raise EvaluationError(
-                f"CLIP model {model_id}: could not be loaded ({str(error).splitlines()[0]}); a full CLIP model (text "
+                f"CLIP model {model_id}: could not be loaded ({_first_line(error)}); a full CLIP model (text "
                 "and vision towers, not an image encoder alone) is needed; download it once with "
                 f"`huggingface-cli download {model_id}` where there is network, give a local folder, or skip CLIP "
                 "scores (--clip none)"
@@ -112,6 +112,10 @@ def _pil(image: ImageInput) -> Image.Image:
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     return Image.fromarray(load_image(image, channels="rgb").rgb)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0]
 
 
 def _offline() -> bool:

@@ -57,6 +57,7 @@ class ProtocolSettings:
     face_prompt: str | None = FACE_PROMPT
     seeds: Sequence[int] = (0, 1, 2, 3)
     baseline: bool = True  # also generate without the identity (CLIP-I)
+    batch_size: int = 4  # consecutive seeds of a prompt generated together, at most this many per call
     generation: dict[str, Any] = field(default_factory=dict)  # steps, guidance, size, scale, ... for every call
 
     def all_prompts(self) -> list[str]:
@@ -111,8 +112,9 @@ def run_protocol(
     out_dir = Path(out_dir)
     jobs = settings.jobs()
     folders = protocol_folders(out_dir, list(people))
-    if clip is None and not scorers:
-        raise EvaluationError("nothing to score: give scorers (face similarity) and/or a CLIP model")
+    unscored = [person for person in people if person not in (scorers or {})]
+    if clip is None and unscored:
+        raise EvaluationError(f"nothing to score for {unscored[0]}: give its scorer (face similarity) or a CLIP model")
     reports = {}
     for person, identity in people.items():
         folder = folders[person]
@@ -140,9 +142,15 @@ def protocol_folders(out_dir: Path, people: list[str]) -> dict[str, Path]:
     """``OUT/<person>`` per person; refuses before any work when a folder is in use or two names share one."""
     if not people:
         raise EvaluationError("the protocol needs at least one person")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise EvaluationError(f"{out_dir}: is a file; the protocol writes a folder there")
+    for path in (out_dir, *out_dir.parents):
+        if path.exists() and not path.is_dir():
+            raise EvaluationError(f"{path}: is a file; the protocol writes the folder {out_dir}")
     folders = {person: out_dir / _folder_name(person) for person in people}
+    for person, folder in folders.items():
+        if folder.name.lower() == "summary.json":
+            raise EvaluationError(f"person name {person!r} is the name of the summary file; rename the person")
+        if folder.exists() and not folder.is_dir():
+            raise EvaluationError(f"{folder}: is a file; the protocol writes {person!r}'s images in a folder there")
     by_folder: dict[Path, list[str]] = {}
     for person, folder in folders.items():
         by_folder.setdefault(folder, []).append(person)
@@ -159,12 +167,13 @@ def protocol_folders(out_dir: Path, people: list[str]) -> dict[str, Path]:
 
 def _generate_all(face: FacePipeline, identity: Identity, settings: ProtocolSettings, folder: Path, names: list[str],
                   label: str, progress: Callable[[str, int], None] | None, **overrides: Any) -> list[Path]:
-    """Every prompt x seed, one call per prompt when the seeds are consecutive (image k of a call uses seed + k:
-    the same images as one call per seed, batched on the device)."""
+    """Every prompt x seed; consecutive seeds go in calls of up to ``batch_size`` images (image k of a call uses
+    seed + k: the images of one call per seed, up to float rounding, batched on the device)."""
     seeds = list(settings.seeds)
     consecutive = seeds == list(range(seeds[0], seeds[0] + len(seeds)))
-    prompts = settings.all_prompts()
-    calls = [(prompt, seeds) for prompt in prompts] if consecutive else [(p, [seed]) for p in prompts for seed in seeds]
+    size = max(1, settings.batch_size) if consecutive else 1
+    groups = [seeds[start : start + size] for start in range(0, len(seeds), size)]
+    calls = [(prompt, group) for prompt in settings.all_prompts() for group in groups]
     written, names = [], iter(names)
     for prompt, call_seeds in calls:
         if progress:

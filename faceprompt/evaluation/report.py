@@ -155,7 +155,10 @@ def _recorded_parameters(path: Path) -> dict[str, Any]:
     except OSError as error:
         raise EvaluationError(f"{path}: not a readable image ({error})") from error
     if text is None and path.with_suffix(".json").is_file():
-        text = path.with_suffix(".json").read_text()
+        try:
+            text = path.with_suffix(".json").read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            return {}  # another tool's sidecar
     try:
         record = json.loads(text) if text else {}
     except json.JSONDecodeError:

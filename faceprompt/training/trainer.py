@@ -218,7 +218,7 @@ class Trainer:
                 )
             except _tracker_errors(accelerator) as error:
                 raise TrainingError(
-                    f"log_with: {config.log_with}: W&B could not start ({str(error).splitlines()[0]}); run "
+                    f"log_with: {config.log_with}: W&B could not start ({(str(error).splitlines() or [type(error).__name__])[0]}); run "
                     "`wandb login`, set WANDB_MODE=offline, or choose log_with: tensorboard"
                 ) from error
         return self._loop(model, optimizer, dataloader, lr_scheduler, ema, prepared, step, batches, max_steps)

@@ -80,9 +80,17 @@ def test_protocol_generates_pairs_and_scores_them(tmp_path, astronaut_identity, 
     (tmp_path / "file").write_text("x")
     with pytest.raises(EvaluationError, match="file: is a file"):
         run_protocol(face, {"x": astronaut_identity}, tmp_path / "file", settings)
-    with pytest.raises(EvaluationError, match="nothing to score"):
+    with pytest.raises(EvaluationError, match="nothing to score for x"):
         run_protocol(face, {"x": astronaut_identity}, tmp_path / "other", settings)
-    assert not (tmp_path / "other").exists()  # refused before generating anything
+    with pytest.raises(EvaluationError, match="'summary.json' is the name of the summary file"):
+        run_protocol(face, {"summary.json": astronaut_identity}, tmp_path / "other", settings, clip=clip)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x").write_text("a file where a person's folder goes")
+    with pytest.raises(EvaluationError, match=r"other/x: is a file; the protocol writes 'x'"):
+        run_protocol(face, {"x": astronaut_identity}, tmp_path / "other", settings, clip=clip)
+    with pytest.raises(EvaluationError, match=r"file: is a file; the protocol writes the folder .*file/sub"):
+        run_protocol(face, {"x": astronaut_identity}, tmp_path / "file" / "sub", settings, clip=clip)
+    assert [path.name for path in (tmp_path / "other").iterdir()] == ["x"]  # refused before generating anything
 
 
 def test_seeds_that_are_not_consecutive_generate_one_call_each_and_the_same_images(tmp_path, astronaut_identity,
@@ -91,17 +99,18 @@ def test_seeds_that_are_not_consecutive_generate_one_call_each_and_the_same_imag
     face.pipeline.set_progress_bar_config(disable=True)
     scorers = {"a": IdentityScorer.from_photos([astronaut_path], dlib_analyzer)}
     runs = {}
-    for seeds in [(6, 5), (5, 6)]:
+    for seeds, batch_size in [((6, 5, 7), 4), ((5, 6, 7), 2)]:
         messages = []
         settings = ProtocolSettings(prompts=[], face_prompt="a portrait", seeds=seeds, baseline=False,
-                                    generation=GENERATION)
+                                    generation=GENERATION, batch_size=batch_size)
         out = tmp_path / "-".join(map(str, seeds))
         report = run_protocol(face, {"a": astronaut_identity}, out, settings, scorers=scorers,
                               progress=lambda message, images: messages.append(images)).reports["a"]
-        assert messages == ([1, 1] if seeds == (6, 5) else [2])
+        assert messages == ([1, 1, 1] if seeds == (6, 5, 7) else [2, 1])  # consecutive: calls of <= batch_size
+        assert [row.seed for row in report.images] == list(seeds)
         runs[seeds] = {row.seed: np.asarray(Image.open(row.path), dtype=np.int16) for row in report.images}
-    for seed in (5, 6):
-        assert np.abs(runs[(6, 5)][seed] - runs[(5, 6)][seed]).max() <= 1  # batched or not: the same image
+    for seed in (5, 6, 7):
+        assert np.abs(runs[(6, 5, 7)][seed] - runs[(5, 6, 7)][seed]).max() <= 1  # batched or not: the same image
 
 
 def test_eval_run_cli_end_to_end(tmp_path, astronaut_path, capsys):
@@ -143,15 +152,20 @@ def test_eval_run_scores_with_another_face_model_when_asked(tmp_path, astronaut_
     (["--seeds", "0"], "--seeds must be >= 1, got 0"),
     (["--person", "astro", "PHOTO"], "--person astro is given twice"),
     (["--prompts", "EMPTY"], "no prompts"),
+    (["--person", "bob", "MISSING"], "--person bob: give the person's photos"),
+    (["--size", "64"], "--size must look like 512x768"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
 ])
 def test_eval_run_refuses_bad_input_before_loading_models(tmp_path, astronaut_path, capsys, extra, message):
     empty = tmp_path / "empty.txt"
     empty.write_text("# nothing\n")
-    extra = [str(astronaut_path) if item == "PHOTO" else str(empty) if item == "EMPTY" else item for item in extra]
+    replacements = {"PHOTO": str(astronaut_path), "EMPTY": str(empty), "MISSING": str(tmp_path / "missing.jpg")}
+    extra = [replacements.get(item, item) for item in extra]
     arguments = ["eval-run", "--person", "astro", str(astronaut_path), "--out", str(tmp_path / "run"), "--model",
                  "tiny", "--clip", "none", "--backend", "dlib", *extra]
     assert main(arguments) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and "face backend:" not in err  # refused before the face models load
     assert not (tmp_path / "run").exists()
 
 
@@ -160,8 +174,10 @@ def test_eval_run_never_overwrites_a_summary(tmp_path, astronaut_path, capsys):
     (tmp_path / "run" / "summary.json").write_text("{}")
     assert main(["eval-run", "--person", "other", str(astronaut_path), "--out", str(tmp_path / "run"), "--model",
                  "tiny", "--clip", "none", "--backend", "dlib"]) == 2
-    assert "summary.json exists" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "summary.json exists" in err and "face backend:" not in err
     assert (tmp_path / "run" / "summary.json").read_text() == "{}"
+    assert [path.name for path in (tmp_path / "run").iterdir()] == ["summary.json"]
 
 
 def _one_prompt(tmp_path):

@@ -84,7 +84,7 @@ def test_wandb_without_a_login_is_a_clear_error(data, tmp_path, monkeypatch):
     import wandb
 
     wandb.teardown()  # W&B keeps process-wide settings (an earlier test's offline mode)
-    for name in ("WANDB_MODE", "WANDB_API_KEY"):
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DISABLED", "WANDB_ANONYMOUS", "NETRC", "WANDB_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc login
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
