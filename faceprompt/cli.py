@@ -162,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--clip", default=None, metavar="MODEL|tiny|none",
                           help="CLIP model for CLIP-T/CLIP-I: Hub id or folder (default: OpenAI's CLIP ViT-L/14, as "
                                "the papers), tiny (offline random stand-in), none")
-    evaluate.add_argument("--out", metavar="FILE", help="write the report as JSON here (never overwritten)")
+    evaluate.add_argument("--out", metavar="FILE",
+                          help="write the report as JSON here, and as a web page beside it (.html; never overwritten)")
     evaluate.add_argument("--device", default="cpu", help="where CLIP runs: cpu, cuda, mps ... (default cpu)")
     _add_analyzer_options(evaluate)
     evaluate.set_defaults(handler=run_eval)
@@ -495,8 +496,9 @@ def run_eval(args: argparse.Namespace) -> int:
     from .errors import OutputExistsError
     from .evaluation import IdentityScorer, evaluate_images, image_files
 
-    if args.out and Path(args.out).exists():
-        raise OutputExistsError(f"{args.out} exists; choose another --out (reports are never overwritten)")
+    for target in ([Path(args.out), Path(args.out).with_suffix(".html")] if args.out else []):
+        if target.exists():
+            raise OutputExistsError(f"{target} exists; choose another --out (reports are never overwritten)")
     images = image_files(args.images)
     baselines = image_files(args.baseline) if args.baseline else None
     identity = IdentityScorer.from_photos(args.reference, _make_analyzer(args)) if args.reference else None

@@ -3,7 +3,9 @@ image plus a summary, written as JSON (and printed as a table by the CLI)."""
 
 from __future__ import annotations
 
+import html
 import json
+import os
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -51,12 +53,44 @@ class EvaluationReport:
                 "images": [asdict(row) for row in self.images]}
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """The report as JSON at ``path`` and as a web page (thumbnails and scores) beside it (``.html``)."""
         path = Path(path)
-        if path.exists() and not overwrite:
-            raise OutputExistsError(f"{path} exists; choose another --out (reports are never overwritten)")
+        page = path.with_suffix(".html")
+        for target in (path, page):
+            if target.exists() and not overwrite:
+                raise OutputExistsError(f"{target} exists; choose another --out (reports are never overwritten)")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_dict(), indent=2))
+        page.write_text(self.to_html(page.parent))
         return path
+
+    def to_html(self, folder: str | Path) -> str:
+        """A self-contained page for ``folder`` (images linked relative to it): summary, per prompt, per image."""
+        def cell(value: Any) -> str:
+            text = "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+            return f"<td>{html.escape(text)}</td>"
+
+        summary_rows = "".join(f"<tr><th>{html.escape(key)}</th>{cell(value)}</tr>" for key, value in self.summary.items())
+        columns = ["images", "face_detection_rate", "face_similarity_mean", "clip_t_mean", "clip_i_mean"]
+        prompt_rows = "".join(
+            f"<tr><td>{html.escape(prompt)}</td>{''.join(cell(scores.get(key)) for key in columns)}</tr>"
+            for prompt, scores in self.by_prompt.items()
+        )
+        image_rows = "".join(
+            f'<tr><td><img src="{html.escape(Path(os.path.relpath(row.path, folder)).as_posix())}" width="128"></td>'
+            f"<td>{html.escape(row.prompt or '-')}</td>{cell(row.seed)}{cell(row.faces)}{cell(row.face_similarity)}"
+            f"{cell(row.clip_t)}{cell(row.clip_i)}</tr>"
+            for row in self.images
+        )
+        notes = "".join(f"<p>{html.escape(f'{key}: {value}')}</p>" for key, value in self.evaluator.items() if value)
+        return (
+            "<!doctype html><meta charset='utf-8'><title>faceprompt evaluation</title>"
+            "<style>body{font-family:sans-serif}td,th{padding:2px 8px;text-align:left}</style>"
+            f"<h1>Evaluation</h1>{notes}<h2>Summary</h2><table>{summary_rows}</table>"
+            f"<h2>Per prompt</h2><table><tr><th>prompt</th>{''.join(f'<th>{c}</th>' for c in columns)}</tr>"
+            f"{prompt_rows}</table><h2>Images</h2><table><tr><th>image</th><th>prompt</th><th>seed</th><th>faces</th>"
+            f"<th>face similarity</th><th>CLIP-T</th><th>CLIP-I</th></tr>{image_rows}</table>"
+        )
 
 
 def _summarize(rows: Sequence[ImageScores]) -> dict[str, Any]:

@@ -86,7 +86,13 @@ def test_report_rows_summary_and_json(scorer, clip, images, tmp_path):
     assert saved["summary"] == pytest.approx(summary) and saved["evaluator"]["face_model"] == scorer.face_model
     assert saved["by_prompt"]["a man"] == pytest.approx(by_prompt["a man"])
     assert [row["prompt"] for row in saved["images"]] == prompts
+    page = (tmp_path / "report.html").read_text()  # the web page beside the JSON: images linked relatively
+    assert all(f'<img src="{image.name}"' in page for image in images) and "<td>a man</td>" in page
+    assert f"<td>{report.images[0].face_similarity:.3f}</td>" in page
     with pytest.raises(OutputExistsError, match="never overwritten"):
+        report.save(path)
+    path.unlink()
+    with pytest.raises(OutputExistsError, match=r"report.html exists"):  # the page is not replaced either
         report.save(path)
 
 

@@ -127,6 +127,7 @@ def test_eval_run_cli_end_to_end(tmp_path, astronaut_path, capsys):
     assert prompts_used[2:] == ["a painting of a person"] * 2 + ["a person on a beach"] * 2
     assert [row["seed"] for row in report["images"]] == [0, 1] * 3
     assert all(row["clip_i"] is not None for row in report["images"])
+    assert '<img src="identity/0000-seed0.png"' in (out / "astro" / "report.html").read_text()
     assert "astro" in captured.out and "face_detection_rate" in captured.out
     summary = json.loads((out / "summary.json").read_text())["astro"]
     assert summary["images"] == 6 and summary["face_prompt"]["images"] == 2
