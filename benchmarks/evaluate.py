@@ -8,8 +8,9 @@ Run from the repository root::
 What is measured (CPU, float32, no download):
 
 1. Face similarity (:class:`faceprompt.evaluation.IdentityScorer`, dlib backend, the real models): detection,
-   landmarks and the descriptor of the largest face, per image, on 16 images of 512 px (the astronaut portrait,
-   mirrored and JPEG re-encoded, Tom Hanks upscaled, and images without a face).
+   landmarks and the descriptor of the largest face, per image and with ``score_files(workers=2)`` (two
+   processes, pool start included), on 16 images of 512 px (the astronaut portrait, mirrored, Tom Hanks
+   upscaled, and images without a face).
 2. CLIP-T and CLIP-I (:class:`faceprompt.evaluation.ClipScorer`) with the CLIP ViT-L/14 *architecture* (random
    weights: the speed is the real model's, the scores are not), batch 16 and batch 1, and both together through
    :func:`faceprompt.evaluation.evaluate_images` (each generated image embedded once).
@@ -98,6 +99,7 @@ def run(args: argparse.Namespace) -> str:
         scorer = IdentityScorer.from_photos([sample_photo("astronaut")], FaceAnalyzer("dlib"))
         scores = [scorer.score(path) for path in images]  # warm-up, and the numbers for the table's note
         face_seconds = time_repeats(lambda: [scorer.score(path) for path in images], args.repeats)
+        face_two_workers = time_repeats(lambda: scorer.score_files(images, workers=2), args.repeats)
 
         before_clip = rss_mib()["VmRSS"]
         model, processor = full_size_clip()
@@ -115,7 +117,8 @@ def run(args: argparse.Namespace) -> str:
         }
     others = share.stop()
 
-    rows = [_row("face similarity (dlib: detect + landmarks + descriptor)", face_seconds)]
+    rows = [_row("face similarity (dlib: detect + landmarks + descriptor)", face_seconds),
+            _row("face similarity, score_files(workers=2)", face_two_workers)]
     rows += [_row(name, seconds) for name, seconds in timings.items()]
     similarities = [score.similarity for score in scores if score.similarity is not None]
     table = Table(

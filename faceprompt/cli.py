@@ -165,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", metavar="FILE",
                           help="write the report as JSON here, and as a web page beside it (.html; never overwritten)")
     evaluate.add_argument("--device", default="cpu", help="where CLIP runs: cpu, cuda, mps ... (default cpu)")
+    evaluate.add_argument("--workers", type=int, default=1, help="processes for the face analysis (default 1)")
     _add_analyzer_options(evaluate)
     evaluate.set_defaults(handler=run_eval)
 
@@ -503,7 +504,8 @@ def run_eval(args: argparse.Namespace) -> int:
     baselines = image_files(args.baseline) if args.baseline else None
     identity = IdentityScorer.from_photos(args.reference, _make_analyzer(args)) if args.reference else None
     clip = _clip_scorer(args.clip, args.device)
-    report = evaluate_images(images, prompts=args.prompts, identity=identity, clip=clip, baselines=baselines)
+    report = evaluate_images(images, prompts=args.prompts, identity=identity, clip=clip, baselines=baselines,
+                             workers=args.workers)
     if args.out:
         stdout.print(f"report: {report.save(args.out)}", highlight=False, markup=False)
     _print_report(report)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from ..errors import EvaluationError, NoFaceFoundError
-from ..faces import FaceAnalyzer
+from ..faces import Face, FaceAnalyzer
 from ..faces.face import l2_normalize
 from ..identity import Identity
 from ..images import ImageInput
@@ -70,8 +71,19 @@ class IdentityScorer:
         return self.analyzer.face_model
 
     def score(self, image: ImageInput) -> FaceScore:
-        faces = self.analyzer.detect(image)
+        return self._face_score(self.analyzer.detect(image))
+
+    def score_files(self, paths: Sequence[str | Path], *, workers: int = 1) -> list[FaceScore]:
+        """:meth:`score` for image files, batched (``workers`` processes: FaceAnalyzer.analyze_files)."""
+        scores = []
+        for analysis in self.analyzer.analyze_files([str(path) for path in paths], workers=workers):
+            if analysis.error is not None:
+                raise EvaluationError(f"{analysis.path}: {analysis.error}")
+            scores.append(self._face_score(analysis.faces))
+        return scores
+
+    def _face_score(self, faces: list[Face]) -> FaceScore:
         if not faces:
             return FaceScore(0, None)
-        largest = faces[0]  # detect() orders faces largest first
+        largest = faces[0]  # the analyzer orders faces largest first
         return FaceScore(len(faces), float(np.dot(l2_normalize(largest.embedding), self.reference)))

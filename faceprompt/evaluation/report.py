@@ -116,6 +116,7 @@ def evaluate_images(
     identity: IdentityScorer | None = None,
     clip: ClipScorer | None = None,
     baselines: Sequence[str | Path] | None = None,
+    workers: int = 1,
 ) -> EvaluationReport:
     """Score image files.
 
@@ -125,6 +126,7 @@ def evaluate_images(
         identity: scores faces against the person's reference photos (face similarity, detection rate).
         clip: computes CLIP-T with the prompts, and CLIP-I against ``baselines``.
         baselines: one image per image, generated with the same prompt and seed without the identity.
+        workers: processes for the face analysis (2 uses both cores of a 2-core machine).
     """
     paths = [Path(image) for image in images]
     if not paths:
@@ -133,6 +135,8 @@ def evaluate_images(
         raise EvaluationError(f"got {len(prompts)} prompts for {len(paths)} images; give one per image or none")
     if baselines is not None and len(baselines) != len(paths):
         raise EvaluationError(f"got {len(baselines)} baseline images for {len(paths)} images; they pair one to one")
+    if workers < 1:
+        raise EvaluationError(f"workers must be >= 1, got {workers}")
     if identity is None and clip is None:
         raise EvaluationError("nothing to score: give reference photos (face similarity) and/or a CLIP model")
     if baselines is not None and clip is None:
@@ -153,8 +157,7 @@ def evaluate_images(
                 f"the images were conditioned on {identity.face_model} embeddings and are scored with the same face "
                 "model, which favours them; score with another face model for numbers comparable to papers"
             )
-        for row, path in zip(rows, paths):
-            score = identity.score(path)
+        for row, score in zip(rows, identity.score_files(paths, workers=workers)):
             row.faces, row.face_similarity = score.faces, score.similarity
     if clip is not None:
         evaluator["clip_model"] = getattr(clip.model, "name_or_path", "") or type(clip.model).__name__

@@ -49,6 +49,7 @@ def test_face_similarity_is_the_cosine_to_the_references_and_follows_the_person(
     other_person = scorer.score(images[2]).similarity
     assert min(same_person) > 0.95 and min(same_person) - other_person > 0.05, (same_person, other_person)
     assert scorer.score(images[3]).faces == 0 and scorer.score(images[3]).similarity is None
+    assert scorer.score_files(images, workers=2) == [scorer.score(path) for path in images]  # two processes
     from_identity = IdentityScorer.from_identity(Identity.from_images(astronaut_path, dlib_analyzer), dlib_analyzer)
     np.testing.assert_allclose(from_identity.reference, scorer.reference, atol=1e-6)
 
@@ -143,6 +144,8 @@ def test_bad_input_is_a_clear_error(scorer, clip, images, tmp_path, dlib_analyze
         image_files([tmp_path / "missing"])
     with pytest.raises(EvaluationError, match="nothing to score"):
         evaluate_images(images)
+    with pytest.raises(EvaluationError, match="workers must be >= 1, got 0"):
+        evaluate_images(images, identity=scorer, workers=0)
     with pytest.raises(EvaluationError, match="baseline images are compared with CLIP"):
         evaluate_images(images, identity=scorer, baselines=images)
     not_an_image = tmp_path / "notes.png"
