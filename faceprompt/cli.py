@@ -494,12 +494,10 @@ def _open_image(path: str | None, mode: str = "RGB"):
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from .errors import OutputExistsError
-    from .evaluation import IdentityScorer, evaluate_images, image_files
+    from .evaluation import EvaluationReport, IdentityScorer, evaluate_images, image_files
 
-    for target in ([Path(args.out), Path(args.out).with_suffix(".html")] if args.out else []):
-        if target.exists():
-            raise OutputExistsError(f"{target} exists; choose another --out (reports are never overwritten)")
+    if args.out:
+        EvaluationReport.check_free(args.out)  # before any scoring
     images = image_files(args.images)
     baselines = image_files(args.baseline) if args.baseline else None
     identity = IdentityScorer.from_photos(args.reference, _make_analyzer(args)) if args.reference else None
@@ -615,8 +613,7 @@ def _print_report(report) -> None:
 
     for row in report.images:
         table.add_row(Path(row.path).name, number(row.faces, "{}"), number(row.face_similarity),
-                      number(row.clip_t, "{:.2f}"),
-                      number(row.clip_i))
+                      number(row.clip_t, "{:.2f}"), number(row.clip_i))
     stdout.print(table)
     for key, value in report.summary.items():
         stdout.print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}", highlight=False)

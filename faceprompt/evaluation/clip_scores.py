@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 
 import torch
+from huggingface_hub import constants as hub_constants
 from PIL import Image
 
 from ..errors import EvaluationError
@@ -41,7 +42,7 @@ class ClipScorer:
         """A Hub id or a local folder with a CLIP model and its processor."""
         from transformers import AutoConfig, CLIPModel, CLIPProcessor
 
-        offline = _offline() if local_files_only is None else local_files_only
+        offline = bool(local_files_only) or hub_constants.HF_HUB_OFFLINE
         options = dict(cache_dir=cache_dir, local_files_only=offline)
         try:
             model_type = AutoConfig.from_pretrained(model_id, **options).model_type
@@ -116,7 +117,3 @@ def _pil(image: ImageInput) -> Image.Image:
 
 def _first_line(error: BaseException) -> str:
     return (str(error).splitlines() or [type(error).__name__])[0]
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")

@@ -115,10 +115,10 @@ def run_protocol(
     unscored = [person for person in people if person not in (scorers or {})]
     if clip is None and unscored:
         raise EvaluationError(f"nothing to score for {unscored[0]}: give its scorer (face similarity) or a CLIP model")
+    names = [f"{index:04d}-seed{seed}.png" for index, (_, seed) in enumerate(jobs)]
     reports = {}
     for person, identity in people.items():
         folder = folders[person]
-        names = [f"{index:04d}-seed{seed}.png" for index, (_, seed) in enumerate(jobs)]
         with_identity = _generate_all(face, identity, settings, folder / "identity", names, person, progress)
         baselines = []
         if settings.baseline:
@@ -130,7 +130,7 @@ def run_protocol(
             with_identity,
             identity=(scorers or {}).get(person),
             clip=clip,
-            baselines=baselines if settings.baseline and clip is not None else None,
+            baselines=baselines if baselines and clip is not None else None,
         )
         report.evaluator["person"] = person
         report.save(folder / "report.json")

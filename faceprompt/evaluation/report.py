@@ -52,13 +52,19 @@ class EvaluationReport:
         return {"summary": self.summary, "by_prompt": self.by_prompt, "evaluator": self.evaluator,
                 "images": [asdict(row) for row in self.images]}
 
+    @staticmethod
+    def check_free(path: str | Path) -> None:
+        """Refuse (before any work) a report path whose JSON or web page already exists."""
+        for target in (Path(path), Path(path).with_suffix(".html")):
+            if target.exists():
+                raise OutputExistsError(f"{target} exists; choose another --out (reports are never overwritten)")
+
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """The report as JSON at ``path`` and as a web page (thumbnails and scores) beside it (``.html``)."""
         path = Path(path)
         page = path.with_suffix(".html")
-        for target in (path, page):
-            if target.exists() and not overwrite:
-                raise OutputExistsError(f"{target} exists; choose another --out (reports are never overwritten)")
+        if not overwrite:
+            self.check_free(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_dict(), indent=2))
         page.write_text(self.to_html(page.parent))

@@ -155,11 +155,12 @@ class Trainer:
         self.output_dir = Path(config.output_dir)
         self.model: AdapterTrainingModel | None = None  # the unwrapped trained model, after run()
         self.face_model = ""  # the data set's, recorded in the exported adapters
+        self.trackers = _trackers(config.log_with)  # names of the installed trackers asked for
         _release_other_precision(config.mixed_precision)
         self.accelerator = Accelerator(
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             mixed_precision=config.mixed_precision,
-            log_with=_trackers(config.log_with),
+            log_with=self.trackers,
             project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / LOG_DIR)),
         )
 
@@ -216,7 +217,7 @@ class Trainer:
                 accelerator.init_trackers(
                     config.tracker_project, config=_flat_config(config), init_kwargs={"wandb": {"dir": str(wandb_dir)}}
                 )
-            except _tracker_errors(accelerator) as error:
+            except _tracker_errors(self.trackers) as error:
                 raise TrainingError(
                     f"log_with: {config.log_with}: W&B could not start ({(str(error).splitlines() or [type(error).__name__])[0]}); run "
                     "`wandb login`, set WANDB_MODE=offline, or choose log_with: tensorboard"
@@ -512,9 +513,9 @@ def _release_other_precision(mixed_precision: str) -> None:
         AcceleratorState._reset_state(reset_partial_state=False)
 
 
-def _tracker_errors(accelerator: Accelerator) -> tuple[type[BaseException], ...]:
+def _tracker_errors(trackers: list[str] | None) -> tuple[type[BaseException], ...]:
     """The errors a tracker raises for a setup problem (W&B: not logged in, no network in online mode)."""
-    if "wandb" not in [str(getattr(tracker, "value", tracker)) for tracker in accelerator.log_with]:
+    if "wandb" not in (trackers or []):
         return ()
     from wandb.errors import Error
 
