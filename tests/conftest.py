@@ -10,6 +10,7 @@ from PIL import Image  # noqa: E402
 
 from faceprompt.faces import FaceAnalyzer  # noqa: E402
 from faceprompt.samples import sample_photo  # noqa: E402
+from faceprompt.testing import tiny_sd15_pipeline, tiny_sdxl_pipeline  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +36,15 @@ def tom_hanks_path():
 @pytest.fixture(scope="session")
 def astronaut_rgb(astronaut_path) -> np.ndarray:
     return np.asarray(Image.open(astronaut_path).convert("RGB"))
+
+
+@pytest.fixture()
+def sd15():
+    """A fresh tiny Stable Diffusion 1.5 pipeline (random weights, seed 0)."""
+    return tiny_sd15_pipeline(seed=0)
+
+
+@pytest.fixture()
+def sdxl():
+    """A fresh tiny SDXL pipeline (random weights, seed 0)."""
+    return tiny_sdxl_pipeline(seed=0)
