@@ -8,26 +8,49 @@ HTML). Re-running rewrites the demo's own files in that folder.
 
 from __future__ import annotations
 
+import argparse
 import html
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import cv2
-import numpy as np
-from PIL import Image, ImageDraw
 from rich.console import Console
 
-from .faces import Face, FaceAnalyzer
-from .identity import Identity
-from .samples import SAMPLE_PHOTOS, sample_photos
+from .common import stderr, stdout
+
+if TYPE_CHECKING:  # the face and image libraries load when the demo runs, not with every command
+    import numpy as np
+    from PIL import Image
+
+    from ..faces import Face, FaceAnalyzer
+    from ..identity import Identity
 
 THUMB_HEIGHT = 256
 CROP_THUMB = 128
 MAX_FACES_SHOWN = 6
 
 
+def add_parser(subparsers) -> None:
+    demo = subparsers.add_parser("demo", help="offline demo on the sample photos shipped in installed packages")
+    demo.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
+    demo.add_argument("--backend", default="auto", choices=["auto", "insightface", "dlib"])
+    demo.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    report = run_demo(Path(args.out), backend=args.backend, console=stderr)
+    stdout.print(f"demo written to {report}", highlight=False)
+    return 0
+
+
 def run_demo(out: Path, backend: str = "auto", console: Console | None = None) -> Path:
     """Run the demo into ``out`` and return the path of its HTML report."""
+    from PIL import Image
+
+    from ..faces import FaceAnalyzer
+    from ..identity import Identity
+    from ..samples import sample_photos
+
     console = console or Console(stderr=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "crops").mkdir(exist_ok=True)
@@ -72,8 +95,8 @@ DEMO_PROMPTS = ("a photo of the astronaut on the moon", "an oil painting of the 
 
 def _generate_with_tiny_models(identity: Identity, folder: Path, console: Console) -> list[Path]:
     """Identity -> tiny FaceID pipeline -> PNGs with their parameters (one seed per image)."""
-    from .pipelines import FacePipeline
-    from .pipelines.outputs import save_image
+    from ..pipelines import FacePipeline
+    from ..pipelines.outputs import save_image
 
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("demo-*"):
@@ -93,8 +116,8 @@ def _generate_with_tiny_models(identity: Identity, folder: Path, console: Consol
 def _evaluate(images: list[Path], reference: Path, analyzer: FaceAnalyzer, report_path: Path, console: Console) -> dict:
     """Score the generated images as `faceprompt eval` does (tiny random CLIP: the path runs, the numbers mean
     nothing; noise images have no faces)."""
-    from .evaluation import ClipScorer, IdentityScorer, evaluate_images
-    from .testing import tiny_clip_model, tiny_clip_processor
+    from ..evaluation import ClipScorer, IdentityScorer, evaluate_images
+    from ..testing import tiny_clip_model, tiny_clip_processor
 
     report = evaluate_images(
         images,
@@ -111,6 +134,8 @@ def _evaluate(images: list[Path], reference: Path, analyzer: FaceAnalyzer, repor
 
 def annotate(face_image: np.ndarray, faces: list[Face]) -> np.ndarray:
     """Copy of the photo with every face's box, index and five points drawn."""
+    import cv2
+
     canvas = face_image.copy()
     thickness = max(1, round(max(canvas.shape[:2]) / 400))
     for face in faces:
@@ -126,6 +151,10 @@ def annotate(face_image: np.ndarray, faces: list[Face]) -> np.ndarray:
 def contact_sheet(rows: list[tuple[str, Path, list[Face]]], generated: list[Path] = ()) -> Image.Image:
     """One row per photo (the annotated photo, then each face's aligned and segmented crops), then a row of the
     images generated from the identity."""
+    from PIL import Image, ImageDraw
+
+    from ..samples import SAMPLE_PHOTOS
+
     rendered = []
     for name, _, faces in rows:
         photo = faces[0].image.rgb if faces else None

@@ -1,0 +1,187 @@
+"""``faceprompt eval`` (score generated images) and ``faceprompt eval-run`` (generate a protocol and score it)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from .common import (
+    add_analyzer_options,
+    add_model_options,
+    load_face_pipeline,
+    make_analyzer,
+    parse_size,
+    stderr,
+    stdout,
+)
+
+
+def add_parser(subparsers) -> None:
+    evaluate = subparsers.add_parser("eval", help="score generated images: identity similarity, CLIP-T, CLIP-I")
+    evaluate.add_argument("images", nargs="+", help="generated image files or folders")
+    evaluate.add_argument("--reference", nargs="+", metavar="PHOTO", help="photos of the person (face similarity)")
+    evaluate.add_argument("--prompt", action="append", dest="prompts", metavar="TEXT",
+                          help="one per image, in order (default: the prompt recorded in each image)")
+    evaluate.add_argument("--baseline", nargs="+", metavar="IMAGE",
+                          help="the same prompts and seeds without the identity, files or folders (CLIP-I)")
+    evaluate.add_argument("--clip", default=None, metavar="MODEL|tiny|none",
+                          help="CLIP model for CLIP-T/CLIP-I: Hub id or folder (default: OpenAI's CLIP ViT-L/14, as "
+                               "the papers), tiny (offline random stand-in), none")
+    evaluate.add_argument("--out", metavar="FILE",
+                          help="write the report as JSON here, and as a web page beside it (.html; never overwritten)")
+    evaluate.add_argument("--device", default="cpu", help="where CLIP runs: cpu, cuda, mps ... (default cpu)")
+    evaluate.add_argument("--workers", type=int, default=1, help="processes for the face analysis (default 1)")
+    add_analyzer_options(evaluate)
+    evaluate.set_defaults(handler=run_eval)
+
+    protocol = subparsers.add_parser(
+        "eval-run", help="generate a protocol of prompts x seeds with and without each person, and score it"
+    )
+    protocol.add_argument("--person", nargs="+", action="append", required=True, metavar=("NAME", "PHOTO"),
+                          help="a name and photos of the person; repeat for several people")
+    protocol.add_argument("--prompts", metavar="FILE", help="one prompt per line (# comments); default: 20 built-in")
+    protocol.add_argument("--face-prompt", help="the portrait prompt of the face-similarity images ('' for none)")
+    protocol.add_argument("--seeds", type=int, default=4, help="seeds 0..N-1 per person and prompt (default 4)")
+    protocol.add_argument("--no-baseline", action="store_true",
+                          help="skip the images without the identity (CLIP-I; skipped anyway with --clip none)")
+    protocol.add_argument("--batch-size", type=int, default=4, help="images per generation call (default 4)")
+    protocol.add_argument("--clip", default=None, metavar="MODEL|tiny|none", help="CLIP model, as for eval")
+    protocol.add_argument("--out", required=True, metavar="DIR", help="output folder (never overwritten)")
+    protocol.add_argument("--eval-backend", choices=["auto", "insightface", "dlib"],
+                          help="face backend that scores the images (default: --backend's); another model than the "
+                               "one the adapter is conditioned on gives unbiased scores")
+    add_model_options(protocol)
+    add_analyzer_options(protocol)
+    protocol.set_defaults(handler=run_eval_run, controlnet=None, task=None, style_image=None, style_adapter=None,
+                          motion_adapter=None)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from ..evaluation import EvaluationReport, IdentityScorer, evaluate_images, image_files
+
+    if args.out:
+        EvaluationReport.check_free(args.out)  # before any scoring
+    images = image_files(args.images)
+    baselines = image_files(args.baseline) if args.baseline else None
+    identity = IdentityScorer.from_photos(args.reference, make_analyzer(args)) if args.reference else None
+    clip = _clip_scorer(args.clip, args.device)
+    report = evaluate_images(images, prompts=args.prompts, identity=identity, clip=clip, baselines=baselines,
+                             workers=args.workers)
+    if args.out:
+        stdout.print(f"report: {report.save(args.out)}", highlight=False, markup=False)
+    _print_report(report)
+    return 0
+
+
+def run_eval_run(args: argparse.Namespace) -> int:
+    from ..errors import EvaluationError, OutputExistsError
+    from ..evaluation import DEFAULT_PROMPTS, FACE_PROMPT, IdentityScorer, ProtocolSettings, run_protocol
+    from ..evaluation.protocol import protocol_folders
+    from ..identity import Identity
+    from ..images import list_image_files
+
+    # what can be checked without the models is refused before any of them loads
+    if args.seeds < 1:
+        raise EvaluationError(f"--seeds must be >= 1, got {args.seeds}")
+    names = [name for name, *_ in args.person]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise EvaluationError(f"--person {repeated[0]} is given twice; give each person once, with all their photos")
+    if args.batch_size < 1:
+        raise EvaluationError(f"--batch-size must be >= 1, got {args.batch_size}")
+    summary_path = Path(args.out) / "summary.json"
+    protocol_folders(Path(args.out), names)
+    if summary_path.exists():
+        raise OutputExistsError(f"{summary_path} exists; choose another --out (nothing is overwritten)")
+    prompts = _read_prompts(args.prompts) if args.prompts else DEFAULT_PROMPTS
+    photos_of = {name: list_image_files(given) for name, *given in args.person}
+    for name, photos in photos_of.items():
+        missing = [photo for photo in photos if not photo.is_file()]
+        if not photos or missing:
+            where = f" ({missing[0]} is not a file)" if missing else ""
+            raise EvaluationError(f"--person {name}: give the person's photos (files or folders) after the name{where}")
+    width, height = parse_size(args.size)
+    clip = _clip_scorer(args.clip, args.device)
+
+    analyzer = make_analyzer(args)
+    evaluator = make_analyzer(args, args.eval_backend) if args.eval_backend else analyzer
+    people, scorers = {}, {}
+    for name, photos in photos_of.items():
+        people[name] = Identity.from_images(photos, analyzer, name=name)
+        if evaluator is analyzer:
+            scorers[name] = IdentityScorer.from_identity(people[name], analyzer)  # the same embeddings
+        else:
+            scorers[name] = IdentityScorer.from_photos(photos, evaluator)
+    generation = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, width=width, height=height,
+                      scale=args.scale, s_scale=args.s_scale)
+    settings = ProtocolSettings(
+        prompts=prompts,
+        face_prompt=FACE_PROMPT if args.face_prompt is None else args.face_prompt or None,
+        seeds=tuple(range(args.seeds)), baseline=not args.no_baseline and clip is not None, generation=generation,
+        batch_size=args.batch_size,
+    )
+    face = load_face_pipeline(args, next(iter(people.values())))
+    face.pipeline.set_progress_bar_config(disable=True)
+    total = len(people) * len(settings.jobs()) * (2 if settings.baseline else 1)
+    from rich.progress import Progress
+
+    with Progress(console=stderr) as progress:
+        task = progress.add_task("protocol", total=total)
+
+        def advance(message: str, images: int) -> None:
+            progress.update(task, advance=images, description=message[:60])
+
+        result = run_protocol(face, people, args.out, settings, scorers=scorers, clip=clip, progress=advance)
+    for person, report in result.reports.items():
+        stdout.print(f"[bold]{person}[/]")
+        _print_report(report)
+    summary_path.write_text(json.dumps(result.summary, indent=2))
+    stdout.print(f"reports: {Path(args.out)}/<person>/report.json, summary: {summary_path}", highlight=False)
+    return 0
+
+
+def _read_prompts(path: str) -> list[str]:
+    from ..errors import EvaluationError
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise EvaluationError(f"{path}: cannot read the prompts file ({error.strerror})") from error
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise EvaluationError(f"{path}: no prompts (one per line; lines starting with # are comments)")
+    return prompts
+
+
+def _clip_scorer(choice: str | None, device: str = "cpu"):
+    """``--clip``: a Hub id or folder (default CLIP ViT-L/14), ``tiny`` or ``none``."""
+    from ..evaluation import DEFAULT_CLIP_MODEL, ClipScorer
+
+    if choice == "none":
+        return None
+    if choice == "tiny":
+        from ..testing import tiny_clip_model, tiny_clip_processor
+
+        return ClipScorer(tiny_clip_model(), tiny_clip_processor(), device=device)
+    return ClipScorer.from_pretrained(choice or DEFAULT_CLIP_MODEL, device=device)
+
+
+def _print_report(report) -> None:
+    table = Table(title="evaluation")
+    for column in ("image", "faces", "face similarity", "CLIP-T", "CLIP-I"):
+        table.add_column(column)
+
+    def number(value, fmt="{:.3f}"):
+        return "-" if value is None else fmt.format(value)
+
+    for row in report.images:
+        table.add_row(Path(row.path).name, number(row.faces, "{}"), number(row.face_similarity),
+                      number(row.clip_t, "{:.2f}"), number(row.clip_i))
+    stdout.print(table)
+    for key, value in report.summary.items():
+        stdout.print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}", highlight=False)
+    for warning in report.evaluator.get("warnings", []):
+        stderr.print(f"[yellow]warning:[/] {warning}", highlight=False)

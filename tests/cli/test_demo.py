@@ -1,0 +1,32 @@
+"""`faceprompt demo`."""
+
+import json
+
+from PIL import Image
+
+from faceprompt.cli import main
+from faceprompt.identity import Identity
+
+
+def test_demo_writes_crops_identity_and_contact_sheet(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--backend", "dlib"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert {name: len(photo["faces"]) for name, photo in summary["photos"].items()} == {
+        "group": 6, "tom_hanks": 1, "astronaut": 1}
+    assert Identity.load(out / "identity.safetensors").face_model == "dlib/resnet_v1"
+    assert Image.open(out / "contact_sheet.png").width > 1000
+    assert len(list((out / "crops").glob("*_segmented.png"))) == 8
+    assert "contact_sheet.png" in (out / "index.html").read_text()
+    assert len(summary["generated"]) == 4 and "noise by design" in summary["generated_notice"]
+    from faceprompt.pipelines.outputs import read_metadata
+
+    record = read_metadata(summary["generated"][0])
+    assert record["seed"] == 2023 and record["notice"].startswith("tiny randomly initialised")
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert summary["evaluation"] == evaluation["summary"]
+    assert evaluation["summary"]["images"] == 4 and evaluation["summary"]["face_detection_rate"] == 0.0  # noise
+    assert [row["prompt"] for row in evaluation["images"]][::2] == ["a photo of the astronaut on the moon",
+                                                                    "an oil painting of the astronaut"]
+    assert main(["demo", "--out", str(out), "--backend", "dlib"]) == 0  # safe to re-run
+    assert len(list((out / "generated").glob("*.png"))) == 4
