@@ -11,13 +11,25 @@ export TOKENIZERS_PARALLELISM ?= false
 
 venv: $(STAMP)
 
+# Each install step writes its output to $(INSTALL_LOG); the log is shown only when a step fails, so that a
+# clean install prints one line instead of pages of pip and setuptools notices.
+INSTALL_LOG = $(VENV)/install.log
+# setuptools < 81: face_recognition_models imports pkg_resources; >= 77 reads the SPDX licence string.
+SETUPTOOLS := setuptools>=77,<81
+PIP_INSTALL = $(BIN)/python -m pip install --disable-pip-version-check --no-input --progress-bar off
+logged = $(1) >>$(INSTALL_LOG) 2>&1 || { \
+	echo "error: installing into $(VENV) failed at: $(1)" >&2; \
+	echo "--- last lines of $(INSTALL_LOG) ---" >&2; tail -n 60 $(INSTALL_LOG) >&2; exit 1; }
+
 # torch goes in first and pinned: a looser requirement would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools<81" wheel
-	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	@echo "Installing faceprompt and its dependencies into $(VENV) (a few minutes; log: $(INSTALL_LOG))"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@: > $(INSTALL_LOG)
+	@$(call logged,$(PIP_INSTALL) --upgrade pip '$(SETUPTOOLS)' wheel)
+	@$(call logged,$(PIP_INSTALL) torch==2.13.0)
+	@$(call logged,$(PIP_INSTALL) -e '.[dev]')
+	@touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/faceprompt demo --out demo-output
