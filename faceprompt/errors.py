@@ -58,6 +58,10 @@ class FaceSelectionError(FaceError):
     """A face selection (e.g. ``index:3``) does not match the faces found."""
 
 
+class AnalysisOptionError(FacepromptError, ValueError):
+    """A face-analysis option (``workers``, ``batch_size``) has a value that cannot work."""
+
+
 class BackendError(FacepromptError):
     """A face-analysis backend cannot run."""
 

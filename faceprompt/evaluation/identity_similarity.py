@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EvaluationError, NoFaceFoundError
-from ..faces import Face, FaceAnalyzer
+from ..faces import Face, FaceAnalyzer, Workers
 from ..faces.face import l2_normalize
 from ..identity import Identity
 from ..images import ImageInput
@@ -73,7 +73,7 @@ class IdentityScorer:
     def score(self, image: ImageInput) -> FaceScore:
         return self._face_score(self.analyzer.detect(image))
 
-    def score_files(self, paths: Sequence[str | Path], *, workers: int = 1) -> list[FaceScore]:
+    def score_files(self, paths: Sequence[str | Path], *, workers: Workers = 1) -> list[FaceScore]:
         """:meth:`score` for image files, batched (``workers`` processes: FaceAnalyzer.analyze_files)."""
         scores = []
         for analysis in self.analyzer.analyze_files([str(path) for path in paths], workers=workers):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EvaluationError, OutputExistsError
+from ..faces import Workers, check_workers
 from ..images import list_image_files
 from ..pipelines.outputs import METADATA_KEY
 from .clip_scores import ClipScorer, clip_i, clip_t
@@ -122,7 +123,7 @@ def evaluate_images(
     identity: IdentityScorer | None = None,
     clip: ClipScorer | None = None,
     baselines: Sequence[str | Path] | None = None,
-    workers: int = 1,
+    workers: Workers = 1,
 ) -> EvaluationReport:
     """Score image files.
 
@@ -132,7 +133,8 @@ def evaluate_images(
         identity: scores faces against the person's reference photos (face similarity, detection rate).
         clip: computes CLIP-T with the prompts, and CLIP-I against ``baselines``.
         baselines: one image per image, generated with the same prompt and seed without the identity.
-        workers: processes for the face analysis (2 uses both cores of a 2-core machine).
+        workers: processes for the face analysis (2 uses both cores of a 2-core machine; ``"auto"``: one per core
+            for dlib, one for insightface, see :func:`faceprompt.faces.resolve_workers`).
     """
     paths = [Path(image) for image in images]
     if not paths:
@@ -141,8 +143,7 @@ def evaluate_images(
         raise EvaluationError(f"got {len(prompts)} prompts for {len(paths)} images; give one per image or none")
     if baselines is not None and len(baselines) != len(paths):
         raise EvaluationError(f"got {len(baselines)} baseline images for {len(paths)} images; they pair one to one")
-    if workers < 1:
-        raise EvaluationError(f"workers must be >= 1, got {workers}")
+    check_workers(workers)
     if identity is None and clip is None:
         raise EvaluationError("nothing to score: give reference photos (face similarity) and/or a CLIP model")
     if baselines is not None and clip is None:

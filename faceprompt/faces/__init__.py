@@ -4,6 +4,7 @@ from .align import ARCFACE_TEMPLATE_112, align_face, alignment_matrix, arcface_t
 from .analyzer import FaceAnalyzer, FileAnalysis, QualityFilter, create_backend, parse_selection, select_faces
 from .face import Face, l2_normalize, laplacian_blur_score
 from .segment import FaceSegmenter, LandmarkSegmenter, apply_mask
+from .workers import Workers, check_workers, resolve_workers, usable_cores
 
 __all__ = [
     "ARCFACE_TEMPLATE_112",
@@ -13,14 +14,18 @@ __all__ = [
     "FileAnalysis",
     "LandmarkSegmenter",
     "QualityFilter",
+    "Workers",
     "align_face",
     "alignment_matrix",
     "apply_mask",
     "arcface_template",
+    "check_workers",
     "create_backend",
     "l2_normalize",
     "laplacian_blur_score",
     "parse_selection",
+    "resolve_workers",
     "select_faces",
     "transform_points",
+    "usable_cores",
 ]

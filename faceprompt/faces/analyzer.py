@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..errors import BackendError, FaceSelectionError, ImageError, NoFaceFoundError
+from ..errors import AnalysisOptionError, BackendError, FaceSelectionError, ImageError, NoFaceFoundError
 from ..images import (
     DEFAULT_ANALYSIS_SIDE,
     DEFAULT_MAX_PIXELS,
@@ -25,6 +25,7 @@ from ..images import (
 from .align import align_face
 from .backends.base import Detection, FaceBackend
 from .face import Face, laplacian_blur_score
+from .workers import Workers, resolve_workers
 
 BackendName = Literal["auto", "insightface", "dlib"]
 
@@ -190,30 +191,53 @@ class FaceAnalyzer:
         return results
 
     def analyze_files(
-        self, paths: Sequence[str | Path], *, workers: int = 1, batch_size: int = 8
+        self, paths: Sequence[str | Path], *, workers: Workers = 1, batch_size: int = 8
     ) -> Iterator[FileAnalysis]:
         """Analyse image files in order; an unreadable file yields a result with ``error`` set, never raises.
 
-        ``workers > 1`` spreads batches of at most ``batch_size`` files over that many processes, evened out so that
-        every worker gets the same number of files (20 files, 2 workers: four batches of 5, not 8 + 8 + 4); with dlib,
-        whose workers start by fork in tens of milliseconds, even files that fit in one batch are shared out. Results
-        do not depend on how files are batched.
+        ``workers`` processes share the files (``"auto"``: as many as help with this backend, see
+        :func:`~faceprompt.faces.workers.resolve_workers`). With several, batches of at most ``batch_size`` files are
+        evened out so that every worker gets the same number of files (20 files, 2 workers: four batches of 5, not
+        8 + 8 + 4); with dlib, whose workers start by fork in tens of milliseconds, even files that fit in one batch
+        are shared out. Results do not depend on how files are batched.
+
+        Raises:
+            AnalysisOptionError: ``workers`` or ``batch_size`` cannot work (raised by this call, before any file is
+                read).
         """
-        context = _worker_context(self.backend_name) if workers > 1 else None
-        cheap_start = context is not None and context.get_start_method() == "fork"
-        batches = _plan_file_batches(paths, batch_size, workers, split_single_batch=cheap_start)
-        if context is None or len(batches) <= 1:
+        count = resolve_workers(workers, self.backend_name)
+        cheap_start = count > 1 and self.worker_start_method == "fork"
+        batches = _plan_file_batches(paths, batch_size, count, split_single_batch=cheap_start)
+        return self._analyze_batches(batches, count)
+
+    def _analyze_batches(self, batches: list[list[str]], workers: int) -> Iterator[FileAnalysis]:
+        if workers <= 1 or len(batches) <= 1:
             for batch in batches:
                 yield from self._analyze_file_batch(batch)
             return
-        with ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=context,
-            initializer=_init_worker,
-            initargs=(self._config,),
-        ) as pool:
+        with self.worker_pool(workers) as pool:
             for results in pool.map(_analyze_in_worker, batches):
                 yield from results
+
+    @property
+    def worker_start_method(self) -> str:
+        """How :meth:`worker_pool` starts processes: ``"fork"`` for dlib (it holds no threads, so its loaded
+        models are shared and a worker starts in tens of milliseconds), ``"spawn"`` otherwise (ONNX Runtime's
+        thread pools do not survive fork, so an insightface worker starts a fresh interpreter: about a second)."""
+        if self.backend_name == "dlib" and "fork" in multiprocessing.get_all_start_methods():
+            return "fork"
+        return "spawn"
+
+    def worker_pool(self, workers: int) -> ProcessPoolExecutor:
+        """A pool of ``workers`` processes, each holding its own analyzer built with this one's settings: what
+        :meth:`analyze_files` runs its batches on when it uses several workers. Exposed so that callers can time
+        or reuse the start-up; use it as a context manager."""
+        return ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context(self.worker_start_method),
+            initializer=_init_worker,
+            initargs=(self._config,),
+        )
 
     def _analyze_file_batch(self, paths: list[str]) -> list[FileAnalysis]:
         loaded: list[LoadedImage] = []
@@ -272,8 +296,8 @@ def _plan_file_batches(
     calling process) unless ``split_single_batch``, which :meth:`FaceAnalyzer.analyze_files` sets when workers start
     by fork and so cost tens of milliseconds rather than seconds.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise AnalysisOptionError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     names = list(map(str, paths))
     count = -(-len(names) // batch_size)
     if workers <= 1 or len(names) <= 1 or (count <= 1 and not split_single_batch):
@@ -327,14 +351,6 @@ def select_faces(
 # --- worker processes -----------------------------------------------------------------------------
 
 _worker_analyzer: FaceAnalyzer | None = None
-
-
-def _worker_context(backend_name: str) -> multiprocessing.context.BaseContext:
-    # dlib holds no threads, so fork is safe and shares the loaded models; ONNX Runtime's thread pools are not
-    # fork-safe, so insightface workers start fresh.
-    if backend_name == "dlib" and "fork" in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("spawn")
 
 
 def _init_worker(config: dict[str, Any]) -> None:

@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..errors import DatasetError, ImageError
-from ..faces import Face, FaceAnalyzer, QualityFilter
+from ..faces import Face, FaceAnalyzer, QualityFilter, Workers, check_workers, resolve_workers
 from ..images import LoadedImage, list_image_files, load_image
 from .prepared import (
     FACE_CROP_SIZE,
@@ -129,7 +129,7 @@ def prepare_dataset(
     backend: str = "auto",
     model_root: str | os.PathLike | None = None,
     engine: Engine = "local",
-    workers: int = 1,
+    workers: Workers = 1,
     progress: bool = True,
 ) -> PreparedDataset:
     """Prepare (or resume preparing) the data set in ``output`` from image folders and/or a manifest.
@@ -151,17 +151,20 @@ def prepare_dataset(
         model_root: insightface's model root.
         engine: ``"local"`` (this process, or a pool of ``workers`` processes) or ``"ray"`` (Ray Data tasks, on the
             running Ray cluster or a local one started with ``workers`` CPUs). Both give identical shards.
-        workers: processes (local) or concurrent Ray tasks; each builds its own face analyzer.
+        workers: processes (local) or concurrent Ray tasks; each builds its own face analyzer. ``"auto"``: one per
+            core for dlib, one for insightface (:func:`faceprompt.faces.resolve_workers`).
         progress: show a progress bar on stderr.
     """
     started = time.perf_counter()
     crops = _checked_crops(DEFAULT_CROPS if crops is None else crops)
-    _check_arguments(min_resolution, shard_size, engine, workers)
+    _check_arguments(min_resolution, shard_size, engine)
+    check_workers(workers)
     root = Path(output)
     items = collect_inputs(inputs, manifest, exclude=root)
     if not items:
         raise DatasetError(f"no images found in {', '.join(map(str, inputs)) or manifest}; nothing to prepare")
     analyzer = FaceAnalyzer(backend, model_root=model_root)
+    workers = resolve_workers(workers, analyzer.backend_name)
     settings = PrepareSettings(
         min_resolution=int(min_resolution),
         min_face_size=float(min_face_size),
@@ -204,11 +207,9 @@ def _checked_crops(crops: dict[str, float]) -> dict[str, float]:
     return checked
 
 
-def _check_arguments(min_resolution: int, shard_size: int, engine: str, workers: int) -> None:
-    if min_resolution < 1 or shard_size < 1 or workers < 1:
-        raise DatasetError(
-            f"min_resolution ({min_resolution}), shard_size ({shard_size}) and workers ({workers}) must be >= 1"
-        )
+def _check_arguments(min_resolution: int, shard_size: int, engine: str) -> None:
+    if min_resolution < 1 or shard_size < 1:
+        raise DatasetError(f"min_resolution ({min_resolution}) and shard_size ({shard_size}) must be >= 1")
     if engine not in ("local", "ray"):
         raise DatasetError(f"unknown engine {engine!r}; choose 'local' or 'ray'")
 

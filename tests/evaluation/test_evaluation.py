@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from faceprompt.cli import main
-from faceprompt.errors import EvaluationError, OutputExistsError
+from faceprompt.errors import AnalysisOptionError, EvaluationError, OutputExistsError
 from faceprompt.evaluation import ClipScorer, IdentityScorer, evaluate_images, image_files
 from faceprompt.faces.face import l2_normalize
 from faceprompt.identity import Identity
@@ -144,7 +144,7 @@ def test_bad_input_is_a_clear_error(scorer, clip, images, tmp_path, dlib_analyze
         image_files([tmp_path / "missing"])
     with pytest.raises(EvaluationError, match="nothing to score"):
         evaluate_images(images)
-    with pytest.raises(EvaluationError, match="workers must be >= 1, got 0"):
+    with pytest.raises(AnalysisOptionError, match="workers must be an integer >= 1 or 'auto', got 0"):
         evaluate_images(images, identity=scorer, workers=0)
     with pytest.raises(EvaluationError, match="baseline images are compared with CLIP"):
         evaluate_images(images, identity=scorer, baselines=images)

@@ -7,6 +7,7 @@ HOG (or CNN) face detector, 68-point shape predictor reduced to the five ArcFace
 from __future__ import annotations
 
 import importlib.util
+from collections import Counter
 from functools import cache
 from pathlib import Path
 from typing import Literal
@@ -82,6 +83,10 @@ class DlibBackend:
         max_upsampled_pixels: never upsample beyond this many pixels (bounds time and memory on large photos).
         hog_threshold: minimum HOG detection score (SVM margin). dlib's own default, 0, lets through clothing
             patterns with margins below 0.1 that can be larger than the real face.
+
+    Attributes:
+        detector_passes: how many detector passes this backend has run at each upsample level (a diagnostic: it
+            tells how many photos paid for upsampling); clear it to start counting afresh.
     """
 
     name = "dlib"
@@ -102,6 +107,7 @@ class DlibBackend:
         self.upsample = upsample
         self.max_upsampled_pixels = max_upsampled_pixels
         self.hog_threshold = hog_threshold
+        self.detector_passes: Counter[int] = Counter()
         folder = Path(model_dir) if model_dir is not None else dlib_model_dir()
         self._detector, self._shape_predictor, self._descriptor = _load_models(str(folder), detector)
 
@@ -123,6 +129,7 @@ class DlibBackend:
         return boxes
 
     def _run_detector(self, rgb: np.ndarray, upsample: int) -> list[tuple[dlib.rectangle, float]]:
+        self.detector_passes[upsample] += 1
         if self.detector_kind == "cnn":
             return [(found.rect, float(found.confidence)) for found in self._detector(rgb, upsample)]
         rects, scores, _ = self._detector.run(rgb, upsample, self.hog_threshold)
