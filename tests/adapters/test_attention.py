@@ -1,4 +1,6 @@
-"""The decoupled attention against the reference math (spec §3.3), computed independently here."""
+"""The decoupled attention against the reference math (tests/reference_math.py), computed independently there."""
+
+import copy
 
 import pytest
 import torch
@@ -10,7 +12,8 @@ from faceprompt.adapters.tokens import identity_tokens
 from faceprompt.errors import AdapterError
 
 from faceprompt.testing.adapters import random_id_embeds as id_embeds
-from reference_math import reference_unet
+from faceprompt.testing.adapters import random_faceid_state_dict
+from reference_math import ReferenceTerm, reference_unet, reference_unet_with_terms
 
 
 def _unet_inputs(unet, batch=2, seed=0):
@@ -20,25 +23,42 @@ def _unet_inputs(unet, batch=2, seed=0):
     return latents, torch.tensor(500), text
 
 
+def _added_conditions(unet, batch, seed=0):
+    """SDXL's pooled text embeddings and size/crop ids (random: the attention under test does not read them)."""
+    if unet.config.addition_embed_type != "text_time":
+        return None
+    generator = torch.Generator().manual_seed(seed)
+    pooled_dim = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+    return {"text_embeds": torch.randn(batch, pooled_dim, generator=generator),
+            "time_ids": torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]).repeat(batch, 1)}
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
 @pytest.mark.parametrize("lora", ["unfused", "fused"])
-def test_unet_matches_reference_math(sd15, faceid_sd15_state, lora):
-    unet = sd15.unet
+def test_unet_matches_reference_math(request, family, lora):
+    pipe = request.getfixturevalue(family)
+    state = random_faceid_state_dict(pipe.unet, "mlp", lora_rank=4, seed=1)
+    unet = pipe.unet
     latents, timestep, text = _unet_inputs(unet)
-    reference = reference_unet(unet, faceid_sd15_state, num_tokens=4, scale=0.7)
-    adapter = attach_adapter(sd15, faceid_sd15_state, lora=lora)
+    added = _added_conditions(unet, batch=2)
+    reference = reference_unet(unet, state, num_tokens=4, scale=0.7)
+    adapter = attach_adapter(pipe, state, lora=lora)
     embeds = id_embeds(2)
     cond, uncond = identity_tokens(adapter, embeds)
     # expected: projection math written out (LayerNorm(MLP(id)))
-    p = faceid_sd15_state["image_proj"]
+    p = state["image_proj"]
     hidden = F.gelu(embeds @ p["proj.0.weight"].T + p["proj.0.bias"]) @ p["proj.2.weight"].T + p["proj.2.bias"]
     expected_tokens = F.layer_norm(hidden.view(2, 4, -1), (hidden.shape[-1] // 4,), p["norm.weight"], p["norm.bias"])
     assert torch.allclose(cond, expected_tokens, atol=1e-5)
     with torch.no_grad():
-        expected = reference(latents, timestep, torch.cat([text, cond], dim=1)).sample
-        with get_runtime(sd15).conditioning({"faceid": [ImagePrompt(cond, uncond, scale=0.7)]}, classifier_free_guidance=False):
-            ours = unet(latents, timestep, text).sample
+        expected = reference(latents, timestep, torch.cat([text, cond], dim=1), added_cond_kwargs=added).sample
+        plain = reference_unet(unet, state, num_tokens=4, scale=0.0)(
+            latents, timestep, torch.cat([text, cond], dim=1), added_cond_kwargs=added).sample
+        with get_runtime(pipe).conditioning({"faceid": [ImagePrompt(cond, uncond, scale=0.7)]}, classifier_free_guidance=False):
+            ours = unet(latents, timestep, text, added_cond_kwargs=added).sample
     tolerance = 1e-5 if lora == "unfused" else 1e-4
     assert torch.allclose(ours, expected, atol=tolerance), (ours - expected).abs().max()
+    assert (expected - plain).abs().max() > 100 * tolerance  # the identity term is far larger than the tolerance
 
 
 def test_unconditional_tokens_are_the_projection_of_a_zero_id(sd15, faceid_sd15_state):
@@ -164,31 +184,46 @@ def test_step_window_and_block_scales(sd15, faceid_sd15_state):
 
 
 def test_masks_split_the_image_between_two_identities(sd15, faceid_sd15_state):
+    """Each identity acts only inside its own mask, per sample: compared with the reference sum
+    ``Attn(text) + s_a * mask_a * Attn(ip_a) + s_b * mask_b * Attn(ip_b)``."""
     unet = sd15.unet
-    latents, timestep, text = _unet_inputs(unet, batch=1)
+    latents, timestep, text = _unet_inputs(unet, batch=2)
     adapter = attach_adapter(sd15, faceid_sd15_state, lora="off")
-    a_cond, a_uncond = identity_tokens(adapter, id_embeds(1, seed=1))
-    b_cond, b_uncond = identity_tokens(adapter, id_embeds(1, seed=2))
+    a_cond, a_uncond = identity_tokens(adapter, id_embeds(2, seed=1))
+    b_cond, b_uncond = identity_tokens(adapter, id_embeds(2, seed=2))
     left = torch.zeros(1, 1, 64, 64)
     left[..., :32] = 1.0
+    top = torch.zeros(1, 1, 64, 64)
+    top[..., :32, :] = 1.0
+    mask_a = torch.cat([left, top])  # sample 0: a on the left; sample 1: a at the top
+    mask_b = 1.0 - mask_a
     runtime = get_runtime(sd15)
 
     def run(prompts):
         with torch.no_grad(), runtime.conditioning({"faceid": prompts}, False):
             return unet(latents, timestep, text).sample
 
+    def reference(terms):
+        tokens = torch.cat([text] + [cond for cond, _ in terms], dim=1)
+        with torch.no_grad():
+            return reference_unet_with_terms(unet, {}, [term for _, term in terms])(latents, timestep, tokens).sample
+
+    state = faceid_sd15_state["ip_adapter"]
+    ours = run([ImagePrompt(a_cond, a_uncond, scale=0.8, mask=mask_a), ImagePrompt(b_cond, b_uncond, mask=mask_b)])
+    expected = reference([(a_cond, ReferenceTerm(state, 4, 0.8, mask_a)), (b_cond, ReferenceTerm(state, 4, 1.0, mask_b))])
+    assert torch.allclose(ours, expected, atol=1e-5), (ours - expected).abs().max()
+    swapped = reference([(a_cond, ReferenceTerm(state, 4, 0.8, mask_b)), (b_cond, ReferenceTerm(state, 4, 1.0, mask_a))])
+    assert (swapped - expected).abs().max() > 1e-3  # the test tells which side each identity is on
+
     plain = run([ImagePrompt(a_cond, a_uncond, scale=0.0)])
     assert torch.allclose(run([ImagePrompt(a_cond, a_uncond, mask=torch.zeros(1, 1, 64, 64))]), plain, atol=1e-6)
     assert torch.allclose(run([ImagePrompt(a_cond, a_uncond, mask=torch.ones(1, 1, 64, 64))]),
                           run([ImagePrompt(a_cond, a_uncond)]), atol=1e-6)
-    two = run([ImagePrompt(a_cond, a_uncond, mask=left), ImagePrompt(b_cond, b_uncond, mask=1 - left)])
-    only_a = run([ImagePrompt(a_cond, a_uncond)])
-    assert two.shape == plain.shape and not torch.allclose(two, only_a, atol=1e-5)
 
 
 def test_two_adapters_each_with_their_own_scale(sd15, faceid_sd15_state):
-    from faceprompt.testing.adapters import random_faceid_state_dict
-
+    """Two attached adapters add their own image terms (own weights, token counts and scales): compared with the
+    reference sum of a 4-token FaceID term and a 48-token Portrait term (3 faces x 16 tokens)."""
     unet = sd15.unet
     latents, timestep, text = _unet_inputs(unet)
     portrait = random_faceid_state_dict(unet, "mlp", num_tokens=16, lora_rank=None, seed=5)
@@ -205,9 +240,17 @@ def test_two_adapters_each_with_their_own_scale(sd15, faceid_sd15_state):
         with torch.no_grad(), runtime.conditioning(prompts, False):
             return unet(latents, timestep, text).sample
 
-    both = run(1.0, 0.5)
-    assert not torch.allclose(both, run(1.0, 0.0), atol=1e-5)
-    assert not torch.allclose(both, run(0.0, 0.5), atol=1e-5)
+    def reference(faceid_scale, portrait_scale):
+        terms = [ReferenceTerm(faceid_sd15_state["ip_adapter"], 4, faceid_scale),
+                 ReferenceTerm(portrait["ip_adapter"], 48, portrait_scale)]
+        tokens = torch.cat([text, faceid_tokens[0], portrait_tokens[0]], dim=1)
+        with torch.no_grad():
+            return reference_unet_with_terms(unet, {}, terms)(latents, timestep, tokens).sample
+
+    for scales in [(1.0, 0.5), (0.3, 1.2)]:
+        ours, expected = run(*scales), reference(*scales)
+        assert torch.allclose(ours, expected, atol=1e-5), (scales, (ours - expected).abs().max())
+    assert (reference(1.0, 0.5) - reference(0.5, 1.0)).abs().max() > 1e-3  # the scales are told apart
     with pytest.raises(AdapterError, match="already attached"):
         attach_adapter(sd15, portrait, name="portrait")
     detach_adapter(sd15, "faceid")
@@ -229,16 +272,20 @@ def test_dlib_sized_embeddings_are_refused(sd15, faceid_sd15_state):
         identity_tokens(adapter, torch.randn(1, 128))
 
 
-def test_sdxl_like_pipeline(sdxl):
-    from faceprompt.testing.adapters import random_faceid_state_dict
-
+def test_sdxl_pipeline_with_guidance_matches_the_reference_flow(sdxl):
+    """A whole SDXL call (classifier-free guidance: uncond tokens on the first half of the batch) against the
+    reference flow: the tokens appended to the prompt embeddings of a reference UNet."""
     state = random_faceid_state_dict(sdxl.unet, "mlp", lora_rank=4, seed=2)
+    reference = copy.deepcopy(sdxl)
+    reference.unet = reference_unet(sdxl.unet, state, num_tokens=4, scale=0.6)
     adapter = attach_adapter(sdxl, state, lora="unfused")
     cond, uncond = identity_tokens(adapter, id_embeds(1))
     assert cond.shape == (1, 4, 128)
-    generator = torch.Generator().manual_seed(0)
-    plain_run = sdxl("a photo", num_inference_steps=2, height=64, width=64, output_type="latent",
-                     generator=torch.Generator().manual_seed(0)).images
-    with get_runtime(sdxl).conditioning({"faceid": [ImagePrompt(cond, uncond)]}, True):
-        with_id = sdxl("a photo", num_inference_steps=2, height=64, width=64, output_type="latent", generator=generator).images
-    assert with_id.shape == plain_run.shape and not torch.allclose(with_id, plain_run, atol=1e-4)
+    run = dict(num_inference_steps=2, height=64, width=64, output_type="latent", guidance_scale=5.0)
+    with get_runtime(sdxl).conditioning({"faceid": [ImagePrompt(cond, uncond, scale=0.6)]}, True):
+        ours = sdxl("a photo", generator=torch.Generator().manual_seed(0), **run).images
+    text, negative, pooled, negative_pooled = reference.encode_prompt("a photo", do_classifier_free_guidance=True)
+    expected = reference(prompt_embeds=torch.cat([text, cond], 1), negative_prompt_embeds=torch.cat([negative, uncond], 1),
+                         pooled_prompt_embeds=pooled, negative_pooled_prompt_embeds=negative_pooled,
+                         generator=torch.Generator().manual_seed(0), **run).images
+    assert torch.allclose(ours, expected, atol=1e-4), (ours - expected).abs().max()
