@@ -9,28 +9,38 @@ naming the file and what was wrong.
 from __future__ import annotations
 
 import hashlib
-import io
+import struct
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Union
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from .errors import ImageDecodeError, ImageError, ImageFormatError, ImageNotFoundError, ImageTooLargeError
 
 ChannelOrder = Literal["rgb", "bgr"]
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
 
-#: Images with more pixels than this are refused (a 100-megapixel photo is larger than any camera's).
+#: Images with more pixels than this are refused from their header, before anything is decoded (a 100-megapixel
+#: photo is larger than any camera's). Pass ``max_pixels`` to change it; Pillow's own limit,
+#: ``2 * PIL.Image.MAX_IMAGE_PIXELS`` (about 179 million pixels), applies above it.
 DEFAULT_MAX_PIXELS = 100_000_000
 
 #: Faces are detected on a copy whose longer side is at most this many pixels; coordinates are mapped back.
 DEFAULT_ANALYSIS_SIDE = 2048
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})
+
+#: The formats (Pillow's names) that image files are decoded from. Pillow knows many more; they are refused because
+#: some run external programs (EPS starts Ghostscript) and the rarer decoders see little use on untrusted files.
+#: JPEG includes the MPO files some cameras write; PPM includes PGM and PBM.
+DECODED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
+_FORMAT_NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF, PPM/PGM"
 
 
 @dataclass(frozen=True)
@@ -72,7 +82,8 @@ def load_image(
         image: a file path, a ``PIL.Image.Image``, a ``numpy.ndarray`` or an already loaded image.
         channels: channel order of a numpy array (``"rgb"`` or ``"bgr"``, as ``cv2.imread`` gives). Required for
             3- or 4-channel arrays, since a wrong guess silently swaps red and blue and changes the identity.
-        max_pixels: refuse images with more pixels than this (decompression bombs).
+        max_pixels: refuse images with more pixels than this, from the file's header before decoding
+            (decompression bombs).
     """
     if isinstance(image, LoadedImage):
         return image
@@ -80,11 +91,13 @@ def load_image(
         return _load_path(Path(image), max_pixels)
     if isinstance(image, Image.Image):
         _check_pixel_count(image.width, image.height, max_pixels, None)
-        rgb = pil_to_rgb_array(image)
+        with _image_errors(None):  # a lazily opened PIL image decodes here
+            rgb = pil_to_rgb_array(image)
         return LoadedImage(rgb=rgb, source=None, sha256=_pixel_digest(rgb))
     if isinstance(image, np.ndarray):
+        if image.ndim in (2, 3):  # before converting, which copies the pixels
+            _check_pixel_count(image.shape[1], image.shape[0], max_pixels, None)
         rgb = array_to_rgb(image, channels)
-        _check_pixel_count(rgb.shape[1], rgb.shape[0], max_pixels, None)
         return LoadedImage(rgb=rgb, source=None, sha256=_pixel_digest(rgb))
     raise ImageFormatError(
         f"cannot read an image from a {type(image).__name__}; pass a file path, a PIL image or a numpy array"
@@ -96,28 +109,79 @@ def _load_path(path: Path, max_pixels: int) -> LoadedImage:
         raise ImageNotFoundError("file not found", path)
     if not path.is_file():
         raise ImageNotFoundError("not a file (is it a folder?)", path)
-    data = path.read_bytes()
-    if not data:
+    if path.stat().st_size == 0:
         raise ImageDecodeError("file is empty (0 bytes); re-export or re-download the photo", path)
     try:
+        handle = path.open("rb")
+    except OSError as error:
+        raise ImageNotFoundError(f"cannot be opened ({error.strerror or error}); check its permissions", path) from None
+    with handle:
+        canvas = _webp_canvas_size(handle.read(30))
+        if canvas is not None:
+            _check_pixel_count(*canvas, max_pixels, path)
+        handle.seek(0)
+        with _image_errors(path), Image.open(handle, formats=DECODED_FORMATS) as opened:
+            _check_pixel_count(opened.width, opened.height, max_pixels, path)
+            opened.load()
+            rgb = pil_to_rgb_array(opened)
+        handle.seek(0)
+        sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
+    return LoadedImage(rgb=rgb, source=str(path), sha256=sha256)
+
+
+def _webp_canvas_size(head: bytes) -> tuple[int, int] | None:
+    """Width and height a WebP file's first 30 bytes declare, or ``None`` when it is no WebP file.
+
+    Our own because Pillow's WebP reader creates libwebp's decoder, which allocates the whole canvas, as the file
+    is opened: the size has to be checked before that. The layouts are those of the WebP container (RIFF).
+    """
+    if len(head) < 30 or head[:4] != b"RIFF" or head[8:12] != b"WEBP":
+        return None
+    chunk = head[12:16]
+    if chunk == b"VP8X":  # extended format: canvas width - 1 and height - 1 as 24-bit little-endian
+        return int.from_bytes(head[24:27], "little") + 1, int.from_bytes(head[27:30], "little") + 1
+    if chunk == b"VP8 " and head[23:26] == b"\x9d\x01\x2a":  # lossy: 14-bit sizes after the key frame's start code
+        return int.from_bytes(head[26:28], "little") & 0x3FFF, int.from_bytes(head[28:30], "little") & 0x3FFF
+    if chunk == b"VP8L" and head[20] == 0x2F:  # lossless: 14-bit width - 1 and height - 1 after the signature
+        bits = int.from_bytes(head[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    return None
+
+
+@contextmanager
+def _image_errors(path: Path | None) -> Iterator[None]:
+    """Turn every way malformed image data fails inside Pillow into an :class:`ImageError` naming ``path``."""
+    try:
         with warnings.catch_warnings():
-            # Pillow only warns between 1x and 2x its own limit; our explicit limit below decides instead.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as opened:
-                _check_pixel_count(opened.width, opened.height, max_pixels, path)
-                opened.load()
-                rgb = pil_to_rgb_array(opened)
-    except ImageError:
-        raise
+            # Pillow warns about damaged metadata it then skips (and between 1x and 2x its own pixel limit, where
+            # max_pixels decides instead); under ``-W error`` those warnings would abort a decode that succeeds.
+            warnings.simplefilter("ignore")
+            yield
+    except ImageError as error:
+        if error.path or path is None:
+            raise
+        raise type(error)(str(error), path) from None
     except Image.DecompressionBombError as error:
-        raise ImageTooLargeError(f"refused as a possible decompression bomb ({error})", path) from None
+        raise ImageTooLargeError(
+            f"refused as a possible decompression bomb ({error}); that is Pillow's own limit, above max_pixels: "
+            "downscale the photo, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file",
+            path,
+        ) from None
     except UnidentifiedImageError:
         raise ImageDecodeError(
-            "not a recognised image format (expected JPEG, PNG, WebP, BMP, TIFF, ...)", path
+            f"not a recognised image format (faceprompt reads {_FORMAT_NAMES}); convert it to JPEG or PNG", path
         ) from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageDecodeError(f"the image data is truncated or corrupt ({error})", path) from None
-    return LoadedImage(rgb=rgb, source=str(path), sha256=hashlib.sha256(data).hexdigest())
+    except MemoryError:
+        raise ImageTooLargeError(
+            "not enough memory to decode it; downscale the photo or pass a smaller max_pixels", path
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError) as error:
+        # Pillow's decoders raise any of these on malformed data (SyntaxError for broken headers, struct.error and
+        # IndexError for short fields, EOFError for missing frames); the bytes are at fault in each case.
+        reason = str(error) or type(error).__name__
+        raise ImageDecodeError(
+            f"the image data is truncated or corrupt ({reason}); re-export or re-download the photo", path
+        ) from None
 
 
 def _check_pixel_count(width: int, height: int, max_pixels: int, path: Path | None) -> None:
@@ -131,9 +195,35 @@ def _check_pixel_count(width: int, height: int, max_pixels: int, path: Path | No
         )
 
 
+#: EXIF orientation -> the transposition that displays the image upright.
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def apply_exif_orientation(image: Image.Image) -> Image.Image:
+    """``image`` turned upright as its EXIF orientation says; an orientation that is missing or junk is ignored.
+
+    Our own rather than ``ImageOps.exif_transpose``: that also rewrites the EXIF block, which raises
+    (``TypeError``, ``struct.error``) on damaged EXIF that a camera or editor left behind, and only pixels matter here.
+    """
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except (OSError, SyntaxError, ValueError, struct.error, TypeError):  # unreadable EXIF: treat as upright
+        return image
+    method = _ORIENTATION_TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
+    return image if method is None else image.transpose(method)
+
+
 def pil_to_rgb_array(image: Image.Image) -> np.ndarray:
     """Any PIL image (any mode, EXIF-rotated or not) -> ``uint8`` RGB array ``[H, W, 3]``."""
-    image = ImageOps.exif_transpose(image)
+    image = apply_exif_orientation(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         return _gray_to_rgb(_scale_to_uint8(np.asarray(image)))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
