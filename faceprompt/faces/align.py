@@ -1,7 +1,8 @@
 """Alignment onto the ArcFace 5-point template.
 
 The transform comes from insightface's own ``estimate_norm`` and is applied with the same warp as its
-``norm_crop``, so our aligned faces are pixel-identical to the ones the IP-Adapter-FaceID authors trained on (seed ``001_…``: ``face_align.norm_crop(img, kps, image_size=224)``).
+``norm_crop``, so our aligned faces are pixel-identical to the ones the IP-Adapter-FaceID authors trained on
+(their data preparation crops faces with ``insightface.utils.face_align.norm_crop(img, kps, image_size=224)``).
 """
 
 from __future__ import annotations

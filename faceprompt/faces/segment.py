@@ -1,7 +1,7 @@
 """Face/background segmentation for aligned face crops.
 
-Seed ``001_…``: segmenting the face (removing the background) reduces the adapter's dependence on the
-background. The default segmenter needs no model: it fills the face outline given by the landmarks (68-point
+Training on face crops with the background removed makes an identity adapter depend less on the background
+of the reference photos. The default segmenter needs no model: it fills the face outline given by the landmarks (68-point
 jaw line and brows, lifted to cover the forehead; or an ellipse from the five ArcFace points). A learned face
 parser can replace it: anything that follows :class:`FaceSegmenter` works.
 """
