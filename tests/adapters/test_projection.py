@@ -1,4 +1,4 @@
-"""Projection models against the spec's formulas (§2), written out with plain tensor operations."""
+"""Projection models against the reference formulas, written out with plain tensor operations."""
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,7 @@ def _linear(x, state, prefix, bias=True):
 
 
 def _perceiver(latents, context, state, prefix, heads, dim_head=64):
-    """Spec §2.2: attention with q and k each scaled by dim_head**-0.25, over [context, latents]."""
+    """Perceiver attention: q and k each scaled by dim_head**-0.25, over [context, latents]."""
     context = _linear(context, state, f"{prefix}.proj_in")
     depth = len({k.split(".")[2] for k in state if k.startswith(f"{prefix}.layers.")})
     for i in range(depth):
