@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +24,22 @@ from safetensors.numpy import save_file
 from . import __version__
 from .errors import FaceModelMismatchError, FaceSelectionError, IdentityError, IdentityFileError, OutputExistsError
 from .faces import Face, FaceAnalyzer, l2_normalize
+from .faces.analyzer import parse_selection
 from .images import ChannelOrder, ImageInput
 
 FILE_FORMAT = "faceprompt.identity"
 FORMAT_VERSION = 1
 CROP_SIZE = 224
+
+#: The longest name or face-model label an identity keeps (labels, not documents).
+MAX_LABEL_LENGTH = 200
+#: The lengths (L2 norms) an embedding may have. Face models give about 0.5 (dlib) to 30 (insightface's raw
+#: vectors); a much shorter vector has no reliable direction, a much longer one overflows half precision (largest
+#: value 65,504) in the adapters and float32 when it is squared to normalise it.
+MIN_EMBEDDING_NORM = 1e-6
+MAX_EMBEDDING_NORM = 1e4
+#: How to make a good identity file, for the messages about bad ones.
+RECREATE_HINT = "recreate it with `faceprompt identity create PHOTOS -o FILE`"
 
 if TYPE_CHECKING:
     import torch
@@ -54,8 +66,11 @@ class Identity:
     name: str | None = None
 
     def __post_init__(self) -> None:
-        self.embeddings = np.asarray(self.embeddings, dtype=np.float32)
-        _validate(self.embeddings, self.crops, self.sources, self.face_model, where="Identity")
+        self.embeddings = _checked_embeddings(self.embeddings)
+        self.crops = _checked_crops(self.crops, len(self.embeddings))
+        self.sources = _checked_sources(self.sources, len(self.embeddings))
+        _check_label(self.face_model, "face_model", required=True)
+        _check_label(self.name, "name", required=False)
 
     # --- construction -----------------------------------------------------------------------------
 
@@ -98,8 +113,11 @@ class Identity:
         """
         if isinstance(images, (str, Path)) or not isinstance(images, Sequence):
             images = [images]
-        if select == "all":
+        if not images:
+            raise IdentityError("no photos given; pass one or more photos of the person")
+        if parse_selection(select) == "all":  # checked before any model loads
             raise FaceSelectionError("an identity is one person: select 'largest' or 'index:N', not 'all'")
+        _check_label(name, "name", required=False)
         analyzer = analyzer or FaceAnalyzer()
         faces = [analyzer.get_face(image, select, channels=channels) for image in images]
         return cls.from_faces(faces, name=name, keep_crops=keep_crops)
@@ -109,6 +127,9 @@ class Identity:
         """All reference faces of several identities of the same face model, in order."""
         if not identities:
             raise IdentityError("nothing to concatenate")
+        strangers = sorted({type(item).__name__ for item in identities if not isinstance(item, Identity)})
+        if strangers:
+            raise IdentityError(f"only identities can be concatenated, got {', '.join(strangers)}")
         models = sorted({identity.face_model for identity in identities})
         if len(models) > 1:
             raise FaceModelMismatchError(f"cannot combine identities from different face models {models}")
@@ -182,7 +203,13 @@ class Identity:
         if isinstance(other, Identity):
             self.check_face_model(other.face_model)
             other = other.embedding()
-        return float(np.dot(self.embedding(), l2_normalize(other)))
+        vector = _checked_embeddings(np.asarray(other)[None] if np.ndim(other) == 1 else other)
+        if vector.shape != (1, self.embedding_dim):
+            raise IdentityError(
+                f"cannot compare with an embedding of shape {list(np.shape(other))}; "
+                f"this identity's embeddings have {self.embedding_dim} values ([{self.embedding_dim}])"
+            )
+        return float(np.dot(self.embedding(), l2_normalize(vector[0])))
 
     def check_face_model(self, expected: str) -> None:
         """Raise :class:`FaceModelMismatchError` unless the embeddings come from ``expected``."""
@@ -197,6 +224,10 @@ class Identity:
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write ``.safetensors`` (atomically). Refuses to replace an existing file unless ``overwrite``."""
         path = Path(path)
+        if path.is_dir():
+            raise OutputExistsError(
+                f"{path} is a folder; give the identity a file name, e.g. {path / 'person.safetensors'}"
+            )
         if path.exists() and not overwrite:
             raise OutputExistsError(f"{path} already exists; choose another name or pass overwrite=True (--force)")
         tensors = {"embeddings": np.ascontiguousarray(self.embeddings)}
@@ -232,18 +263,19 @@ class Identity:
         try:
             with safe_open(str(path), framework="numpy") as handle:
                 metadata = handle.metadata() or {}
-                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+                _check_metadata(path, metadata)
+                tensors = _read_tensors(path, handle)
+        except IdentityFileError:
+            raise
         except (SafetensorError, OSError, ValueError) as error:
             raise IdentityFileError(
-                f"{path}: not a readable .safetensors file ({error}); it may be truncated or not an identity file"
+                f"{path}: not a readable .safetensors file ({error}); it may be truncated or not an identity file: "
+                f"{RECREATE_HINT}"
             ) from None
-        _check_metadata(path, metadata)
-        if "embeddings" not in tensors:
-            raise IdentityFileError(f"{path}: the 'embeddings' tensor is missing; the file is damaged")
         try:
             sources = json.loads(metadata.get("sources", "[]"))
-        except json.JSONDecodeError:
-            raise IdentityFileError(f"{path}: the 'sources' metadata is not valid JSON; the file is damaged") from None
+        except (json.JSONDecodeError, RecursionError):
+            raise IdentityFileError(f"{path}: the 'sources' metadata is not valid JSON; {_DAMAGED}") from None
         try:
             identity = cls(
                 embeddings=tensors["embeddings"],
@@ -253,9 +285,12 @@ class Identity:
                 name=metadata.get("name") or None,
             )
         except IdentityError as error:
-            raise IdentityFileError(f"{path}: {error}") from None
-        if str(len(identity)) != metadata.get("count") or str(identity.embedding_dim) != metadata.get("embedding_dim"):
-            raise IdentityFileError(f"{path}: tensor shapes disagree with the metadata; the file is damaged")
+            raise IdentityFileError(f"{path}: {error}; {_DAMAGED}") from None
+        if (len(identity), identity.embedding_dim) != (int(metadata["count"]), int(metadata["embedding_dim"])):
+            raise IdentityFileError(
+                f"{path}: the embeddings tensor is [{len(identity)}, {identity.embedding_dim}] but the metadata says "
+                f"[{metadata['count']}, {metadata['embedding_dim']}]; {_DAMAGED}"
+            )
         return identity
 
     def summary(self) -> dict[str, Any]:
@@ -280,6 +315,12 @@ def _source_record(face: Face) -> dict[str, Any]:
     }
 
 
+_DAMAGED = f"the file is damaged or was not written by faceprompt: {RECREATE_HINT}"
+
+#: Tensors an identity file holds -> the safetensors dtypes each may have.
+_TENSOR_DTYPES = {"embeddings": ("F16", "F32", "F64"), "crops": ("U8",)}
+
+
 def _check_metadata(path: Path, metadata: dict[str, str]) -> None:
     if metadata.get("format") != FILE_FORMAT:
         raise IdentityFileError(
@@ -287,31 +328,144 @@ def _check_metadata(path: Path, metadata: dict[str, str]) -> None:
             "Create one with `faceprompt identity create PHOTOS -o FILE`."
         )
     version = metadata.get("format_version", "")
-    if not version.isdigit() or int(version) > FORMAT_VERSION:
+    if not _is_count(version) or int(version) > FORMAT_VERSION:
         raise IdentityFileError(
-            f"{path}: identity format version {version!r} is not supported by faceprompt {__version__} "
+            f"{path}: identity format version {version[:20]!r} is not supported by faceprompt {__version__} "
             f"(reads up to {FORMAT_VERSION}); upgrade faceprompt"
         )
-    if not metadata.get("face_model"):
-        raise IdentityFileError(f"{path}: the 'face_model' metadata is missing; the file is damaged")
+    for key in ("face_model", "count", "embedding_dim"):
+        if not metadata.get(key):
+            raise IdentityFileError(f"{path}: the '{key}' metadata is missing; {_DAMAGED}")
+    for key in ("count", "embedding_dim"):
+        if not _is_count(metadata[key]):
+            raise IdentityFileError(
+                f"{path}: the '{key}' metadata is {metadata[key][:20]!r}, not a whole number; {_DAMAGED}"
+            )
 
 
-def _validate(
-    embeddings: np.ndarray, crops: np.ndarray | None, sources: list[dict[str, Any]], face_model: str, where: str
-) -> None:
-    if embeddings.ndim != 2 or embeddings.shape[0] == 0 or embeddings.shape[1] == 0:
-        raise IdentityError(f"{where}: embeddings must have shape [n >= 1, d], got {list(embeddings.shape)}")
-    if not np.isfinite(embeddings).all():
-        raise IdentityError(f"{where}: embeddings contain NaN or infinite values")
-    if not face_model:
-        raise IdentityError(f"{where}: face_model must name the face-recognition model")
-    if crops is not None and (crops.dtype != np.uint8 or crops.shape != (embeddings.shape[0], CROP_SIZE, CROP_SIZE, 3)):
+def _is_count(text: str) -> bool:
+    """``text`` is a whole number in ASCII digits (``str.isdigit`` also takes ``"²"``), short enough to be a count."""
+    return text.isascii() and text.isdigit() and len(text) <= 18
+
+
+def _read_tensors(path: Path, handle: Any) -> dict[str, np.ndarray]:
+    """The identity's tensors, each checked for its dtype before it is read; other tensors are not read."""
+    keys = set(handle.keys())
+    if "embeddings" not in keys:
+        raise IdentityFileError(f"{path}: the 'embeddings' tensor is missing; {_DAMAGED}")
+    tensors = {}
+    for key, dtypes in _TENSOR_DTYPES.items():
+        if key not in keys:
+            continue
+        dtype = handle.get_slice(key).get_dtype()
+        if dtype not in dtypes:
+            raise IdentityFileError(
+                f"{path}: the '{key}' tensor is {dtype}, but an identity stores {' or '.join(dtypes)}; {_DAMAGED}"
+            )
+        tensors[key] = handle.get_tensor(key)
+    return tensors
+
+
+def _checked_embeddings(values: Any) -> np.ndarray:
+    """``values`` as float32 ``[n, d]`` embeddings, after checking that each row is a usable face embedding."""
+    try:
+        array = np.asarray(values)
+    except (ValueError, TypeError) as error:  # ragged nested lists
+        raise IdentityError(f"embeddings must be a numeric array [n, d] ({error})") from None
+    if array.dtype.kind not in "fiu":
+        raise IdentityError(f"embeddings must be real numbers (float32), got dtype {array.dtype}")
+    if array.ndim != 2 or 0 in array.shape:
         raise IdentityError(
-            f"{where}: crops must be uint8 [{embeddings.shape[0]}, {CROP_SIZE}, {CROP_SIZE}, 3], "
-            f"got {crops.dtype} {list(crops.shape)}"
+            f"embeddings must have shape [n >= 1, d >= 1] (one row per photo), got {list(array.shape)}"
         )
-    if sources and len(sources) != embeddings.shape[0]:
-        raise IdentityError(f"{where}: {len(sources)} source records for {embeddings.shape[0]} embeddings")
+    rows = np.flatnonzero(~np.isfinite(array).all(axis=1))
+    if rows.size:
+        raise IdentityError(f"embeddings contain NaN or infinite values (row {_rows(rows)})")
+    with np.errstate(over="ignore"):  # a float64 row so long that its squared length overflows gives inf: refused
+        norms = np.linalg.norm(array.astype(np.float64), axis=1)
+    rows = np.flatnonzero(norms < MIN_EMBEDDING_NORM)
+    if rows.size:
+        what = "all zeros" if not array[rows[0]].any() else f"of length {norms[rows[0]]:.3g}"
+        raise IdentityError(
+            f"embedding row {_rows(rows)} is {what}: a face embedding has a direction and this one has none, so it "
+            f"cannot be normalised or compared (lengths below {MIN_EMBEDDING_NORM:g} are refused)"
+        )
+    rows = np.flatnonzero(norms > MAX_EMBEDDING_NORM)
+    if rows.size:
+        raise IdentityError(
+            f"embedding row {_rows(rows)} has length {norms[rows[0]]:.3g}; face models give lengths of about 0.5 to "
+            f"30, and lengths above {MAX_EMBEDDING_NORM:g} overflow when normalised or run in half precision"
+        )
+    return array.astype(np.float32)
+
+
+def _rows(rows: np.ndarray) -> str:
+    shown = ", ".join(str(row) for row in rows[:5])
+    return shown + (f" and {rows.size - 5} more" if rows.size > 5 else "")
+
+
+def _checked_crops(crops: Any, count: int) -> np.ndarray | None:
+    if crops is None:
+        return None
+    crops = np.asarray(crops)
+    expected = f"uint8 [{count}, {CROP_SIZE}, {CROP_SIZE}, 3] (one {CROP_SIZE}-px RGB crop per photo)"
+    if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[1:] != (CROP_SIZE, CROP_SIZE, 3):
+        raise IdentityError(f"crops must be {expected}, got {crops.dtype} {list(crops.shape)}")
+    if crops.shape[0] != count:
+        raise IdentityError(f"{crops.shape[0]} crops for {count} embeddings; crops must be {expected}")
+    return crops
+
+
+#: Fields of a source record -> (check, what it must be).
+_SOURCE_FIELDS: dict[str, tuple[Any, str]] = {
+    "file": (lambda value: isinstance(value, str), "a file name (text)"),
+    "sha256": (lambda value: isinstance(value, str), "a hex digest (text)"),
+    "face_index": (lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                   "a whole number >= 0"),
+    "bbox": (lambda value: isinstance(value, (list, tuple)) and len(value) == 4
+             and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value),
+             "4 finite numbers [x1, y1, x2, y2]"),
+}
+
+
+def _checked_sources(sources: Any, count: int) -> list[dict[str, Any]]:
+    if sources is None:
+        return []
+    if not isinstance(sources, list) or not all(isinstance(source, dict) for source in sources):
+        raise IdentityError(f"sources must be a list with one dict per photo, got {_shown(sources)}")
+    if sources and len(sources) != count:
+        raise IdentityError(f"{len(sources)} source records for {count} embeddings; give one per photo")
+    for index, source in enumerate(sources):
+        for key, (valid, what) in _SOURCE_FIELDS.items():
+            if key in source and not valid(source[key]):
+                raise IdentityError(f"source {index}: '{key}' must be {what}, got {_shown(source[key])}")
+    try:
+        json.dumps(sources, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise IdentityError(f"sources must hold JSON values only (text, numbers, lists, dicts): {error}") from None
+    return sources
+
+
+def _check_label(value: Any, what: str, *, required: bool) -> None:
+    """A name or face-model label: text of at most MAX_LABEL_LENGTH characters, printable on one line."""
+    if value is None and not required:
+        return
+    if not isinstance(value, str) or (required and not value):
+        need = "the face-recognition model's name" if what == "face_model" else "text"
+        raise IdentityError(f"{what} must be {need}, got {_shown(value)}")
+    if len(value) > MAX_LABEL_LENGTH:
+        raise IdentityError(f"{what} is {len(value):,} characters long; the limit is {MAX_LABEL_LENGTH}")
+    unprintable = [char for char in value if unicodedata.category(char) in ("Cc", "Cs")]
+    if unprintable:
+        raise IdentityError(
+            f"{what} {_shown(value)} contains control characters or broken Unicode ({unprintable[0]!r}); "
+            "use plain text on one line"
+        )
+
+
+def _shown(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else f"{type(value).__name__} {value!r}"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _min_pairwise_similarity(normed: np.ndarray) -> float | None:
