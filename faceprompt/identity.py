@@ -23,8 +23,7 @@ from safetensors.numpy import save_file
 
 from . import __version__
 from .errors import FaceModelMismatchError, FaceSelectionError, IdentityError, IdentityFileError, OutputExistsError
-from .faces import Face, FaceAnalyzer, l2_normalize
-from .faces.analyzer import parse_selection
+from .faces import Face, FaceAnalyzer, l2_normalize, parse_selection
 from .images import ChannelOrder, ImageInput
 
 FILE_FORMAT = "faceprompt.identity"
@@ -57,6 +56,10 @@ class Identity:
         crops: ArcFace-aligned ``uint8 [n, 224, 224, 3]`` RGB crops, or ``None`` when not kept.
         sources: one dict per photo: ``file`` (name), ``sha256``, ``face_index``, ``bbox``.
         name: an optional label.
+
+    Every value is checked on construction (from photos, arrays or a file): rows without a usable direction or
+    too long to normalise, crops or source records that do not match the photos, and names that are huge or hold
+    control characters raise :class:`~faceprompt.errors.IdentityError`.
     """
 
     embeddings: np.ndarray
