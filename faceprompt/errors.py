@@ -92,6 +92,22 @@ class OutputExistsError(FacepromptError, FileExistsError):
     """Writing would overwrite an existing file; pass ``overwrite=True`` (or ``--force``) to allow it."""
 
 
+class OutputPathError(FacepromptError, ValueError):
+    """An output path cannot be written safely: a file where a folder is needed, a symbolic link, a folder inside
+    the inputs."""
+
+
+class OutputWriteError(FacepromptError, OSError):
+    """Writing an output failed (permission denied, disk full, read-only file system); no partial file is left."""
+
+
+# --- settings -------------------------------------------------------------------------------------
+
+
+class SettingError(FacepromptError, ValueError):
+    """An environment setting (e.g. ``FACEPROMPT_HUB_TIMEOUT``) has a value faceprompt cannot use."""
+
+
 # --- adapters -------------------------------------------------------------------------------------
 
 
@@ -105,6 +121,17 @@ class UnsafeCheckpointError(CheckpointError):
 
 class CheckpointMismatchError(CheckpointError):
     """An adapter checkpoint does not fit the model it is attached to (e.g. an SDXL adapter on SD1.5)."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A local checkpoint path does not exist (or is not a file)."""
+
+
+class UnknownVariantError(FacepromptError, KeyError):
+    """A variant name that the adapter registry does not know."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
 
 
 class AdapterError(FacepromptError, ValueError):
@@ -130,3 +157,39 @@ class TrainingError(FacepromptError, ValueError):
 
 class EvaluationError(FacepromptError, ValueError):
     """An evaluation cannot run: no images, images and prompts that do not pair up, a missing scoring model."""
+
+
+# --- generation requests --------------------------------------------------------------------------
+
+
+class GenerationError(AdapterError):
+    """A generation call got settings or inputs the loaded pipeline cannot use (a subclass of AdapterError, which
+    such errors used to be, so existing handlers keep working)."""
+
+
+class RequestError(GenerationError):
+    """A generation request has a value or a combination of values that cannot work; nothing was loaded or run.
+
+    ``errors`` lists one ``(field, message)`` pair per problem (``field`` is ``""`` for rules across fields).
+    """
+
+    def __init__(self, message: str, errors: list[tuple[str, str]] | None = None):
+        super().__init__(message)
+        self.errors = errors or [("", message)]
+
+    @classmethod
+    def from_validation(cls, error) -> RequestError:
+        """One readable line per problem from a pydantic ``ValidationError``: the field, the value, the rule."""
+        problems = []
+        for item in error.errors(include_url=False):
+            field = ".".join(str(part) for part in item["loc"])
+            message = item["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+            value = item.get("input")
+            if field and not isinstance(value, dict):
+                shown = repr(value)
+                shown = shown if len(shown) <= 60 else shown[:57] + "..."
+                problems.append((field, f"{field}={shown}: {message[0].lower()}{message[1:]}"))
+            else:
+                problems.append((field, message))
+        return cls("; ".join(text for _, text in problems), problems)
+

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Literal
+from typing import Any, Literal
 
-from ..errors import FacepromptError
+from ..errors import UnknownVariantError
 
 HUB_REPO = "h94/IP-Adapter-FaceID"
 #: Where the plain IP-Adapters (and both CLIP image encoders) are published.
@@ -66,12 +66,18 @@ IMAGE_PROJECTIONS: tuple[str, ...] = ("image", "image_resampler")
 
 CROSS_ATTENTION_DIM: dict[str, int] = {"sd15": 768, "sdxl": 2048}
 
-
-class UnknownVariantError(FacepromptError, KeyError):
-    """A variant name that the registry does not know."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
+#: The DDIM scheduler of the IP-Adapter-FaceID model card's SD1.5 examples (``DDIMScheduler(**MODEL_CARD_DDIM)``):
+#: the SD1.5 training schedule (scaled-linear betas 0.00085-0.012 over 1000 steps), no sample clipping, and
+#: timesteps offset by one.
+MODEL_CARD_DDIM: dict[str, Any] = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+)
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
-from huggingface_hub import constants as hub_constants
 from PIL import Image
 
-from ..errors import EvaluationError
+from ..errors import EvaluationError, ModelFilesMissingError
 from ..images import ImageInput, load_image
+from ..weights import HubFile, require_hub_files
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 
@@ -42,7 +43,15 @@ class ClipScorer:
         """A Hub id or a local folder with a CLIP model and its processor."""
         from transformers import AutoConfig, CLIPModel, CLIPProcessor
 
-        offline = bool(local_files_only) or hub_constants.HF_HUB_OFFLINE
+        offline = bool(local_files_only)
+        if not Path(model_id).expanduser().exists():  # a Hub id: not cached while the Hub cannot be used -> one message
+            clip_files = [HubFile(str(model_id), "config.json", "CLIP model", scope="repo")]
+            try:
+                offline = bool(require_hub_files(clip_files, cache_dir=cache_dir, local_files_only=local_files_only))
+            except ModelFilesMissingError as error:
+                raise EvaluationError(
+                    f"CLIP model {model_id}: could not be loaded; without it, skip CLIP scores (--clip none). {error}"
+                ) from None
         options = dict(cache_dir=cache_dir, local_files_only=offline)
         try:
             model_type = AutoConfig.from_pretrained(model_id, **options).model_type

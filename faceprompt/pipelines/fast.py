@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import AdapterError
+from ..weights import HubFile, require_hub_files
 from .schedulers import apply_scheduler
 
 
@@ -92,6 +93,10 @@ def apply_fast_mode(pipeline: Any, mode: FastMode, lora: Any = None, *, lora_sca
         lora: the LoRA to fuse instead of the mode's published one: a file, a Hub id or a state dict (what
             ``pipeline.load_lora_weights`` takes).
         load: ``cache_dir`` / ``local_files_only`` for the Hub download.
+
+    Raises:
+        ModelFilesMissingError: the published LoRA is not cached and the Hub cannot be used (offline, or it did not
+            answer); nothing was changed.
     """
     loaded = {name for names in pipeline.get_list_adapters().values() for name in names}
     if loaded:
@@ -104,7 +109,13 @@ def apply_fast_mode(pipeline: Any, mode: FastMode, lora: Any = None, *, lora_sca
     options: dict[str, Any] = {}
     if lora is None:
         lora, options["weight_name"] = mode.loras[family]
+        published = HubFile(lora, options["weight_name"], f"{mode.name} LoRA")
+        local_files_only = require_hub_files(
+            [published], cache_dir=load.get("cache_dir"), local_files_only=load.get("local_files_only")
+        )
         options.update({key: value for key, value in load.items() if value is not None})
+        if local_files_only is not None:
+            options["local_files_only"] = local_files_only
     pipeline.load_lora_weights(lora, adapter_name="fast_mode", **options)
     pipeline.fuse_lora(lora_scale=lora_scale, adapter_names=["fast_mode"])
     pipeline.unload_lora_weights()  # the fused weights stay; the peft layers go

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..adapters.registry import MODEL_CARD_DDIM
 from ..errors import AdapterError
 
 #: name -> (diffusers class name, config overrides)
@@ -34,8 +35,6 @@ def apply_scheduler(pipeline: Any, name: str | None, **overrides: Any) -> None:
     class_name, named_overrides = SCHEDULERS[name]
     scheduler_class = getattr(diffusers, class_name)
     if name == "ddim-model-card":
-        from .sources import MODEL_CARD_DDIM
-
         pipeline.scheduler = scheduler_class(**{**MODEL_CARD_DDIM, **overrides})
         return
     pipeline.scheduler = scheduler_class.from_config(pipeline.scheduler.config, **{**named_overrides, **overrides})
