@@ -3,18 +3,89 @@
 from __future__ import annotations
 
 import argparse
+import math
+import sys
+from typing import NoReturn
 
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 
 from ..errors import FacepromptError
 
 EXIT_BAD_INPUT = 2
 
-#: The motion adapter `--task video` loads when none is named (AnimateDiff v1.5-2, for SD1.5 bases).
-MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-2"
 
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
+
+
+def print_error(message: str) -> None:
+    """``error: message`` on stderr, printed verbatim (file names and prompts may hold rich markup like ``[/]``)."""
+    stderr.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False)
+
+
+def print_warning(message: str) -> None:
+    stderr.print(Text.assemble(("warning:", "yellow"), " ", message), highlight=False)
+
+
+def markup_free(value: object) -> str:
+    """``value`` as text that rich prints as is inside a markup string or a table cell."""
+    return escape(str(value))
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with its errors as one line, ``error: <command>: <what> (see `<command> --help`)``, exit code 2,
+    instead of the usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        print_error(f"{self.prog}: {message} (see `{self.prog} --help`)")
+        sys.exit(EXIT_BAD_INPUT)
+
+
+# --- option types: a value that cannot work is refused while the command line is read ---------------------------
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (counts: seeds, images, batch sizes, faces)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (thresholds such as a minimum face size; 0 turns them off)."""
+    value = _finite_float(text, "a finite number >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def workers_option(text: str) -> int | str:
+    """``--workers``: ``auto`` (as many processes as help on this machine and face backend) or an integer >= 1."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a whole number >= 1, got {text!r}")
+    return value
+
+
+def _finite_float(text: str, rule: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
+    return value
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -48,8 +119,9 @@ def add_analyzer_options(parser: argparse.ArgumentParser) -> None:
                         help="face backend (auto: insightface when its model files are present, else dlib)")
     parser.add_argument("--model-root", help="insightface model root (the folder containing models/<pack>/)")
     parser.add_argument("--pack", default="buffalo_l", choices=["buffalo_l", "antelopev2"], help="insightface pack")
-    parser.add_argument("--min-face-size", type=float, default=0.0, help="drop faces smaller than this (px)")
-    parser.add_argument("--max-faces", type=int, help="keep at most this many faces per photo, largest first")
+    parser.add_argument("--min-face-size", type=non_negative_float, default=0.0,
+                        help="drop faces smaller than this (px)")
+    parser.add_argument("--max-faces", type=positive_int, help="keep at most this many faces per photo, largest first")
 
 
 def make_analyzer(args: argparse.Namespace, backend: str | None = None):
@@ -61,47 +133,48 @@ def make_analyzer(args: argparse.Namespace, backend: str | None = None):
         pack=args.pack,
         quality=QualityFilter(min_face_size=args.min_face_size, max_faces=args.max_faces),
     )
-    stderr.print(f"face backend: [bold]{analyzer.backend_name}[/] ({analyzer.face_model})", highlight=False)
+    stderr.print(f"face backend: [bold]{analyzer.backend_name}[/] ({markup_free(analyzer.face_model)})", highlight=False)
     return analyzer
 
 
-def load_face_pipeline(args: argparse.Namespace, identity):
-    import torch
+def say_workers(workers: int | str, backend_name: str) -> None:
+    """Print how many face-analysis processes ``--workers`` comes to with this backend."""
+    from ..faces import resolve_workers
 
-    from ..pipelines import FacePipeline
+    count = resolve_workers(workers, backend_name)
+    how = f"auto for {backend_name}" if workers == "auto" else "as given"
+    stderr.print(f"workers: {count} process{'es' if count > 1 else ''} ({how})", highlight=False, markup=False)
 
-    if args.offload and torch.device(args.device).type == "cpu":
-        raise FacepromptError("--offload moves models between the CPU and a GPU: pass --device cuda (or mps, xpu)")
-    if args.model == "tiny":
-        projection = "plus" if "plus" in args.adapter else "mlp"
-        face = FacePipeline.tiny(
-            projection=projection, id_embeddings_dim=identity.embedding_dim, fast=args.fast,
-            style_adapter=args.style_image is not None,
-        )
-        apply_memory_options(face, args)
-        return face
-    motion_adapter = args.motion_adapter or (MOTION_ADAPTER if args.task == "video" else None)
-    face = FacePipeline.from_pretrained(
-        args.base, args.adapter, vae=args.vae, image_encoder=args.image_encoder, controlnet=args.controlnet,
-        motion_adapter=motion_adapter, torch_dtype=getattr(torch, args.dtype),
-        device="cpu" if args.offload else args.device, variant=args.variant, scheduler=args.scheduler, fast=args.fast,
+
+def model_options(args: argparse.Namespace):
+    """The :class:`~faceprompt.pipelines.ModelOptions` of a command's model options, validated (nothing loads)."""
+    from ..pipelines import ModelOptions
+
+    return ModelOptions(
+        adapter=args.adapter, variant=args.variant, base=args.base, vae=args.vae, image_encoder=args.image_encoder,
+        controlnet=getattr(args, "controlnet", None), motion_adapter=getattr(args, "motion_adapter", None),
+        style_adapter=args.style_adapter if getattr(args, "style_image", None) else None, model=args.model,
+        fast=args.fast, scheduler=args.scheduler, dtype=args.dtype, device=args.device, offload=args.offload,
+        vae_tiling=args.vae_tiling, vae_slicing=args.vae_slicing, compile=args.compile,
+        video=getattr(args, "task", None) == "video",
     )
-    if args.style_image:
-        face.add_style_adapter(args.style_adapter)
-    apply_memory_options(face, args)
-    return face
 
 
-def apply_memory_options(face, args: argparse.Namespace) -> None:
-    """Offload last: after every adapter is attached (FacePipeline.enable_model_cpu_offload)."""
-    if args.vae_tiling:
-        face.enable_vae_tiling()
-    if args.vae_slicing:
-        face.enable_vae_slicing()
-    if args.compile:
-        face.compile()
-    if args.offload:
-        face.enable_model_cpu_offload(args.device)
+def load_face_pipeline(args: argparse.Namespace, identity):
+    """The pipeline of a command's model options; ``identity`` sizes the tiny models' adapter."""
+    from ..pipelines import load_face_pipeline as load
+
+    return load(model_options(args), id_embeddings_dim=identity.embedding_dim)
+
+
+def check_device(device: str, option: str = "--device") -> None:
+    """Refuse a device torch does not know, or one this machine does not have, before any model loads."""
+    from ..pipelines.loading import check_device as check
+
+    try:
+        check(device)
+    except ValueError as error:
+        raise FacepromptError(f"{option} {device}: {error}") from None
 
 
 def parse_size(size: str | None) -> tuple[int | None, int | None]:

@@ -28,13 +28,13 @@ def run(args: argparse.Namespace) -> int:
         resolve_variant,
         save_checkpoint,
     )
-    from ..errors import CheckpointError, OutputExistsError
+    from ..errors import CheckpointError
+    from ..files import check_output_file
 
     output = Path(args.output)
     if output.suffix.lower() not in SAVE_SUFFIXES:
         raise CheckpointError(f"{output}: the output must end in .safetensors or .bin")
-    if output.exists() and not args.force:
-        raise OutputExistsError(f"{output} already exists; choose another name or pass --force")
+    check_output_file(output, option="OUT", overwrite=args.force)
     checkpoint = load_checkpoint(args.input, cache_dir=args.cache_dir)
     layout = detect_layout(checkpoint)
     variant = resolve_variant(checkpoint, layout, args.variant)
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     stdout.print(f"read {checkpoint.source}", highlight=False, markup=False)
     for label, value in lines:
         stdout.print(f"  {label:<11}{value}", highlight=False, markup=False)
-    save_checkpoint(checkpoint, output, overwrite=args.force, metadata={"variant": variant.name} if variant else None)
+    save_checkpoint(checkpoint, output, overwrite=args.force, metadata={"variant": variant.name} if variant else None)  # atomic
     kind = "safetensors" if output.suffix.lower() == ".safetensors" else "PyTorch .bin"
     size = output.stat().st_size / 1e6
     wrote = f"wrote {output} ({kind}, {checkpoint.num_tensors} tensors, {size:.1f} MB)"

@@ -3,7 +3,7 @@
 It analyses the sample photos, writes aligned (and background-removed) crops and an identity file, generates
 images of that identity with the tiny offline pipeline (random weights: the images are noise by design, they
 show that the path runs end to end), scores them as `faceprompt eval` does, and writes a contact sheet (PNG +
-HTML). Re-running rewrites the demo's own files in that folder.
+HTML). Re-running rewrites the demo's own files in that folder, and only those.
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from .common import stderr, stdout
+from .common import markup_free, stderr, stdout
 
 if TYPE_CHECKING:  # the face and image libraries load when the demo runs, not with every command
     import numpy as np
@@ -39,12 +40,15 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     report = run_demo(Path(args.out), backend=args.backend, console=stderr)
-    stdout.print(f"demo written to {report}", highlight=False)
+    stdout.print(f"demo written to {report}", highlight=False, markup=False)
     return 0
 
 
 def run_demo(out: Path, backend: str = "auto", console: Console | None = None) -> Path:
-    """Run the demo into ``out`` and return the path of its HTML report."""
+    """Run the demo into ``out`` and return the path of its HTML report.
+
+    ``out`` must be new, empty, or the output of an earlier demo run: see :class:`DemoFolder`.
+    """
     from PIL import Image
 
     from ..faces import FaceAnalyzer
@@ -52,28 +56,28 @@ def run_demo(out: Path, backend: str = "auto", console: Console | None = None) -
     from ..samples import sample_photos
 
     console = console or Console(stderr=True)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "crops").mkdir(exist_ok=True)
+    folder = DemoFolder(out)
     analyzer = FaceAnalyzer(backend)
     console.print(f"face backend: [bold]{analyzer.backend_name}[/] ({analyzer.face_model})", highlight=False)
 
     rows: list[tuple[str, Path, list[Face]]] = []
     for name, path in sample_photos().items():
         faces = analyzer.detect(path)
-        console.print(f"{name}: {len(faces)} face(s) in {path.name}", highlight=False)
+        console.print(f"{name}: {len(faces)} face(s) in {path.name}", highlight=False, markup=False)
         for face in faces[:MAX_FACES_SHOWN]:
-            Image.fromarray(face.crop(224)).save(out / "crops" / f"{name}_face{face.index}.png")
-            Image.fromarray(face.crop(224, segment=True)).save(out / "crops" / f"{name}_face{face.index}_segmented.png")
+            for suffix, segment in (("", False), ("_segmented", True)):
+                crop = Image.fromarray(face.crop(224, segment=segment))
+                folder.write_image(f"crops/{name}_face{face.index}{suffix}.png", crop)
         rows.append((name, path, faces))
 
     identity = Identity.from_images([sample_photos()["astronaut"]], analyzer, name="astronaut (sample photo)")
-    identity_path = identity.save(out / "identity.safetensors", overwrite=True)
-    console.print(f"identity: {identity_path} ({identity.face_model}, {identity.embedding_dim}-d)", highlight=False)
+    identity_path = identity.save(folder.claim("identity.safetensors"), overwrite=True)
+    console.print(f"identity: {identity_path} ({identity.face_model}, {identity.embedding_dim}-d)", highlight=False,
+                  markup=False)
 
-    generated = _generate_with_tiny_models(identity, out / "generated", console)
-    evaluation = _evaluate(generated, sample_photos()["astronaut"], analyzer, out / "evaluation.json", console)
-    sheet = contact_sheet(rows, generated)
-    sheet.save(out / "contact_sheet.png")
+    generated = _generate_with_tiny_models(identity, folder, console)
+    evaluation = _evaluate(generated, sample_photos()["astronaut"], analyzer, folder, console)
+    folder.write_image("contact_sheet.png", contact_sheet(rows, generated))
     summary = {
         "backend": analyzer.backend_name,
         "face_model": analyzer.face_model,
@@ -83,37 +87,106 @@ def run_demo(out: Path, backend: str = "auto", console: Console | None = None) -
         "generated_notice": TINY_NOTICE,
         "evaluation": evaluation,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    report = out / "index.html"
-    report.write_text(_html_report(summary))
-    return report
+    folder.write_text("summary.json", json.dumps(summary, indent=2))
+    return folder.write_text("index.html", _html_report(summary))
+
+
+class DemoFolder:
+    """The demo's output folder. It must be new, empty, or written by an earlier demo run, which a marker file
+    (``.faceprompt-demo.json``, the list of files the demo wrote) shows. The demo replaces or deletes only files on
+    that list: a user's own files in the folder are never touched."""
+
+    MARKER = ".faceprompt-demo.json"
+
+    def __init__(self, root: Path):
+        from ..errors import OutputPathError
+        from ..files import check_output_folder, create_output_folder
+
+        self.root = check_output_folder(root)
+        self.marker = self.root / self.MARKER
+        self.previous = self._files_of_earlier_run()
+        if self.previous is None:
+            if self.root.exists() and any(self.root.iterdir()):
+                raise OutputPathError(
+                    f"--out {root} holds files the demo did not write (no {self.MARKER}); the demo writes into a new "
+                    "or empty folder, or one of its own earlier outputs: choose another --out"
+                )
+            self.previous = set()
+        create_output_folder(self.root)
+        self.written: set[str] = set()
+
+    def claim(self, relative: str) -> Path:
+        """The path of ``relative`` in the folder, once sure the demo may write there (nothing, or a file of an
+        earlier demo run); recorded in the marker before anything is written."""
+        from ..errors import OutputExistsError
+
+        target = self.root / relative
+        if os.path.lexists(target) and relative not in self.previous:
+            raise OutputExistsError(
+                f"{target} was not written by the demo and is left as is; move it away or choose another --out"
+            )
+        self.written.add(relative)
+        self._save_marker()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+    def remove_earlier(self, prefix: str) -> None:
+        """Delete the files an earlier demo run wrote under ``prefix`` (and only those)."""
+        for relative in sorted(self.previous):
+            if relative.startswith(prefix) and relative not in self.written:
+                (self.root / relative).unlink(missing_ok=True)
+
+    def write_image(self, relative: str, image: Image.Image) -> Path:
+        from ..files import write_file
+
+        return write_file(self.claim(relative), lambda temporary: image.save(temporary, format="PNG"), overwrite=True)
+
+    def write_text(self, relative: str, text: str) -> Path:
+        from ..files import write_text_file
+
+        return write_text_file(self.claim(relative), text, overwrite=True)
+
+    def _files_of_earlier_run(self) -> set[str] | None:
+        if not self.marker.is_file() or self.marker.is_symlink():
+            return None
+        try:
+            files = json.loads(self.marker.read_text(encoding="utf-8"))["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return {name for name in files if isinstance(name, str) and ".." not in Path(name).parts}
+
+    def _save_marker(self) -> None:
+        from ..files import write_text_file
+
+        files = sorted(self.previous | self.written)
+        write_text_file(self.marker, json.dumps({"written_by": "faceprompt demo", "files": files}, indent=2),
+                        overwrite=True)
 
 
 TINY_NOTICE = "generated with faceprompt's tiny random test models: noise by design, not a picture of anyone"
 DEMO_PROMPTS = ("a photo of the astronaut on the moon", "an oil painting of the astronaut")
 
 
-def _generate_with_tiny_models(identity: Identity, folder: Path, console: Console) -> list[Path]:
+def _generate_with_tiny_models(identity: Identity, folder: DemoFolder, console: Console) -> list[Path]:
     """Identity -> tiny FaceID pipeline -> PNGs with their parameters (one seed per image)."""
     from ..pipelines import FacePipeline
     from ..pipelines.outputs import save_image
 
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("demo-*"):
-        old.unlink()  # the demo's own files from a previous run
+    folder.remove_earlier("generated/")
     face = FacePipeline.tiny(id_embeddings_dim=identity.embedding_dim)
     face.pipeline.set_progress_bar_config(disable=True)
     result = face(list(DEMO_PROMPTS), identity=identity, num_images=2, seed=2023, num_inference_steps=4,
                   width=64, height=64)
     paths = []
     for index, (image, record) in enumerate(zip(result.images, result.metadata)):
-        png, _ = save_image(image, record, folder / f"demo-{index}.png")
+        folder.claim(f"generated/demo-{index}.json")
+        png, _ = save_image(image, record, folder.claim(f"generated/demo-{index}.png"))
         paths.append(png)
     console.print(f"generated {len(paths)} images with the tiny offline pipeline ({TINY_NOTICE})", highlight=False)
     return paths
 
 
-def _evaluate(images: list[Path], reference: Path, analyzer: FaceAnalyzer, report_path: Path, console: Console) -> dict:
+def _evaluate(images: list[Path], reference: Path, analyzer: FaceAnalyzer, folder: DemoFolder, console: Console) -> dict:
     """Score the generated images as `faceprompt eval` does (tiny random CLIP: the path runs, the numbers mean
     nothing; noise images have no faces)."""
     from ..evaluation import ClipScorer, IdentityScorer, evaluate_images
@@ -125,9 +198,10 @@ def _evaluate(images: list[Path], reference: Path, analyzer: FaceAnalyzer, repor
         clip=ClipScorer(tiny_clip_model(), tiny_clip_processor()),
     )
     report.evaluator["notice"] = "tiny random CLIP model and noise images: the scores show the path, not quality"
-    report.save(report_path, overwrite=True)  # the demo's own file from a previous run
+    folder.claim("evaluation.html")
+    report_path = report.save(folder.claim("evaluation.json"), overwrite=True)
     summary = report.summary
-    console.print(f"evaluation: {report_path} (faces found in {summary['face_detection_rate']:.0%} of the images)",
+    console.print(f"evaluation: {markup_free(report_path)} (faces found in {summary['face_detection_rate']:.0%} of the images)",
                   highlight=False)
     return summary
 

@@ -7,15 +7,23 @@ import json
 from pathlib import Path
 
 from rich.table import Table
+from rich.text import Text
 
+from ..errors import EvaluationError
 from .common import (
     add_analyzer_options,
     add_model_options,
+    check_device,
     load_face_pipeline,
     make_analyzer,
+    markup_free,
     parse_size,
+    positive_int,
+    print_warning,
+    say_workers,
     stderr,
     stdout,
+    workers_option,
 )
 
 
@@ -33,7 +41,9 @@ def add_parser(subparsers) -> None:
     evaluate.add_argument("--out", metavar="FILE",
                           help="write the report as JSON here, and as a web page beside it (.html; never overwritten)")
     evaluate.add_argument("--device", default="cpu", help="where CLIP runs: cpu, cuda, mps ... (default cpu)")
-    evaluate.add_argument("--workers", type=int, default=1, help="processes for the face analysis (default 1)")
+    evaluate.add_argument("--workers", type=workers_option, default="auto",
+                          help="processes for the face analysis: auto (default: as many as help with the face "
+                               "backend) or a number")
     add_analyzer_options(evaluate)
     evaluate.set_defaults(handler=run_eval)
 
@@ -44,10 +54,10 @@ def add_parser(subparsers) -> None:
                           help="a name and photos of the person; repeat for several people")
     protocol.add_argument("--prompts", metavar="FILE", help="one prompt per line (# comments); default: 20 built-in")
     protocol.add_argument("--face-prompt", help="the portrait prompt of the face-similarity images ('' for none)")
-    protocol.add_argument("--seeds", type=int, default=4, help="seeds 0..N-1 per person and prompt (default 4)")
+    protocol.add_argument("--seeds", type=positive_int, default=4, help="seeds 0..N-1 per person and prompt (default 4)")
     protocol.add_argument("--no-baseline", action="store_true",
                           help="skip the images without the identity (CLIP-I; skipped anyway with --clip none)")
-    protocol.add_argument("--batch-size", type=int, default=4, help="images per generation call (default 4)")
+    protocol.add_argument("--batch-size", type=positive_int, default=4, help="images per generation call (default 4)")
     protocol.add_argument("--clip", default=None, metavar="MODEL|tiny|none", help="CLIP model, as for eval")
     protocol.add_argument("--out", required=True, metavar="DIR", help="output folder (never overwritten)")
     protocol.add_argument("--eval-backend", choices=["auto", "insightface", "dlib"],
@@ -61,12 +71,23 @@ def add_parser(subparsers) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     from ..evaluation import EvaluationReport, IdentityScorer, evaluate_images, image_files
+    from ..evaluation.report import check_evaluation_inputs
 
+    # every input is checked before CLIP or a face model loads (loading can take long, or wait on the Hub)
     if args.out:
-        EvaluationReport.check_free(args.out)  # before any scoring
+        EvaluationReport.check_free(args.out)
+    check_device(args.device)
     images = image_files(args.images)
     baselines = image_files(args.baseline) if args.baseline else None
-    identity = IdentityScorer.from_photos(args.reference, make_analyzer(args)) if args.reference else None
+    references = image_files(args.reference) if args.reference else None
+    check_evaluation_inputs(images, prompts=args.prompts, baselines=baselines, workers=args.workers,
+                            face_similarity=references is not None, clip=args.clip != "none")
+
+    identity = None
+    if references is not None:
+        analyzer = make_analyzer(args)
+        say_workers(args.workers, analyzer.backend_name)
+        identity = IdentityScorer.from_photos(references, analyzer)
     clip = _clip_scorer(args.clip, args.device)
     report = evaluate_images(images, prompts=args.prompts, identity=identity, clip=clip, baselines=baselines,
                              workers=args.workers)
@@ -77,24 +98,23 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_eval_run(args: argparse.Namespace) -> int:
-    from ..errors import EvaluationError, OutputExistsError
+    from ..errors import OutputExistsError
     from ..evaluation import DEFAULT_PROMPTS, FACE_PROMPT, IdentityScorer, ProtocolSettings, run_protocol
     from ..evaluation.protocol import protocol_folders
+    from ..files import check_output_folder, write_text_file
     from ..identity import Identity
     from ..images import list_image_files
 
     # what can be checked without the models is refused before any of them loads
-    if args.seeds < 1:
-        raise EvaluationError(f"--seeds must be >= 1, got {args.seeds}")
     names = [name for name, *_ in args.person]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise EvaluationError(f"--person {repeated[0]} is given twice; give each person once, with all their photos")
-    if args.batch_size < 1:
-        raise EvaluationError(f"--batch-size must be >= 1, got {args.batch_size}")
-    summary_path = Path(args.out) / "summary.json"
-    protocol_folders(Path(args.out), names)
-    if summary_path.exists():
+    photo_arguments = [photo for _, *given in args.person for photo in given]
+    out = check_output_folder(args.out, inputs=photo_arguments)
+    summary_path = out / "summary.json"
+    protocol_folders(out, names)
+    if summary_path.exists() or summary_path.is_symlink():
         raise OutputExistsError(f"{summary_path} exists; choose another --out (nothing is overwritten)")
     prompts = _read_prompts(args.prompts) if args.prompts else DEFAULT_PROMPTS
     photos_of = {name: list_image_files(given) for name, *given in args.person}
@@ -103,7 +123,8 @@ def run_eval_run(args: argparse.Namespace) -> int:
         if not photos or missing:
             where = f" ({missing[0]} is not a file)" if missing else ""
             raise EvaluationError(f"--person {name}: give the person's photos (files or folders) after the name{where}")
-    width, height = parse_size(args.size)
+    width, height = _checked_size(args.size)
+    check_device(args.device)
     clip = _clip_scorer(args.clip, args.device)
 
     analyzer = make_analyzer(args)
@@ -132,27 +153,38 @@ def run_eval_run(args: argparse.Namespace) -> int:
         task = progress.add_task("protocol", total=total)
 
         def advance(message: str, images: int) -> None:
-            progress.update(task, advance=images, description=message[:60])
+            progress.update(task, advance=images, description=markup_free(message[:60]))
 
-        result = run_protocol(face, people, args.out, settings, scorers=scorers, clip=clip, progress=advance)
+        result = run_protocol(face, people, out, settings, scorers=scorers, clip=clip, progress=advance)
     for person, report in result.reports.items():
-        stdout.print(f"[bold]{person}[/]")
+        stdout.print(Text(person, style="bold"))
         _print_report(report)
-    summary_path.write_text(json.dumps(result.summary, indent=2))
-    stdout.print(f"reports: {Path(args.out)}/<person>/report.json, summary: {summary_path}", highlight=False)
+    write_text_file(summary_path, json.dumps(result.summary, indent=2))
+    stdout.print(f"reports: {out}/<person>/report.json, summary: {summary_path}", highlight=False, markup=False)
     return 0
 
 
-def _read_prompts(path: str) -> list[str]:
-    from ..errors import EvaluationError
+def _checked_size(size: str | None) -> tuple[int | None, int | None]:
+    """``--size WxH`` with both sides positive multiples of 8 (what the diffusion models need)."""
+    width, height = parse_size(size)
+    for name, value in (("width", width), ("height", height)):
+        if value is not None and (value < 8 or value % 8):
+            raise EvaluationError(f"--size {size}: the {name} must be a positive multiple of 8, got {value}")
+    return width, height
 
+
+def _read_prompts(path: str) -> list[str]:
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as error:
-        raise EvaluationError(f"{path}: cannot read the prompts file ({error.strerror})") from error
+        raise EvaluationError(f"--prompts {path}: cannot read the prompts file ({error.strerror})") from error
+    except UnicodeDecodeError as error:
+        raise EvaluationError(
+            f"--prompts {path}: not UTF-8 text (byte {error.start} cannot be decoded); save the file as UTF-8"
+        ) from error
     prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not prompts:
-        raise EvaluationError(f"{path}: no prompts (one per line; lines starting with # are comments)")
+        raise EvaluationError(f"--prompts {path}: no prompts (one per line; lines starting with # are comments)")
     return prompts
 
 
@@ -178,10 +210,11 @@ def _print_report(report) -> None:
         return "-" if value is None else fmt.format(value)
 
     for row in report.images:
-        table.add_row(Path(row.path).name, number(row.faces, "{}"), number(row.face_similarity),
+        table.add_row(Text(Path(row.path).name), number(row.faces, "{}"), number(row.face_similarity),
                       number(row.clip_t, "{:.2f}"), number(row.clip_i))
     stdout.print(table)
     for key, value in report.summary.items():
-        stdout.print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}", highlight=False)
+        stdout.print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}", highlight=False,
+                     markup=False)
     for warning in report.evaluator.get("warnings", []):
-        stderr.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        print_warning(warning)

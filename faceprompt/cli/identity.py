@@ -7,13 +7,14 @@ import json
 from pathlib import Path
 
 from rich.table import Table
+from rich.text import Text
 
-from .common import EXIT_BAD_INPUT, add_analyzer_options, make_analyzer, stderr, stdout
+from .common import add_analyzer_options, make_analyzer, stderr, stdout
 
 
 def add_parser(subparsers) -> None:
     identity = subparsers.add_parser("identity", help="create or inspect identity files")
-    commands = identity.add_subparsers(title="identity")
+    commands = identity.add_subparsers(title="identity", required=True, metavar="{create,show}")
     create = commands.add_parser("create", help="make an identity file from photos of one person")
     create.add_argument("images", nargs="+", help="photos (or folders of photos) of the same person")
     create.add_argument("-o", "--output", required=True, help="the .safetensors file to write")
@@ -31,20 +32,18 @@ def add_parser(subparsers) -> None:
 
 
 def run_create(args: argparse.Namespace) -> int:
+    from ..files import check_output_file
     from ..identity import Identity
     from ..images import list_image_files
 
-    output = Path(args.output)
-    if output.exists() and not args.force:
-        stderr.print(f"[bold red]error:[/] {output} already exists; choose another name or pass --force", highlight=False)
-        return EXIT_BAD_INPUT
-    analyzer = make_analyzer(args)
+    output = check_output_file(args.output, option="-o", overwrite=args.force)
     files = list_image_files(args.images)
+    analyzer = make_analyzer(args)
     identity = Identity.from_images(files, analyzer, select=args.select, name=args.name, keep_crops=not args.no_crops)
     for source in identity.sources:
-        stderr.print(f"{source['file']}: face {source['face_index']} ({args.select})", highlight=False)
-    identity.save(output, overwrite=args.force)
-    stdout.print(f"wrote {output} ({len(identity)} photo(s), {identity.face_model})", highlight=False)
+        stderr.print(f"{source['file']}: face {source['face_index']} ({args.select})", highlight=False, markup=False)
+    identity.save(output, overwrite=args.force)  # atomic: a temporary file renamed
+    stdout.print(f"wrote {output} ({len(identity)} photo(s), {identity.face_model})", highlight=False, markup=False)
     return 0
 
 
@@ -55,11 +54,12 @@ def run_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    table = Table(title=str(args.file), show_header=False)
+    table = Table(title=Text(str(args.file)), show_header=False)  # Text: names and paths shown as is, [ ] included
     for key, value in summary.items():
         if key != "sources":
-            table.add_row(key, str(value))
+            table.add_row(key, Text(str(value)))
     for index, source in enumerate(summary["sources"]):
-        table.add_row(f"photo {index}", f"{source['file']}  face {source['face_index']}  sha256 {source['sha256'][:12]}")
+        table.add_row(f"photo {index}",
+                      Text(f"{source['file']}  face {source['face_index']}  sha256 {source['sha256'][:12]}"))
     stdout.print(table)
     return 0

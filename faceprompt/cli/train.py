@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from .common import stdout
+from .common import positive_int, stdout
 
 
 def add_parser(subparsers) -> None:
     train = subparsers.add_parser("train", help="train a FaceID adapter (accelerate; `accelerate launch` for many GPUs)")
     train.add_argument("--config", metavar="FILE", help="YAML training configuration (see examples/)")
     train.add_argument("--resume", metavar="DIR|latest", help="continue from a checkpoint folder, or the newest one")
-    train.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (overrides the config)")
+    train.add_argument("--max-steps", type=positive_int, help="stop after this many optimizer steps (overrides the config)")
     train.set_defaults(handler=run)
     commands = train.add_subparsers(title="train")
     export = commands.add_parser("export", help="write a training checkpoint's adapter as .bin or .safetensors")
@@ -29,8 +29,6 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.config:
         raise TrainingError("faceprompt train needs --config FILE.yaml (or `faceprompt train export ...`)")
-    if args.max_steps is not None and args.max_steps < 1:
-        raise TrainingError(f"--max-steps must be >= 1, got {args.max_steps}")
     result = train(load_config(args.config), resume=args.resume, max_steps=args.max_steps)
     if not result.main_process:
         return 0
@@ -42,8 +40,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from ..files import check_output_file
     from ..training.export import export_checkpoint
 
+    check_output_file(args.out, option="--out", overwrite=args.force)
     path = export_checkpoint(args.checkpoint, args.out, ema=args.ema, overwrite=args.force)
     stdout.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", highlight=False, markup=False)
     return 0

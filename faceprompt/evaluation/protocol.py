@@ -151,6 +151,9 @@ def protocol_folders(out_dir: Path, people: list[str]) -> dict[str, Path]:
             raise EvaluationError(f"person name {person!r} is the name of the summary file; rename the person")
         if folder.exists() and not folder.is_dir():
             raise EvaluationError(f"{folder}: is a file; the protocol writes {person!r}'s images in a folder there")
+        if folder.is_symlink():
+            raise EvaluationError(f"{folder}: is a symbolic link; the protocol writes {person!r}'s images in a real "
+                                  "folder there (never through links): choose another output folder")
     by_folder: dict[Path, list[str]] = {}
     for person, folder in folders.items():
         by_folder.setdefault(folder, []).append(person)

@@ -55,20 +55,28 @@ class EvaluationReport:
 
     @staticmethod
     def check_free(path: str | Path) -> None:
-        """Refuse (before any work) a report path whose JSON or web page already exists."""
+        """Refuse (before any work) a report path whose JSON or web page already exists, is a folder or a link."""
+        from ..files import check_output_file
+
         for target in (Path(path), Path(path).with_suffix(".html")):
-            if target.exists():
-                raise OutputExistsError(f"{target} exists; choose another --out (reports are never overwritten)")
+            try:
+                check_output_file(target, option="report")
+            except OutputExistsError:
+                raise OutputExistsError(
+                    f"{target} exists; choose another --out (reports are never overwritten)"
+                ) from None
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        """The report as JSON at ``path`` and as a web page (thumbnails and scores) beside it (``.html``)."""
+        """The report as JSON at ``path`` and as a web page (thumbnails and scores) beside it (``.html``), each
+        written in one step (never through a symbolic link)."""
+        from ..files import write_text_file
+
         path = Path(path)
         page = path.with_suffix(".html")
         if not overwrite:
             self.check_free(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2))
-        page.write_text(self.to_html(page.parent))
+        write_text_file(path, json.dumps(self.to_dict(), indent=2), overwrite=overwrite)
+        write_text_file(page, self.to_html(page.parent), overwrite=overwrite)
         return path
 
     def to_html(self, folder: str | Path) -> str:
@@ -137,20 +145,8 @@ def evaluate_images(
             for dlib, one for insightface, see :func:`faceprompt.faces.resolve_workers`).
     """
     paths = [Path(image) for image in images]
-    if not paths:
-        raise EvaluationError("no images to evaluate")
-    if prompts is not None and len(prompts) != len(paths):
-        raise EvaluationError(f"got {len(prompts)} prompts for {len(paths)} images; give one per image or none")
-    if baselines is not None and len(baselines) != len(paths):
-        raise EvaluationError(f"got {len(baselines)} baseline images for {len(paths)} images; they pair one to one")
-    check_workers(workers)
-    if identity is None and clip is None:
-        raise EvaluationError("nothing to score: give reference photos (face similarity) and/or a CLIP model")
-    if baselines is not None and clip is None:
-        raise EvaluationError("baseline images are compared with CLIP (CLIP-I): give a CLIP model too")
-    records = [_recorded_parameters(path) for path in paths]
-    if baselines is not None:
-        _check_pairs(paths, records, [Path(baseline) for baseline in baselines])
+    records = check_evaluation_inputs(paths, prompts=prompts, baselines=baselines, workers=workers,
+                                      face_similarity=identity is not None, clip=clip is not None)
     rows = [
         ImageScores(str(path), prompt=prompts[index] if prompts is not None else records[index].get("prompt"),
                     seed=records[index].get("seed"))
@@ -168,9 +164,6 @@ def evaluate_images(
             row.faces, row.face_similarity = score.faces, score.similarity
     if clip is not None:
         evaluator["clip_model"] = getattr(clip.model, "name_or_path", "") or type(clip.model).__name__
-        if any(row.prompt is None for row in rows):
-            missing = next(row.path for row in rows if row.prompt is None)
-            raise EvaluationError(f"{missing}: no prompt recorded in the image; pass the prompts for CLIP-T")
         image_embeddings = clip.image_embeddings(paths)  # once for CLIP-T and CLIP-I
         for row, value in zip(rows, clip_t(image_embeddings, clip.text_embeddings([row.prompt for row in rows]))):
             row.clip_t = value
@@ -178,6 +171,45 @@ def evaluate_images(
             for row, value in zip(rows, clip_i(image_embeddings, clip.image_embeddings([Path(b) for b in baselines]))):
                 row.clip_i = value
     return EvaluationReport(rows, evaluator)
+
+
+def check_evaluation_inputs(
+    images: Sequence[str | Path],
+    *,
+    prompts: Sequence[str] | None = None,
+    baselines: Sequence[str | Path] | None = None,
+    workers: Workers = 1,
+    face_similarity: bool,
+    clip: bool,
+) -> list[dict[str, Any]]:
+    """Every check of :func:`evaluate_images` that needs no model, so that a caller can run it before loading any
+    (the CLI does, before CLIP). Returns the generation record of each image (empty for other images).
+
+    Raises:
+        EvaluationError: no images, prompts or baselines that do not pair with the images, nothing to score,
+            an unreadable image, or an image without a recorded prompt when CLIP needs one.
+        AnalysisOptionError: ``workers`` is neither an integer >= 1 nor ``"auto"``.
+    """
+    paths = [Path(image) for image in images]
+    if not paths:
+        raise EvaluationError("no images to evaluate")
+    if prompts is not None and len(prompts) != len(paths):
+        raise EvaluationError(f"got {len(prompts)} prompts for {len(paths)} images; give one per image or none")
+    if baselines is not None and len(baselines) != len(paths):
+        raise EvaluationError(f"got {len(baselines)} baseline images for {len(paths)} images; they pair one to one")
+    check_workers(workers)
+    if not face_similarity and not clip:
+        raise EvaluationError("nothing to score: give reference photos (face similarity) and/or a CLIP model")
+    if baselines is not None and not clip:
+        raise EvaluationError("baseline images are compared with CLIP (CLIP-I): give a CLIP model too")
+    records = [_recorded_parameters(path) for path in paths]
+    if baselines is not None:
+        _check_pairs(paths, records, [Path(baseline) for baseline in baselines])
+    if clip and prompts is None:
+        missing = next((path for path, record in zip(paths, records) if record.get("prompt") is None), None)
+        if missing is not None:
+            raise EvaluationError(f"{missing}: no prompt recorded in the image; pass the prompts for CLIP-T")
+    return records
 
 
 def image_files(folder_or_files: Sequence[str | Path]) -> list[Path]:

@@ -28,5 +28,10 @@ def test_demo_writes_crops_identity_and_contact_sheet(tmp_path, capsys):
     assert evaluation["summary"]["images"] == 4 and evaluation["summary"]["face_detection_rate"] == 0.0  # noise
     assert [row["prompt"] for row in evaluation["images"]][::2] == ["a photo of the astronaut on the moon",
                                                                     "an oil painting of the astronaut"]
+    (out / "notes.txt").write_text("mine")  # a user's files in the demo's folder are kept on a re-run
+    (out / "generated" / "keep.jpg").write_bytes(b"mine too")
     assert main(["demo", "--out", str(out), "--backend", "dlib"]) == 0  # safe to re-run
     assert len(list((out / "generated").glob("*.png"))) == 4
+    assert (out / "notes.txt").read_text() == "mine" and (out / "generated" / "keep.jpg").read_bytes() == b"mine too"
+    marker = json.loads((out / ".faceprompt-demo.json").read_text())
+    assert "index.html" in marker["files"] and "notes.txt" not in marker["files"]

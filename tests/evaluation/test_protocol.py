@@ -150,12 +150,12 @@ def test_eval_run_scores_with_another_face_model_when_asked(tmp_path, astronaut_
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--seeds", "0"], "--seeds must be >= 1, got 0"),
+    (["--seeds", "0"], "argument --seeds: must be a whole number >= 1, got '0'"),
     (["--person", "astro", "PHOTO"], "--person astro is given twice"),
     (["--prompts", "EMPTY"], "no prompts"),
     (["--person", "bob", "MISSING"], "--person bob: give the person's photos"),
     (["--size", "64"], "--size must look like 512x768"),
-    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--batch-size", "0"], "argument --batch-size: must be a whole number >= 1, got '0'"),
 ])
 def test_eval_run_refuses_bad_input_before_loading_models(tmp_path, astronaut_path, capsys, extra, message):
     empty = tmp_path / "empty.txt"
