@@ -143,11 +143,42 @@ def test_free_path_and_save_png_never_overwrite(tmp_path):
     assert free_path(tmp_path / "out.png").name == "out-2.png"
 
 
-def test_list_image_files_expands_folders(tmp_path):
+def test_outputs_never_go_through_symbolic_links(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "image.png").symlink_to(outside / "stolen.png")  # dangling: points at a file that does not exist yet
+    (out / "image-1.png").symlink_to(outside)
+    written = save_png(_gradient(), out / "image.png")
+    assert written == out / "image-2.png" and written.is_file() and not written.is_symlink()
+    assert list(outside.iterdir()) == []
+    assert free_path(out / "image.png") == out / "image-3.png"
+
+
+def test_a_failed_png_write_leaves_no_file(tmp_path, monkeypatch):
+    def disk_full(image, handle, filename, *args, **kwargs):
+        handle.write(b"\x89PNG\r\n\x1a\n")  # half a file, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setitem(Image.SAVE, "PNG", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_png(_gradient(), tmp_path / "broken.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_list_image_files_expands_folders(tmp_path, monkeypatch):
     for name in ("b.png", "a.JPG", "notes.txt"):
         (tmp_path / name).write_bytes(b"x")
     assert [p.name for p in list_image_files([tmp_path])] == ["a.JPG", "b.png"]
     assert list_image_files([tmp_path / "x.png"]) == [tmp_path / "x.png"]
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "iterdir", refuse)
+    with pytest.raises(ImageNotFoundError, match="the folder cannot be listed \\(Permission denied\\)"):
+        list_image_files([tmp_path])
 
 
 def test_in_memory_hash_depends_on_pixels():
