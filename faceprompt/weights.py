@@ -170,6 +170,24 @@ class HubFile:
         return f"{self.what}: {self.repo_id}/{self.filename}" + (f" ({self.note})" if self.note else "")
 
 
+def split_hub_file(source: str, suffixes: Sequence[str] = (".safetensors", ".bin")) -> tuple[str, str] | None:
+    """``"owner/repo/sub/file.bin"`` -> ``("owner/repo", "sub/file.bin")``; ``None`` if ``source`` cannot name a
+    file of a Hub repo with one of ``suffixes`` (a path written ``./``, ``/``, ``~``, or with an invalid repo id)."""
+    if "\\" in source or source.startswith(("/", ".", "~")) or Path(source).suffix not in suffixes:
+        return None
+    parts = source.split("/")
+    if len(parts) < 3 or any(part in ("", ".", "..") for part in parts):
+        return None
+    from huggingface_hub.utils import validate_repo_id
+
+    repo_id = "/".join(parts[:2])
+    try:
+        validate_repo_id(repo_id)
+    except ValueError:
+        return None
+    return repo_id, "/".join(parts[2:])
+
+
 def cached_file(file: HubFile, cache_dir: str | os.PathLike | None = None) -> Path | None:
     """The file in the Hugging Face cache, or ``None``."""
     from huggingface_hub import try_to_load_from_cache

@@ -14,10 +14,12 @@ import huggingface_hub.constants
 import pytest
 import torch
 from network_guard import refuse_connections
+from safetensors.torch import save_file
 from transformers import CLIPVisionModelWithProjection
 
 from faceprompt import weights
 from faceprompt.adapters.checkpoint import load_checkpoint, save_checkpoint
+from faceprompt.adapters.lora import load_separate_lora, lora_state_dict
 from faceprompt.adapters.registry import HUB_REPO
 from faceprompt.errors import EvaluationError, ModelFilesMissingError, SettingError
 from faceprompt.evaluation.clip_scores import ClipScorer
@@ -144,6 +146,24 @@ def test_components_fast_loras_and_the_evaluation_clip_with_the_hub_unreachable(
     assert len(unreachable_hub) == 1
 
 
+def test_a_separate_lora_from_the_hub_cache_with_the_hub_unreachable(unreachable_hub, tmp_path, monkeypatch):
+    pipe = tiny_sd15_pipeline()
+    folder = tmp_path / "lora"
+    folder.mkdir()
+    adapter = random_faceid_state_dict(pipe.unet, "mlp", lora_rank=4)
+    save_file(lora_state_dict(adapter, pipe.unet), folder / "tiny_lora.safetensors")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    populate_hf_cache("someone/tiny-lora", folder, tmp_path / "hub")
+
+    load_separate_lora(pipe, "someone/tiny-lora/tiny_lora.safetensors", fuse=False)
+    assert pipe.get_list_adapters()["unet"] == ["faceid_lora"]
+
+    with pytest.raises(ModelFilesMissingError) as raised:
+        load_separate_lora(pipe, "someone/other-lora/other_lora.safetensors", adapter_name="other")
+    assert listed(str(raised.value)) == ["FaceID LoRA: someone/other-lora/other_lora.safetensors"]
+    assert len(unreachable_hub) == 1
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # The probe
 # --------------------------------------------------------------------------------------------------------------------
@@ -244,3 +264,21 @@ def test_local_paths_alone_are_listed_without_hub_advice(tmp_path):
         f"  - VAE: {tmp_path}/vae (no such file or folder)",
         "To fix it: pass local files/folders instead.",
     ]
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("owner/repo/adapter.bin", ("owner/repo", "adapter.bin")),
+        ("owner/repo/sub/dir/adapter.safetensors", ("owner/repo", "sub/dir/adapter.safetensors")),
+        ("./owner/repo/adapter.bin", None),
+        ("/owner/repo/adapter.bin", None),
+        ("owner/repo/adapter.txt", None),
+        ("owner/adapter.bin", None),
+        ("owner//adapter.bin", None),
+        ("owner/repo/../adapter.bin", None),
+        ("own er/repo/adapter.bin", None),
+    ],
+)
+def test_hub_file_names(source, expected):
+    assert weights.split_hub_file(source) == expected

@@ -8,12 +8,14 @@ adapter's LoRA separately.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import AdapterError
+from ..weights import HubFile, hub_file, split_hub_file
 from .checkpoint import AdapterCheckpoint, load_checkpoint
 from .layers import attention_sites
 
@@ -43,14 +45,25 @@ def load_separate_lora(
 ) -> None:
     """Load a FaceID LoRA into ``pipeline`` through diffusers (peft), as the model card's separate form does.
 
-    ``source``: a ``*_lora.safetensors`` path or Hub id understood by ``pipeline.load_lora_weights``, or a FaceID
-    checkpoint (path, registry name, state dict) whose LoRA is extracted. Attach the adapter itself with
-    ``lora="off"`` so the LoRA is not applied twice.
+    ``source``: a ``*_lora.safetensors`` file, local or on the Hub (``"h94/IP-Adapter-FaceID/<name>_lora.safetensors"``,
+    fetched through the Hugging Face cache), or a FaceID checkpoint (path, registry name, state dict) whose LoRA is
+    extracted. Attach the adapter itself with ``lora="off"`` so the LoRA is not applied twice.
+
+    Raises:
+        ModelFilesMissingError: a Hub file that is not cached while the Hub cannot be used.
     """
     is_lora_file = isinstance(source, str) and source.endswith("_lora.safetensors")
-    weights = source if is_lora_file else lora_state_dict(source, pipeline.unet)
+    weights = _local_lora_file(source) if is_lora_file else lora_state_dict(source, pipeline.unet)
     pipeline.load_lora_weights(weights, adapter_name=adapter_name)
     if fuse:
         pipeline.fuse_lora(lora_scale=scale, adapter_names=[adapter_name])
     else:
         pipeline.set_adapters([adapter_name], adapter_weights=[scale])
+
+
+def _local_lora_file(source: str) -> str:
+    """A local file as given; a Hub file ``"owner/repo/<name>_lora.safetensors"`` from the cache or downloaded."""
+    hub = None if Path(source).expanduser().exists() else split_hub_file(source, (".safetensors",))
+    if hub is None:
+        return source
+    return str(hub_file(HubFile(*hub, "FaceID LoRA")))

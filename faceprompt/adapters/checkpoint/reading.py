@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ...errors import CheckpointError, CheckpointNotFoundError
-from ...weights import HubFile, check_tensors, hub_file, read_weights_file
+from ...weights import HubFile, check_tensors, hub_file, read_weights_file, split_hub_file
 from ..registry import VARIANTS
 from .checks import build_projection
 from .data import (
@@ -74,7 +74,7 @@ def load_checkpoint(
         checkpoint = _load_file(path, source=variant.hub_id, weight_name=variant.file_name)
         checkpoint.variant_name = variant.name
         return checkpoint
-    hub = _parse_hub_file(source)
+    hub = split_hub_file(source, SAVE_SUFFIXES)
     if hub is not None and not local.exists():
         repo_id, filename = hub
         hub_adapter = HubFile(repo_id, filename, "adapter", note=f"{source} is not a local file either")
@@ -86,23 +86,6 @@ def load_checkpoint(
         f"{source}: adapter checkpoint not found. Pass an existing .bin/.safetensors file, a registry name "
         f"({', '.join(VARIANTS)}) or a Hub file written 'owner/repo/file.bin'"
     )
-
-
-def _parse_hub_file(source: str) -> tuple[str, str] | None:
-    """``"owner/repo/sub/file.bin"`` -> ``("owner/repo", "sub/file.bin")``; ``None`` if it cannot be one."""
-    if "\\" in source or source.startswith(("/", ".", "~")) or Path(source).suffix not in SAVE_SUFFIXES:
-        return None
-    parts = source.split("/")
-    if len(parts) < 3 or any(part in ("", ".", "..") for part in parts):
-        return None
-    from huggingface_hub.utils import validate_repo_id
-
-    repo_id = "/".join(parts[:2])
-    try:
-        validate_repo_id(repo_id)
-    except ValueError:
-        return None
-    return repo_id, "/".join(parts[2:])
 
 
 def _load_file(path: Path, source: str, weight_name: str | None = None) -> AdapterCheckpoint:
