@@ -2,13 +2,26 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["FacePipeline", "FaceResult", "__version__"]
+__all__ = ["FaceAnalyzer", "FacePipeline", "FaceResult", "GenerateRequest", "Identity", "__version__"]
+
+#: Public name -> the module that defines it. Imported on first use: diffusers takes seconds to import, and face
+#: analysis alone does not need it.
+_LAZY_EXPORTS = {
+    "FacePipeline": "faceprompt.pipelines.face_pipeline",
+    "FaceResult": "faceprompt.pipelines.face_pipeline",
+    "GenerateRequest": "faceprompt.pipelines.request",
+    "Identity": "faceprompt.identity",
+    "FaceAnalyzer": "faceprompt.faces",
+}
 
 
 def __getattr__(name: str):
-    # Imported on first use: diffusers takes seconds to import and face analysis alone does not need it.
-    if name in ("FacePipeline", "FaceResult"):
-        from .pipelines import face_pipeline
+    if name in _LAZY_EXPORTS:
+        import importlib
 
-        return getattr(face_pipeline, name)
+        return getattr(importlib.import_module(_LAZY_EXPORTS[name]), name)
     raise AttributeError(f"module 'faceprompt' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

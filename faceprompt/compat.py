@@ -1,4 +1,4 @@
-"""Drop-in replacements for the reference ``ip_adapter`` FaceID classes (seed ``000_…`` snippets).
+"""Drop-in replacements for the FaceID classes of the reference ``ip_adapter`` package (as in the model card).
 
 Change only the import line of a model-card snippet::
 
@@ -49,7 +49,7 @@ class IPAdapterFaceID:
         self.torch_dtype = torch_dtype  # kept for signature compatibility: modules follow the pipeline's dtype
         # The reference applies the LoRA inside its attention processors: "unfused" is the same math.
         self.adapter = attach_adapter(self.pipe, ip_ckpt, lora="unfused")
-        layout = self.adapter.info["layout"]
+        layout = self.adapter.layout
         if layout.num_tokens != num_tokens:
             raise AdapterError(
                 f"{ip_ckpt}: the checkpoint has {layout.num_tokens} tokens per face but num_tokens={num_tokens} "

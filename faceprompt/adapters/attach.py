@@ -8,7 +8,7 @@ touching LoRAs the user loaded through diffusers (whose ``set_adapters`` deactiv
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -97,7 +97,9 @@ def attach_adapter(
         lora_mode=lora if layout.lora_rank else "off",
         lora_scale=lora_scale,
         layer_scales=resolve_block_scales(block_scales, sites),
-        info={"source": loaded.source, "layout": layout, "variant": resolved},
+        source=loaded.source,
+        layout=layout,
+        variant=resolved,
     )
     processors = _processors(unet)
     for site in sites:
@@ -254,3 +256,74 @@ def _fuse(unet: nn.Module, adapter: AttachedAdapter, sign: float) -> None:
             weight.addmm_(lora.up.weight.to(weight), lora.down.weight.to(weight), alpha=sign * adapter.lora_scale)
             if weight is not linear.weight:
                 linear.weight.copy_(weight)
+
+
+@torch.no_grad()
+def base_unet(unet: nn.Module) -> nn.Module:
+    """``unet`` as it would be with every faceprompt adapter detached, without detaching them.
+
+    Returns ``unet`` itself when no adapter is attached. Otherwise a new UNet of the same configuration with the
+    default attention processors, whose weights are ``unet``'s tensors (shared memory, nothing copied) except the
+    attention projections a fused adapter LoRA modified: those are new tensors with the LoRA taken out, computed as
+    :func:`~faceprompt.adapters.attach.detach_adapter` would (``weight - lora_scale * up @ down`` in float32).
+
+    Raises:
+        AdapterError: the UNet has weights that neither its architecture nor faceprompt's adapters explain.
+    """
+    runtime = get_runtime(unet)
+    if runtime is None:
+        return unet
+    with torch.device("meta"):
+        clean = type(unet).from_config(unet.config)
+    expected = clean.state_dict()
+    state = unet.state_dict()
+    missing = [key for key in expected if key not in state]
+    foreign = [key for key in state if key not in expected and ".processor." not in key]
+    if missing or foreign:
+        raise AdapterError(
+            "the UNet does not have the weights of a plain diffusers UNet besides faceprompt's adapters "
+            f"(missing: {missing[:3]}, unexpected: {foreign[:3]}); fuse and unload diffusers LoRAs "
+            "(pipe.fuse_lora(); pipe.unload_lora_weights()) and unload diffusers' own IP-Adapters first"
+        )
+    clean.load_state_dict({key: state[key] for key in expected}, strict=True, assign=True)
+    for adapter in reversed(list(runtime.adapters.values())):  # the inverse of attaching, last one first
+        if adapter.lora_mode != "fused":
+            continue
+        for site in adapter.sites:
+            attention = clean.get_submodule(site.module_name)
+            for linear, lora in adapter.layers[site.index].lora_pairs(attention):
+                delta = lora.delta_weight().to(device=linear.weight.device, dtype=torch.float32)
+                weight = (linear.weight.float() - adapter.lora_scale * delta).to(linear.weight.dtype)
+                linear.weight = nn.Parameter(weight, requires_grad=False)  # a new tensor: `unet` keeps its own
+    return clean.train(unet.training).requires_grad_(False)
+
+
+def copy_adapters(source: Any, target: Any, names: Sequence[str] | None = None) -> dict[str, AttachedAdapter]:
+    """Attach the adapters attached to ``source`` (all, or ``names``) to ``target`` as well.
+
+    Both are pipelines or UNets whose (non-motion) attention layers match, e.g. an SD 1.5 pipeline and the
+    AnimateDiff pipeline made from it. Each copy has the original's name, weights (the same tensors when device and
+    dtype agree), variant, LoRA mode and strength and per-layer scales; its ``source`` names the original
+    checkpoint. Returns the copies by name.
+    """
+    available = attached_adapters(source)
+    chosen = list(available) if names is None else list(names)
+    unknown = [name for name in chosen if name not in available]
+    if unknown:
+        raise AdapterError(f"no adapter named {unknown} is attached to the source; attached: {sorted(available)}")
+    copies = {}
+    for name in chosen:
+        adapter = available[name]
+        checkpoint = {"image_proj": adapter.projection.state_dict(), "ip_adapter": adapter.layers.state_dict()}
+        copy = attach_adapter(
+            target,
+            checkpoint,
+            name=name,
+            variant=adapter.variant,
+            lora=adapter.lora_mode,
+            lora_scale=adapter.lora_scale,
+        )
+        copy.layer_scales = dict(adapter.layer_scales)
+        copy.source = adapter.source
+        copies[name] = copy
+    return copies

@@ -1,6 +1,6 @@
 """Decoupled cross-attention for identity tokens, with per-sample identities, masks and step windows.
 
-``out = Attn(q, K_text, V_text) + sum_i s_i * mask_i * Attn(q, K_ip_i, V_ip_i)`` (seed ``000_…``; spec §3.3).
+``out = Attn(q, K_text, V_text) + sum_i s_i * mask_i * Attn(q, K_ip_i, V_ip_i)`` (docs/ip-adapter-faceid.md).
 
 Image tokens do not travel through ``encoder_hidden_states`` (the reference appends them to the prompt
 embeddings; diffusers routes them through ``encoder_hid_proj``). Instead a per-UNet :class:`AdapterRuntime`
@@ -16,6 +16,7 @@ import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,10 @@ from torch import nn
 
 from ..errors import AdapterError
 from .layers import AdapterLayer, AttentionSite
+from .registry import AdapterVariant
+
+if TYPE_CHECKING:
+    from .checkpoint import CheckpointLayout
 
 
 @dataclass
@@ -52,6 +57,8 @@ class ImagePrompt:
 class AttachedAdapter:
     """An adapter attached to a UNet: its projection model, per-layer weights (reference order) and settings.
 
+    ``source`` names the checkpoint it was loaded from, ``layout`` is what its weights say it is (projection kind,
+    token count, LoRA rank, ...), ``variant`` the published variant it was resolved to (``None`` for custom weights).
     ``layers[i]`` is also registered in the processor of attention site ``i``, so the weights move with the UNet
     (``.to()``, CPU offload) and appear in its state dict, as diffusers' own IP-Adapter processors do.
     """
@@ -63,7 +70,9 @@ class AttachedAdapter:
     lora_mode: str = "fused"
     lora_scale: float = 1.0
     layer_scales: dict[str, float] = field(default_factory=dict)
-    info: dict = field(default_factory=dict)
+    source: str = ""
+    layout: CheckpointLayout | None = None
+    variant: AdapterVariant | None = None
 
     def layer_scale(self, processor_name: str) -> float:
         return self.layer_scales.get(processor_name, 1.0)

@@ -15,6 +15,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ..errors import AdapterError
+
 
 class FaceIDMLPProjection(nn.Module):
     """FaceID and Portrait: ``LayerNorm(MLP(id).reshape(N, C))`` (reference ``MLPProjModel``).
@@ -38,6 +40,24 @@ class FaceIDMLPProjection(nn.Module):
     def forward(self, id_embeds: torch.Tensor) -> torch.Tensor:
         tokens = self.proj(id_embeds).reshape(-1, self.num_tokens, self.cross_attention_dim)
         return self.norm(tokens)
+
+    @property
+    def input_dim(self) -> int:
+        return self.proj[0].in_features
+
+    def tokens(self, id_embeds: torch.Tensor, **_: object) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cond, uncond)`` for ``[B, d]`` or, Portrait, ``[B, n, d]`` (face 0's tokens, then face 1's, ...).
+
+        The unconditional tokens are the projection of a zero ID, as the adapters were trained.
+        """
+        return self._face_major(id_embeds), self._face_major(torch.zeros_like(id_embeds))
+
+    def _face_major(self, id_embeds: torch.Tensor) -> torch.Tensor:
+        if id_embeds.ndim == 2:
+            return self(id_embeds)
+        batch, faces, dim = id_embeds.shape
+        tokens = self(id_embeds.reshape(batch * faces, dim))
+        return tokens.reshape(batch, faces * self.num_tokens, self.cross_attention_dim)
 
 
 class ImageProjModel(nn.Module):
@@ -173,6 +193,33 @@ class FaceIDPlusProjection(nn.Module):
         refined = self.perceiver_resampler(tokens, clip_embeds)
         return tokens + scale * refined if shortcut else refined
 
+    @property
+    def input_dim(self) -> int:
+        return self.proj[0].in_features
+
+    def tokens(
+        self,
+        id_embeds: torch.Tensor,
+        clip_embeds: torch.Tensor | None = None,
+        uncond_clip_embeds: torch.Tensor | None = None,
+        shortcut: bool = False,
+        s_scale: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cond, uncond)`` for one face per sample: ``id_embeds [B, d]`` and the CLIP penultimate hidden states
+        of the aligned face crops; the unconditional branch is a zero ID with the CLIP states of a zero (mean-grey)
+        image, as the reference computes it."""
+        if clip_embeds is None or uncond_clip_embeds is None:
+            raise AdapterError(
+                "FaceID-Plus needs the aligned face crop and a CLIP ViT-H image encoder: pass face_image=face.crop(224) "
+                "(or an identity saved with crops) and image_encoder=CLIPVisionModelWithProjection.from_pretrained("
+                "'h94/IP-Adapter', subfolder='models/image_encoder')"
+            )
+        if id_embeds.ndim != 2:
+            raise AdapterError("FaceID-Plus takes one face per image: the embeddings must be [B, d]")
+        cond = self(id_embeds, clip_embeds, shortcut=shortcut, scale=s_scale)
+        uncond = self(torch.zeros_like(id_embeds), uncond_clip_embeds, shortcut=shortcut, scale=s_scale)
+        return cond, uncond
+
 
 class Resampler(_PerceiverLayers):
     """The reference ``Resampler``: learned query ``latents`` ``[1, num_queries, dim]`` attend to the projected
@@ -223,38 +270,30 @@ class ImageResampler(Resampler):
     """
 
     prompt_kind: ClassVar[str] = "image"
+    defaults: ClassVar[dict[str, int]] = dict(
+        dim=768, depth=4, dim_head=64, heads=12, num_queries=16, embedding_dim=1280, output_dim=768, ff_mult=4
+    )
 
-    def __init__(
-        self,
-        dim: int = 768,
-        depth: int = 4,
-        dim_head: int = 64,
-        heads: int = 12,
-        num_queries: int = 16,
-        embedding_dim: int = 1280,
-        output_dim: int = 768,
-        ff_mult: int = 4,
-    ):
-        super().__init__(dim, depth, dim_head, heads, num_queries, embedding_dim, output_dim, ff_mult)
+    def __init__(self, **sizes: int):
+        super().__init__(**{**self.defaults, **sizes})
 
 
 class PortraitResampler(Resampler):
     """Portrait-SDXL "unnorm": learned query latents attend to the raw face embeddings ``[B, n_faces, 512]``."""
 
     prompt_kind: ClassVar[str] = "face"
+    defaults: ClassVar[dict[str, int]] = dict(
+        dim=1280, depth=4, dim_head=64, heads=20, num_queries=16, embedding_dim=512, output_dim=2048, ff_mult=4
+    )
 
-    def __init__(
-        self,
-        dim: int = 1280,
-        depth: int = 4,
-        dim_head: int = 64,
-        heads: int = 20,
-        num_queries: int = 16,
-        embedding_dim: int = 512,
-        output_dim: int = 2048,
-        ff_mult: int = 4,
-    ):
-        super().__init__(dim, depth, dim_head, heads, num_queries, embedding_dim, output_dim, ff_mult)
+    def __init__(self, **sizes: int):
+        super().__init__(**{**self.defaults, **sizes})
+
+    def tokens(self, id_embeds: torch.Tensor, **_: object) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cond, uncond)`` for ``[B, n, d]`` faces (``[B, d]`` is one face); uncond: zero IDs."""
+        if id_embeds.ndim == 2:
+            id_embeds = id_embeds[:, None, :]
+        return self(id_embeds), self(torch.zeros_like(id_embeds))
 
 
 def is_image_projection(projection: nn.Module) -> bool:

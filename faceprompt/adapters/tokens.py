@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..errors import AdapterError
 from .attention import AttachedAdapter
-from .projection import FaceIDPlusProjection, ImageProjModel, PortraitResampler, is_image_projection
+from .projection import ImageProjModel, is_image_projection
 
 
 def as_embedding_tensor(faceid_embeds, *, multi_face: bool) -> torch.Tensor:
@@ -58,44 +58,19 @@ def identity_tokens(
         )
     parameter = next(projection.parameters())
     embeds = faceid_embeds.to(device=parameter.device, dtype=parameter.dtype)
-    expected = _id_dim(projection)
-    if embeds.shape[-1] != expected:
+    if embeds.shape[-1] != projection.input_dim:
         raise AdapterError(
-            f"face embeddings are {embeds.shape[-1]}-d but adapter {adapter.name!r} takes {expected}-d "
+            f"face embeddings are {embeds.shape[-1]}-d but adapter {adapter.name!r} takes {projection.input_dim}-d "
             "ArcFace embeddings (insightface); a dlib identity cannot drive it"
         )
-    if isinstance(projection, PortraitResampler):
-        if embeds.ndim == 2:
-            embeds = embeds[:, None, :]
-        return projection(embeds), projection(torch.zeros_like(embeds))
-    if isinstance(projection, FaceIDPlusProjection):
-        if clip_embeds is None or uncond_clip_embeds is None:
-            raise AdapterError(
-                f"adapter {adapter.name!r} is FaceID-Plus: it needs the aligned face crop and a CLIP image encoder "
-                "(face_image=... and image_encoder=...)"
-            )
-        if embeds.ndim != 2:
-            raise AdapterError("FaceID-Plus takes one face per image: faceid_embeds must be [B, d]")
-        clip = clip_embeds.to(device=parameter.device, dtype=parameter.dtype)
-        uncond_clip = uncond_clip_embeds.to(device=parameter.device, dtype=parameter.dtype)
-        cond = projection(embeds, clip, shortcut=shortcut, scale=s_scale)
-        uncond = projection(torch.zeros_like(embeds), uncond_clip, shortcut=shortcut, scale=s_scale)
-        return cond, uncond
-    return _mlp_tokens(projection, embeds), _mlp_tokens(projection, torch.zeros_like(embeds))
-
-
-def _mlp_tokens(projection: torch.nn.Module, embeds: torch.Tensor) -> torch.Tensor:
-    if embeds.ndim == 2:
-        return projection(embeds)
-    batch, faces, dim = embeds.shape
-    tokens = projection(embeds.reshape(batch * faces, dim))
-    return tokens.reshape(batch, faces * tokens.shape[1], tokens.shape[2])
-
-
-def _id_dim(projection: torch.nn.Module) -> int:
-    if isinstance(projection, PortraitResampler):
-        return projection.proj_in.in_features
-    return projection.proj[0].in_features
+    move = dict(device=parameter.device, dtype=parameter.dtype)
+    return projection.tokens(
+        embeds,
+        clip_embeds=None if clip_embeds is None else clip_embeds.to(**move),
+        uncond_clip_embeds=None if uncond_clip_embeds is None else uncond_clip_embeds.to(**move),
+        shortcut=shortcut,
+        s_scale=s_scale,
+    )
 
 
 def clip_pixel_values(face_images) -> torch.Tensor:

@@ -1,33 +1,37 @@
-"""``faceprompt generate``: images (or videos) of a person from photos or an identity file, and prompts."""
+"""``faceprompt generate``: images (or videos) of a person from photos or an identity file, and prompts.
+
+The command line becomes one :class:`~faceprompt.pipelines.GenerateRequest` and one
+:class:`~faceprompt.pipelines.ModelOptions`, both validated before any model loads; the pipeline does the batching and
+seeding. ``--from-metadata IMAGE`` rebuilds both from the record an earlier run embedded in its PNG (or JSON sidecar)
+and makes that image again.
+"""
 
 from __future__ import annotations
 
 import argparse
-import random
 from pathlib import Path
+from typing import Any
 
-from .common import (
-    MOTION_ADAPTER,
-    add_model_options,
-    load_face_pipeline,
-    open_image,
-    parse_size,
-    stderr,
-    stdout,
-)
+from ..errors import FacepromptError
+from .common import add_model_options, model_options, parse_size, stderr, stdout
 
 
 def add_parser(subparsers) -> None:
+    from ..pipelines.loading import MOTION_ADAPTER
+    from ..pipelines.request import DEFAULT_MAX_PIXELS, DEFAULT_NUM_FRAMES
+
     generate = subparsers.add_parser("generate", help="images of a person from photos (or an identity file) + prompts")
-    who = generate.add_mutually_exclusive_group(required=True)
+    who = generate.add_mutually_exclusive_group()
     who.add_argument("--face", nargs="+", metavar="PHOTO", help="photos of the person (largest face of each)")
     who.add_argument("--identity", metavar="FILE", help="an identity file from `faceprompt identity create`")
     who.add_argument(
         "--region", nargs=2, action="append", metavar=("IDENTITY", "MASK"),
         help="an identity file and the mask of where that person goes (white); repeat for several people",
     )
-    generate.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for several")
-    generate.add_argument("--negative", help="negative prompt")
+    who.add_argument("--from-metadata", metavar="IMAGE",
+                     help="make an earlier image again, exactly: its PNG (or .json sidecar) from `faceprompt generate`")
+    generate.add_argument("--prompt", action="append", help="a prompt; repeat for several")
+    generate.add_argument("--negative", help="negative prompt (for every prompt)")
     add_model_options(generate)
     generate.add_argument("--controlnet", help="ControlNet for --task controlnet")
     generate.add_argument(
@@ -41,11 +45,13 @@ def add_parser(subparsers) -> None:
     generate.add_argument("--style-adapter", default="ip-adapter-plus-sd15", help="style adapter: registry name or file")
     generate.add_argument("--style-scale", type=float, default=0.6, help="style weight (default 0.6)")
     generate.add_argument("--motion-adapter", help=f"AnimateDiff motion adapter for --task video (default {MOTION_ADAPTER})")
-    generate.add_argument("--num-frames", type=int, default=16, help="frames per video (default 16)")
+    generate.add_argument("--num-frames", type=int, help=f"frames per video (default {DEFAULT_NUM_FRAMES})")
     generate.add_argument("--fps", type=float, default=8, help="video frames per second (default 8)")
     generate.add_argument("--video-format", choices=["gif", "mp4", "both"], default="both", help="default: both")
     generate.add_argument("--num-images", type=int, default=1, help="images per prompt")
     generate.add_argument("--seed", type=int, help="seed of the first image; image k uses seed + k (default: random)")
+    generate.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                          help=f"largest image (or frame) in pixels (default {DEFAULT_MAX_PIXELS}: 2048x2048)")
     generate.add_argument("--out", default="outputs", help="output folder (existing files are never overwritten)")
     generate.add_argument("--backend", default="auto", choices=["auto", "insightface", "dlib"], help="face backend for --face")
     generate.add_argument("--model-root", help="insightface model root for --face")
@@ -56,81 +62,123 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.progress import Progress
+    from ..files import check_output_folder
+    from ..pipelines import load_face_pipeline
+    from ..pipelines.inputs import resolve_identity
 
-    from ..identity import Identity
-
-    width, height = parse_size(args.size)
-    regions = None
-    if args.region:
-        from ..pipelines.face_pipeline import Region
-
-        regions = [Region(mask=open_image(mask, "L"), identity=Identity.load(file)) for file, mask in args.region]
-        identity = None
-    elif args.identity:
-        identity = Identity.load(args.identity)
+    # 1. Everything the command line says, checked before any model loads
+    if args.from_metadata:
+        request, options, index = _replay(args)
     else:
-        from ..faces import FaceAnalyzer, QualityFilter
+        request, options, index = _request(args), model_options(args), None
+    check_output_folder(args.out, inputs=_input_files(request))
 
-        quality = QualityFilter(min_face_size=args.min_face_size)
-        analyzer = FaceAnalyzer(args.backend, model_root=args.model_root, quality=quality)
-        stderr.print(f"face backend: [bold]{analyzer.backend_name}[/] ({analyzer.face_model})", highlight=False)
-        identity = Identity.from_images(args.face, analyzer)
-    video = args.task == "video"
-    face = load_face_pipeline(args, identity or regions[0].identity)
+    # 2. The identity (face analysis of --face photos reports bad photos here, still before the models)
+    first = request.identity if request.identity is not None else request.regions[0].identity
+    identity = resolve_identity(first)
+    if args.face:
+        stderr.print(f"face backend: {identity.face_model} ({len(identity)} photo(s))", highlight=False, markup=False)
+
+    # 3. The models, then one call for every image of the request
+    face = load_face_pipeline(options, id_embeddings_dim=identity.embedding_dim)
     face.pipeline.set_progress_bar_config(disable=True)
-    options = {
-        "image": open_image(args.image), "mask_image": open_image(args.mask, "L"),
-        "control_image": open_image(args.control_image), "strength": args.strength,
-        "style_image": open_image(args.style_image), "num_frames": args.num_frames if video else None,
-    }
-    options = {key: value for key, value in options.items() if value is not None}
-    if args.style_image:
-        options["style_scale"] = args.style_scale
-    seed = args.seed if args.seed is not None else random.randrange(2**31)
-    jobs = [(prompt, seed + index) for index, prompt in enumerate(p for p in args.prompt for _ in range(args.num_images))]
-    out = Path(args.out)
-    with Progress(console=stderr) as progress:
-        overall = progress.add_task("videos" if video else "images", total=len(jobs))
-        for prompt, image_seed in jobs:
-            steps = progress.add_task(f"seed {image_seed}", total=args.steps or _default_steps(face))
-            result = face(
-                prompt, negative_prompt=args.negative, identity=identity, regions=regions, scale=args.scale,
-                s_scale=args.s_scale,
-                seed=image_seed, guidance_scale=args.guidance, num_inference_steps=args.steps, width=width,
-                height=height, task=args.task,
-                callback_on_step_end=_advance(progress, steps), **options,
-            )
-            written = _write_output(result, out / f"faceprompt-{image_seed}", args)
-            progress.remove_task(steps)
-            progress.advance(overall)
-            stdout.print(f"wrote {', '.join(str(path) for path in written)}", highlight=False)
-    from ..pipelines.face_pipeline import tiny_model_notice
+    result = _generate(face, request)
 
-    if tiny_model_notice(face.pipeline):
+    # 4. Each image (or video) with its record
+    chosen = range(request.num_outputs) if index is None else [index]
+    for k in chosen:
+        written = _write_output(result.images[k], result.metadata[k], Path(args.out), request, args.video_format)
+        stdout.print(f"wrote {', '.join(str(path) for path in written)}", highlight=False, markup=False)
+    if result.metadata[0].get("notice"):
         stderr.print("note: --model tiny uses random test models: the images are noise by design")
     return 0
 
 
-def _write_output(result, stem: Path, args: argparse.Namespace) -> list[Path]:
+def _request(args: argparse.Namespace):
+    """The GenerateRequest of the command line (its field names are the options' names)."""
+    from ..pipelines import GenerateRequest, IdentityRef, Region
+
+    if not args.prompt:
+        raise FacepromptError("give a prompt: --prompt TEXT (repeat for several), or --from-metadata IMAGE")
+    width, height = parse_size(args.size)
+    who: dict[str, Any]
+    if args.region:
+        who = {"regions": [Region(mask, identity=IdentityRef(file=file)) for file, mask in args.region]}
+    elif args.identity:
+        who = {"identity": IdentityRef(file=args.identity)}
+    elif args.face:
+        who = {"identity": IdentityRef(photos=args.face, backend=args.backend, min_face_size=args.min_face_size)}
+    else:
+        raise FacepromptError("say who: --face PHOTO..., --identity FILE or --region IDENTITY MASK (repeatable)")
+    given = dict(
+        prompt=args.prompt if len(args.prompt) > 1 else args.prompt[0], negative_prompt=args.negative, task=args.task,
+        width=width, height=height, max_pixels=args.max_pixels, steps=args.steps, guidance=args.guidance,
+        scale=args.scale, s_scale=args.s_scale, seed=args.seed, num_images=args.num_images, num_frames=args.num_frames,
+        fps=args.fps, strength=args.strength, scheduler=args.scheduler, fast=args.fast, image=args.image,
+        mask_image=args.mask, control_image=args.control_image, style_image=args.style_image,
+        style_scale=args.style_scale if args.style_image else None, **who,
+    )
+    return GenerateRequest(**{key: value for key, value in given.items() if value is not None})
+
+
+def _replay(args: argparse.Namespace):
+    """The request, model options and image index recorded in an earlier output."""
+    from ..pipelines import GenerateRequest, ModelOptions
+    from ..pipelines.outputs import read_metadata
+
+    if args.prompt or args.model or args.base:
+        raise FacepromptError("--from-metadata takes the prompt and models from the image; drop --prompt/--model/--base")
+    record = read_metadata(args.from_metadata)
+    if "request" not in record or "model" not in record:
+        raise FacepromptError(
+            f"{args.from_metadata}: its record has no request and model options (written by an older faceprompt, or "
+            "by the Python API without load_face_pipeline); generate it again with the options it lists"
+        )
+    request = GenerateRequest.from_dict(record["request"])
+    options = ModelOptions.from_dict({**record["model"], "device": args.device})
+    index = record.get("index", 0)
+    if not isinstance(index, int) or not 0 <= index < request.num_outputs:
+        raise FacepromptError(f"{args.from_metadata}: its record has a bad image index {index!r}")
+    stderr.print(
+        f"replaying {args.from_metadata}: {request.num_outputs} image(s) as in the original call (image {index} "
+        "written)", highlight=False, markup=False,
+    )
+    return request, options, index
+
+
+def _input_files(request) -> list[str]:
+    """Files the request reads: the output folder may not lie inside their folders."""
+    from ..pipelines import IdentityRef
+
+    files = [getattr(request, name) for name in ("image", "mask_image", "control_image", "style_image")]
+    references = [request.identity] if request.identity is not None else [r.identity for r in request.regions or []]
+    for reference in references:
+        if isinstance(reference, IdentityRef):
+            files += [reference.file, *(reference.photos or [])]
+    return [str(Path(file).parent) for file in files if isinstance(file, str)]
+
+
+def _generate(face, request):
+    """One pipeline call for the whole request, with a progress bar over the denoising steps."""
+    from rich.progress import Progress
+
+    with Progress(console=stderr) as progress:
+        what = "videos" if request.resolved_task == "video" else "images"
+        task = progress.add_task(f"{request.num_outputs} {what}", total=None)
+
+        def advance(pipeline, step, timestep, callback_kwargs):
+            progress.update(task, total=getattr(pipeline, "num_timesteps", None), completed=step + 1)
+            return callback_kwargs
+
+        return face(request, callback_on_step_end=advance)
+
+
+def _write_output(image, record: dict, out: Path, request, video_format: str) -> list[Path]:
     """The image as PNG + JSON sidecar, or the video as GIF and/or MP4 + JSON sidecar."""
     from ..pipelines.outputs import save_image, save_video_files
 
-    if args.task == "video":
-        formats = ("gif", "mp4") if args.video_format == "both" else (args.video_format,)
-        return save_video_files(result.images[0], result.metadata[0], stem, formats=formats, fps=args.fps)
-    return list(save_image(result.images[0], result.metadata[0], stem.with_suffix(".png")))
-
-
-def _default_steps(face) -> int:
-    from ..pipelines.face_pipeline import DEFAULT_STEPS
-
-    return face.fast_mode.num_inference_steps if face.fast_mode else DEFAULT_STEPS
-
-
-def _advance(progress, task_id):
-    def callback(pipeline, step, timestep, callback_kwargs):
-        progress.advance(task_id)
-        return callback_kwargs
-
-    return callback
+    stem = out / f"faceprompt-{record['seed']}"
+    if request.resolved_task == "video":
+        formats = ("gif", "mp4") if video_format == "both" else (video_format,)
+        return save_video_files(image, record, stem, formats=formats, fps=request.fps)
+    return list(save_image(image, record, stem.with_suffix(".png")))

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from ..images import save_png
+from ..errors import ImageDecodeError
+from ..files import write_file, write_text_file
 
 #: PNG text-chunk key holding the JSON record of the generation.
 METADATA_KEY = "faceprompt"
@@ -18,16 +20,21 @@ METADATA_KEY = "faceprompt"
 def save_image(image: Any, metadata: dict[str, Any], path: str | Path) -> tuple[Path, Path]:
     """Write ``image`` as PNG (parameters embedded) plus ``<name>.json``; never replaces existing files.
 
-    Returns the PNG path and the sidecar path (both at the first free name, e.g. ``img-1.png``).
+    Returns the PNG path and the sidecar path (both at the first free name, e.g. ``img-1.png``). Each file is
+    written in one step and never through a symbolic link (:func:`faceprompt.files.write_file`).
     """
+    from PIL import PngImagePlugin
+
     record = json.dumps(metadata, default=str, sort_keys=True)
     pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
     if pixels.dtype != np.uint8:
         pixels = (np.clip(pixels, 0.0, 1.0) * 255).round().astype(np.uint8)
-    written = save_png(pixels, _free_stem(Path(path), (".png", ".json")).with_suffix(".png"),
-                       {METADATA_KEY: record, "parameters": _parameters_line(metadata)})
-    sidecar = written.with_suffix(".json")
-    sidecar.write_text(json.dumps(metadata, default=str, indent=2, sort_keys=True))
+    info = PngImagePlugin.PngInfo()
+    info.add_text(METADATA_KEY, record)
+    info.add_text("parameters", _parameters_line(metadata))
+    stem = _free_stem(Path(path), (".png", ".json"))
+    written = write_file(stem.with_suffix(".png"), lambda target: Image.fromarray(pixels).save(target, pnginfo=info))
+    sidecar = write_text_file(stem.with_suffix(".json"), json.dumps(metadata, default=str, indent=2, sort_keys=True))
     return written, sidecar
 
 
@@ -44,25 +51,43 @@ def save_video_files(
     suffixes = tuple(f".{name}" for name in formats)
     free = _free_stem(Path(f"{stem}.json"), (*suffixes, ".json"))
     written = [save_video(frames, free.with_suffix(suffix), fps, metadata=metadata) for suffix in suffixes]
-    sidecar = free.with_suffix(".json")
-    sidecar.write_text(json.dumps(metadata, default=str, indent=2, sort_keys=True))
+    sidecar = write_text_file(free.with_suffix(".json"), json.dumps(metadata, default=str, indent=2, sort_keys=True))
     return [*written, sidecar]
 
 
 def _free_stem(path: Path, suffixes: tuple[str, ...]) -> Path:
-    """``path`` without suffix, numbered (``-1``, ``-2``, ...) until no file with any of ``suffixes`` exists."""
+    """``path`` without suffix, numbered (``-1``, ``-2``, ...) until nothing (not even a link) has any of ``suffixes``."""
     base = path.with_suffix("")
     candidate, counter = base, 0
-    while any(candidate.with_suffix(suffix).exists() for suffix in suffixes):
+    while any(os.path.lexists(candidate.with_suffix(suffix)) for suffix in suffixes):
         counter += 1
         candidate = base.with_name(f"{base.name}-{counter}")
     return candidate
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The generation record embedded in a PNG written by :func:`save_image`."""
-    with Image.open(path) as image:
-        return json.loads(image.text[METADATA_KEY])
+    """The generation record embedded in a PNG written by :func:`save_image` (or its JSON sidecar, given instead).
+
+    Raises:
+        ImageDecodeError: the file is not there, not a PNG written by faceprompt, or its record is damaged.
+    """
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".json":
+            record = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            with Image.open(path) as image:
+                text = getattr(image, "text", {}).get(METADATA_KEY)
+            if text is None:
+                raise ImageDecodeError("holds no faceprompt record; give a PNG written by `faceprompt generate`", path)
+            record = json.loads(text)
+    except (OSError, ValueError, SyntaxError) as error:
+        if isinstance(error, ImageDecodeError):
+            raise
+        raise ImageDecodeError(f"cannot read a faceprompt record from it ({error})", path) from None
+    if not isinstance(record, dict):
+        raise ImageDecodeError("its faceprompt record is not a JSON object", path)
+    return record
 
 
 def _parameters_line(metadata: dict[str, Any]) -> str:

@@ -34,12 +34,10 @@ from typing import IO, Any
 
 import numpy as np
 import torch
-from diffusers import AnimateDiffPipeline, MotionAdapter, UNet2DConditionModel, UNetMotionModel
+from diffusers import AnimateDiffPipeline, MotionAdapter, UNetMotionModel
 from PIL import Image
-from torch import nn
 
-from ..adapters.attach import attach_adapter, attached_adapters, get_runtime, unet_of
-from ..adapters.attention import AttachedAdapter
+from ..adapters.attach import base_unet, copy_adapters, unet_of
 from ..errors import AdapterError, ImageError, ImageFormatError
 from ..images import free_path
 
@@ -119,78 +117,6 @@ def video_pipeline_from(
     if adapters:
         copy_adapters(pipeline, video)
     return video
-
-
-@torch.no_grad()
-def base_unet(unet: UNet2DConditionModel) -> UNet2DConditionModel:
-    """``unet`` as it would be with every faceprompt adapter detached, without detaching them.
-
-    Returns ``unet`` itself when no adapter is attached. Otherwise a new UNet of the same configuration with the
-    default attention processors, whose weights are ``unet``'s tensors (shared memory, nothing copied) except the
-    attention projections a fused adapter LoRA modified: those are new tensors with the LoRA taken out, computed as
-    :func:`~faceprompt.adapters.attach.detach_adapter` would (``weight - lora_scale * up @ down`` in float32).
-
-    Raises:
-        AdapterError: the UNet has weights that neither its architecture nor faceprompt's adapters explain.
-    """
-    runtime = get_runtime(unet)
-    if runtime is None:
-        return unet
-    with torch.device("meta"):
-        clean = type(unet).from_config(unet.config)
-    expected = clean.state_dict()
-    state = unet.state_dict()
-    missing = [key for key in expected if key not in state]
-    foreign = [key for key in state if key not in expected and ".processor." not in key]
-    if missing or foreign:
-        raise AdapterError(
-            "the UNet does not have the weights of a plain diffusers UNet besides faceprompt's adapters "
-            f"(missing: {missing[:3]}, unexpected: {foreign[:3]}); fuse and unload diffusers LoRAs "
-            "(pipe.fuse_lora(); pipe.unload_lora_weights()) and unload diffusers' own IP-Adapters first"
-        )
-    clean.load_state_dict({key: state[key] for key in expected}, strict=True, assign=True)
-    for adapter in reversed(list(runtime.adapters.values())):  # the inverse of attaching, last one first
-        if adapter.lora_mode != "fused":
-            continue
-        for site in adapter.sites:
-            attention = clean.get_submodule(site.module_name)
-            for linear, lora in adapter.layers[site.index].lora_pairs(attention):
-                delta = lora.delta_weight().to(device=linear.weight.device, dtype=torch.float32)
-                weight = (linear.weight.float() - adapter.lora_scale * delta).to(linear.weight.dtype)
-                linear.weight = nn.Parameter(weight, requires_grad=False)  # a new tensor: `unet` keeps its own
-    return clean.train(unet.training).requires_grad_(False)
-
-
-def copy_adapters(source: Any, target: Any, names: Sequence[str] | None = None) -> dict[str, AttachedAdapter]:
-    """Attach the adapters attached to ``source`` (all, or ``names``) to ``target`` as well.
-
-    Both are pipelines or UNets whose (non-motion) attention layers match, e.g. an SD 1.5 pipeline and the
-    AnimateDiff pipeline made from it. Each copy has the original's name, weights (the same tensors when device and
-    dtype agree), variant, LoRA mode and strength and per-layer scales; its ``info["source"]`` names the original
-    checkpoint. Returns the copies by name.
-    """
-    available = attached_adapters(source)
-    chosen = list(available) if names is None else list(names)
-    unknown = [name for name in chosen if name not in available]
-    if unknown:
-        raise AdapterError(f"no adapter named {unknown} is attached to the source; attached: {sorted(available)}")
-    copies = {}
-    for name in chosen:
-        adapter = available[name]
-        checkpoint = {"image_proj": adapter.projection.state_dict(), "ip_adapter": adapter.layers.state_dict()}
-        copy = attach_adapter(
-            target,
-            checkpoint,
-            name=name,
-            variant=adapter.info.get("variant"),
-            lora=adapter.lora_mode,
-            lora_scale=adapter.lora_scale,
-        )
-        copy.layer_scales = dict(adapter.layer_scales)
-        if "source" in adapter.info:
-            copy.info["source"] = adapter.info["source"]
-        copies[name] = copy
-    return copies
 
 
 # --------------------------------------------------------------------------------------------------------------------

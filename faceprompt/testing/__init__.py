@@ -5,6 +5,7 @@ insightface stand-in packs carry :data:`STANDIN_NOTICE`.
 """
 
 from .diffusion import (
+    TINY_MODEL_CONFIG_KEY,
     TINY_MODEL_NOTICE,
     is_tiny_model,
     populate_hf_cache,
@@ -26,6 +27,7 @@ from .diffusion import (
     tiny_sdxl_controlnet,
     tiny_sdxl_pipeline,
     tiny_sdxl_unet,
+    tiny_model_notice,
 )
 from .full_size import FULL_SIZE_UNET_CONFIGS, full_size_unet
 from .insightface_models import STANDIN_NOTICE, write_standin_insightface_pack
@@ -34,6 +36,7 @@ __all__ = [
     "FULL_SIZE_UNET_CONFIGS",
     "full_size_unet",
     "STANDIN_NOTICE",
+    "TINY_MODEL_CONFIG_KEY",
     "TINY_MODEL_NOTICE",
     "is_tiny_model",
     "populate_hf_cache",
@@ -55,5 +58,6 @@ __all__ = [
     "tiny_sdxl_controlnet",
     "tiny_sdxl_pipeline",
     "tiny_sdxl_unet",
+    "tiny_model_notice",
     "write_standin_insightface_pack",
 ]

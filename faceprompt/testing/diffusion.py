@@ -33,6 +33,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import (
@@ -62,13 +63,16 @@ from transformers import (
     PreTrainedModel,
 )
 
-from ..pipelines.face_pipeline import TINY_MODEL_CONFIG_KEY
+from ..adapters.attach import base_unet
+from ..adapters.registry import MODEL_CARD_DDIM
 
 TINY_MODEL_NOTICE = "tiny randomly initialised test model: outputs are noise by design"
 TINY_MODEL_MARKER = "faceprompt_tiny.json"
 
-# Private config key (leading underscore: diffusers keeps it in the config without passing it to `__init__`).
-_TINY_CONFIG_KEY = TINY_MODEL_CONFIG_KEY  # pipelines read this key to label what tiny models produce
+#: Config key every model built here carries, its value the notice (leading underscore: diffusers keeps it in the
+#: config without passing it to `__init__`). Pipelines read it to label what tiny models produce.
+TINY_MODEL_CONFIG_KEY = "_faceprompt_tiny_notice"
+_TINY_CONFIG_KEY = TINY_MODEL_CONFIG_KEY
 
 CLIP_MAX_LENGTH = 77
 BOS_TOKEN = "<|startoftext|>"
@@ -251,15 +255,7 @@ def tiny_sd15_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     with _seeded(seed):
         text_encoder = CLIPTextModel(_tiny_text_config(SD15_CROSS_ATTENTION_DIM, hidden_act="quick_gelu"))
     _tag_tiny(text_encoder)
-    scheduler = DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    scheduler = DDIMScheduler(**MODEL_CARD_DDIM)
     return StableDiffusionPipeline(
         vae=_tiny_vae(seed, scaling_factor=0.18215),
         text_encoder=text_encoder.eval(),
@@ -510,6 +506,15 @@ def is_tiny_model(
     return getattr(pipe_or_path.config, _TINY_CONFIG_KEY, None) == TINY_MODEL_NOTICE
 
 
+def tiny_model_notice(pipeline: Any) -> str | None:
+    """The label of this module's tiny random models when ``pipeline``'s UNet is one of them, else ``None``.
+
+    Cheap (one config lookup), for labelling every output of a call; :func:`is_tiny_model` answers for folders and
+    Hub ids too.
+    """
+    return pipeline.unet.config.get(TINY_MODEL_CONFIG_KEY)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # ControlNet and AnimateDiff
 # --------------------------------------------------------------------------------------------------------------------
@@ -547,9 +552,7 @@ def _randomize_control_paths(controlnet: ControlNetModel, std: float = 0.05) -> 
 
 
 def _tiny_controlnet_from(unet: UNet2DConditionModel, seed: int) -> ControlNetModel:
-    from ..pipelines.video import base_unet  # diffusers cannot copy a UNet with faceprompt's adapter attached
-
-    unet = base_unet(unet)
+    unet = base_unet(unet)  # diffusers cannot copy a UNet with faceprompt's adapter attached
     with _seeded(seed):
         controlnet = ControlNetModel.from_unet(
             unet, conditioning_embedding_out_channels=TINY_CONTROLNET_CONDITIONING_CHANNELS
@@ -565,7 +568,7 @@ def tiny_controlnet(unet: UNet2DConditionModel | None = None, seed: int = 0) -> 
     Like a ControlNet before training, the encoder is a copy of the UNet's (`ControlNetModel.from_unet`); unlike
     one, its zero-initialised output convolutions get small random weights, so the control image changes the
     result noticeably. A UNet with an identity adapter attached is copied as it is without the adapter
-    (`faceprompt.pipelines.video.base_unet`; diffusers' strict copy would fail on the adapter's weights).
+    (`faceprompt.adapters.attach.base_unet`; diffusers' strict copy would fail on the adapter's weights).
 
     Use it with `StableDiffusionControlNetPipeline(**tiny_sd15_pipeline().components, controlnet=...)`.
     """

@@ -47,7 +47,7 @@ def image_proj_model_shapes(width, clip_dim, tokens=4):
 
 
 def resampler_shapes(dim, heads, queries, embedding_dim, output_dim, depth=4, dim_head=64):
-    """Reference ``Resampler`` (spec §2.4): learned latents, perceiver layers, no positional embedding."""
+    """Reference ``Resampler``: learned latents, perceiver layers, no positional embedding."""
     inner = heads * dim_head
     shapes = {"latents": (1, queries, dim), "proj_in.weight": (dim, embedding_dim), "proj_in.bias": (dim,),
               "proj_out.weight": (output_dim, dim), "proj_out.bias": (output_dim,),
@@ -412,7 +412,7 @@ def test_faceid_and_style_adapters_together(encoder):
     face_only = _unet_output(pipe, {"faceid": face_prompt(1.0)})
 
     style = attach_adapter(pipe, random_ip_adapter_state_dict(pipe.unet, "image", seed=3, std=0.2), name="style")
-    assert style.lora_mode == "off" and style.info["layout"].kind == "image"
+    assert style.lora_mode == "off" and style.layout.kind == "image"
     style_cond, style_uncond = image_prompt_tokens(style, encoder, style_image(5))
 
     def run(face_scale, style_scale):
@@ -453,7 +453,7 @@ def test_faceid_and_style_adapters_together(encoder):
 def test_image_resampler_attaches_to_sdxl(encoder):
     pipe = tiny_sdxl_pipeline()
     adapter = attach_adapter(pipe, random_ip_adapter_state_dict(pipe.unet, "image_resampler", seed=6), name="style")
-    layout = adapter.info["layout"]
+    layout = adapter.layout
     assert (layout.projection, layout.cross_attention_dim, layout.resampler_heads) == ("image_resampler", 128, 2)
     cond, uncond = image_prompt_tokens(adapter, encoder, style_image(2))
     assert cond.shape == uncond.shape == (1, 16, 128)
