@@ -7,13 +7,37 @@ import pytest
 import torch
 
 from faceprompt import FacePipeline
-from faceprompt.adapters.registry import get_variant
-from faceprompt.errors import AdapterError, FaceModelMismatchError
+from faceprompt.adapters.checkpoint import checks as checkpoint_checks
+from faceprompt.adapters.projection import FaceIDMLPProjection
+from faceprompt.adapters.tokens import clip_pixel_values
+from faceprompt.errors import AdapterError, FaceModelMismatchError, RequestError
 from faceprompt.identity import Identity
+from faceprompt.pipelines import Region
 from faceprompt.testing import tiny_clip_vision_model, tiny_sd15_pipeline
 from faceprompt.testing.adapters import random_faceid_state_dict, random_id_embeds
+from reference_math import reference_unet
 
 STEPS = dict(num_inference_steps=2, height=64, width=64, output_type="latent")
+
+
+def _diffusers_ip_adapter_pipeline(state, folder):
+    """A fresh tiny pipeline with ``state`` loaded by diffusers' own ``load_ip_adapter`` (LoRA through peft)."""
+    path = folder / "diffusers-ip-adapter.bin"
+    torch.save(state, path)
+    pipe = tiny_sd15_pipeline()
+    pipe.load_ip_adapter(str(folder), subfolder="", weight_name=path.name, image_encoder_folder=None)
+    return pipe
+
+
+def _with_uncond(embeds):
+    """diffusers' ``ip_adapter_image_embeds`` for FaceID under guidance: zero (unconditional) rows, then the faces."""
+    return torch.cat([torch.zeros_like(embeds), embeds])
+
+
+def _pretend_published(monkeypatch):
+    """Let the tiny checkpoints pass as a published variant: the variant's widths (768-d text, ...) cannot fit a
+    tiny UNet, so the width/token comparison of ``resolve_variant`` is switched off; the rest of attach runs."""
+    monkeypatch.setattr(checkpoint_checks, "_variant_conflicts", lambda variant, layout: [])
 
 
 @pytest.fixture()
@@ -82,28 +106,44 @@ def test_identity_objects_and_face_model_check(adapter_file, tmp_path):
         pipe("a photo", identity=Identity(embeddings=np.ones((1, 128), np.float32), face_model="dlib/resnet_v1"), **STEPS)
 
 
-def test_published_variant_refuses_identities_of_another_face_model(sd15, tmp_path):
-    from faceprompt.adapters.registry import get_variant
-
-    pipe = FacePipeline(tiny_sd15_pipeline(), random_faceid_state_dict(sd15.unet, "mlp", lora_rank=4))
-    # a full-size published checkpoint cannot run here: mark the tiny one as that variant
-    pipe.adapter.info["variant"] = get_variant("faceid-sd15")
+def test_published_variant_refuses_identities_of_another_face_model(sd15, monkeypatch):
+    _pretend_published(monkeypatch)
+    pipe = FacePipeline(tiny_sd15_pipeline(), random_faceid_state_dict(sd15.unet, "mlp", lora_rank=4), variant="faceid-sd15")
+    assert pipe.adapter.variant.name == "faceid-sd15"  # attach -> resolve_variant -> the attached adapter
     dlib_identity = Identity(embeddings=np.ones((1, 512), np.float32), face_model="dlib/resnet_v1")
     with pytest.raises(FaceModelMismatchError, match="made with dlib/resnet_v1, but insightface/buffalo_l"):
         pipe("a photo", identity=dlib_identity, **STEPS)
 
 
-def test_plus_uses_clip_features_of_the_face_crop(sd15):
+@pytest.mark.parametrize("shortcut, s_scale", [(False, 1.0), (True, 0.5)])
+def test_plus_matches_diffusers_faceid_plus(sd15, tmp_path, shortcut, s_scale):
+    """FaceID-Plus(V2) against diffusers' own path: CLIP penultimate hidden states of the crop (and of a zero-pixel
+    image for the unconditional branch) set as the projection's ``clip_embeds``, with ``shortcut``/``shortcut_scale``."""
     state = random_faceid_state_dict(sd15.unet, "plus", lora_rank=4, clip_embeddings_dim=32, seed=2)
     encoder = tiny_clip_vision_model()
-    pipe = FacePipeline(sd15, state, image_encoder=encoder)
     crop = np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8)
     embeds = random_id_embeds(1)
-    base = pipe("a photo", faceid_embeds=embeds, face_image=crop, seed=0, **STEPS).images
-    other_face = pipe("a photo", faceid_embeds=embeds, face_image=255 - crop, seed=0, **STEPS).images
-    v2 = pipe("a photo", faceid_embeds=embeds, face_image=crop, shortcut=True, s_scale=1.0, seed=0, **STEPS).images
-    assert not torch.allclose(base, other_face, atol=1e-4)
-    assert not torch.allclose(base, v2, atol=1e-4)
+    ours = FacePipeline(sd15, state, image_encoder=encoder)(
+        "a photo", faceid_embeds=embeds, face_image=crop, shortcut=shortcut, s_scale=s_scale, seed=0, **STEPS).images
+
+    reference = _diffusers_ip_adapter_pipeline(state, tmp_path)
+    projection = reference.unet.encoder_hid_proj.image_projection_layers[0]
+    pixels = clip_pixel_values([crop])
+    with torch.no_grad():
+        clip = encoder(pixels, output_hidden_states=True).hidden_states[-2]
+        uncond_clip = encoder(torch.zeros_like(pixels), output_hidden_states=True).hidden_states[-2]
+    projection.clip_embeds = torch.cat([uncond_clip, clip])[:, None]
+    projection.shortcut, projection.shortcut_scale = shortcut, s_scale
+    expected = reference("a photo", ip_adapter_image_embeds=[_with_uncond(embeds)[:, None]],
+                         generator=torch.Generator().manual_seed(0), **STEPS).images
+    assert torch.allclose(ours, expected, atol=1e-4), (ours - expected).abs().max()
+
+
+def test_plus_needs_the_crop_and_an_encoder(sd15):
+    state = random_faceid_state_dict(sd15.unet, "plus", lora_rank=4, clip_embeddings_dim=32, seed=2)
+    pipe = FacePipeline(sd15, state, image_encoder=tiny_clip_vision_model())
+    embeds = random_id_embeds(1)
+    crop = np.zeros((224, 224, 3), np.uint8)
     with pytest.raises(AdapterError, match="needs the aligned face crop"):
         pipe("a photo", faceid_embeds=embeds, **STEPS)
     no_encoder = FacePipeline(tiny_sd15_pipeline(), state)
@@ -112,19 +152,30 @@ def test_plus_uses_clip_features_of_the_face_crop(sd15):
 
 
 def test_portrait_takes_several_faces(sd15):
+    """Three faces give 3 x 16 tokens, face-major, against the reference flow with ``num_tokens=48``."""
     state = random_faceid_state_dict(sd15.unet, "mlp", num_tokens=16, lora_rank=None, seed=3)
-    pipe = FacePipeline(sd15, state)
     faces = random_id_embeds(3)[None]  # [1 image, 3 faces, 512]
-    result = pipe("a portrait", faceid_embeds=faces, seed=0, **STEPS)
-    assert result.images.shape[0] == 1
-    fewer = pipe("a portrait", faceid_embeds=faces[:, :1], seed=0, **STEPS)
-    assert not torch.allclose(result.images, fewer.images, atol=1e-4)
+    projection = FaceIDMLPProjection(state["image_proj"]["norm.weight"].shape[0], 512, 16)
+    projection.load_state_dict(state["image_proj"])
+    with torch.no_grad():
+        cond = projection(faces[0]).reshape(1, 48, -1)  # face 0's 16 tokens, then face 1's, then face 2's
+        uncond = projection(torch.zeros(3, 512)).reshape(1, 48, -1)
+    reference = tiny_sd15_pipeline()
+    reference.unet = reference_unet(reference.unet, state, num_tokens=48, scale=1.0)
+    text, negative = reference.encode_prompt("a portrait", torch.device("cpu"), 1, True)
+    expected = reference(prompt_embeds=torch.cat([text, cond], 1), negative_prompt_embeds=torch.cat([negative, uncond], 1),
+                         generator=torch.Generator().manual_seed(0), **STEPS).images
+
+    result = FacePipeline(sd15, state)("a portrait", faceid_embeds=faces, seed=0, **STEPS)
+    assert result.images.shape == (1, 4, 8, 8)
+    assert torch.allclose(result.images, expected, atol=1e-4), (result.images - expected).abs().max()
 
 
-def test_portrait_warns_when_the_face_count_differs_from_training(sd15):
+def test_portrait_warns_when_the_face_count_differs_from_training(sd15, monkeypatch):
+    _pretend_published(monkeypatch)
     state = random_faceid_state_dict(sd15.unet, "mlp", num_tokens=16, lora_rank=None, seed=3)
-    pipe = FacePipeline(sd15, state)
-    pipe.adapter.info["variant"] = get_variant("faceid-portrait-sd15")  # the published file resolves to it; tiny widths match none
+    pipe = FacePipeline(sd15, state, variant="faceid-portrait-sd15")
+    assert pipe.adapter.variant.name == "faceid-portrait-sd15"
     with pytest.warns(UserWarning, match="faceid-portrait-sd15 was trained with 5 photos per person and got 3"):
         pipe("a portrait", faceid_embeds=random_id_embeds(3)[None], seed=0, **STEPS)
     with warnings.catch_warnings():
@@ -135,10 +186,10 @@ def test_portrait_warns_when_the_face_count_differs_from_training(sd15):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(scale=5.0), r"scale=5.0 is out of range"),
-        (dict(s_scale=-3.0), r"s_scale=-3.0 is out of range"),
-        (dict(width=60), "width=60 must be a positive multiple of 8"),
-        (dict(num_images=0), "num_images must be >= 1"),
+        (dict(scale=5.0), r"scale=5.0: must lie within \[-1.0, 3.0\]"),
+        (dict(s_scale=-3.0), r"s_scale=-3.0: must lie within \[-1.0, 5.0\]"),
+        (dict(width=60), "width=60: input should be a multiple of 8"),
+        (dict(num_images=0), "num_images=0: input should be greater than or equal to 1"),
         (dict(faceid_embeds=random_id_embeds(3)), "3 identities for 1 prompts"),
         (dict(faceid_embeds=torch.full((1, 512), float("nan"))), "NaN"),
         (dict(faceid_embeds=None), "no identity given"),
@@ -147,7 +198,7 @@ def test_portrait_warns_when_the_face_count_differs_from_training(sd15):
 def test_bad_inputs(adapter_file, kwargs, message):
     pipe = FacePipeline(tiny_sd15_pipeline(), str(adapter_file))
     arguments = {"faceid_embeds": random_id_embeds(1), **STEPS, **kwargs}
-    with pytest.raises(AdapterError, match=message):
+    with pytest.raises((AdapterError, RequestError), match=message):
         pipe("a photo", **arguments)
 
 
@@ -165,18 +216,31 @@ def test_identity_embeds_for_plain_diffusers(adapter_file):
 
 def test_controlnet_pipeline_sees_text_only_and_identity_reaches_the_unet(adapter_file, sd15):
     """Processors go on the UNet only: the ControlNet attends to the prompt alone (as the base IP-Adapter's
-    CNAttnProcessor arranges), and its own attention processors are left untouched."""
+    CNAttnProcessor arranges), its own attention processors are left untouched, and the whole call equals diffusers'
+    ControlNet pipeline with the adapter loaded by ``load_ip_adapter``."""
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
-    controlnet = ControlNetModel.from_unet(sd15.unet, conditioning_embedding_out_channels=(8, 16, 32, 32))
+    from faceprompt.testing import tiny_controlnet
+
+    controlnet = tiny_controlnet(sd15.unet, seed=0)
     pipe = StableDiffusionControlNetPipeline(**sd15.components, controlnet=controlnet)
     before = {name: type(p) for name, p in controlnet.attn_processors.items()}
     face = FacePipeline(pipe, str(adapter_file))
     assert {name: type(p) for name, p in controlnet.attn_processors.items()} == before
-    control = torch.rand(1, 3, 64, 64)
-    a = face("a photo", faceid_embeds=random_id_embeds(1, seed=1), image=control, seed=0, **STEPS).images
-    b = face("a photo", faceid_embeds=random_id_embeds(1, seed=2), image=control, seed=0, **STEPS).images
-    assert a.shape == (1, 4, 8, 8) and not torch.allclose(a, b, atol=1e-4)
+    control = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    embeds = random_id_embeds(1, seed=1)
+    ours = face("a photo", faceid_embeds=embeds, image=control, seed=0, **STEPS).images
+
+    base = tiny_sd15_pipeline()
+    reference = StableDiffusionControlNetPipeline(**base.components, controlnet=tiny_controlnet(base.unet, seed=0))
+    reference.load_ip_adapter(str(adapter_file.parent), subfolder="", weight_name=adapter_file.name, image_encoder_folder=None)
+
+    def expected(control_image):
+        return reference("a photo", image=control_image, ip_adapter_image_embeds=[_with_uncond(embeds)[:, None]],
+                         generator=torch.Generator().manual_seed(0), **STEPS).images
+
+    assert torch.allclose(ours, expected(control), atol=1e-4), (ours - expected(control)).abs().max()
+    assert (expected(control) - expected(1 - control)).abs().max() > 1e-3  # the control image matters here
 
 
 def test_separate_lora_through_diffusers_equals_the_in_checkpoint_lora(sd15):
@@ -195,24 +259,38 @@ def test_separate_lora_through_diffusers_equals_the_in_checkpoint_lora(sd15):
     assert torch.allclose(ours, separate, atol=1e-4), (ours - separate).abs().max()
 
 
-def test_two_identities_in_two_regions(adapter_file):
-    from faceprompt.pipelines.face_pipeline import Region
-
-    pipe = FacePipeline(tiny_sd15_pipeline(), str(adapter_file), lora="off")
+def test_two_identities_in_two_regions(adapter_file, tmp_path):
+    """Each person only within their own mask, with their own scale: equal to diffusers' masked IP-Adapter
+    (``ip_adapter_masks``, one image per person), and the swapped masks give another image."""
+    pipe = FacePipeline(tiny_sd15_pipeline(), str(adapter_file))
     left = np.zeros((64, 64), np.float32)
     left[:, :32] = 1.0
     a, b = random_id_embeds(1, seed=1), random_id_embeds(1, seed=2)
-    both = pipe("two people", regions=[Region(left, faceid_embeds=a), Region(1 - left, faceid_embeds=b)], seed=0, **STEPS)
-    only_a = pipe("two people", faceid_embeds=a, seed=0, **STEPS).images
-    only_b = pipe("two people", faceid_embeds=b, seed=0, **STEPS).images
-    assert not torch.allclose(both.images, only_a, atol=1e-4) and not torch.allclose(both.images, only_b, atol=1e-4)
-    everywhere_a = pipe("two people", regions=[Region(np.ones((64, 64)), faceid_embeds=a)], seed=0, **STEPS).images
-    assert torch.allclose(everywhere_a, only_a, atol=1e-5)
+
+    def ours(mask_a, mask_b):
+        regions = [Region(mask=mask_a, faceid_embeds=a, scale=0.6), Region(mask=mask_b, faceid_embeds=b)]
+        return pipe("two people", regions=regions, seed=0, **STEPS)
+
+    both = ours(left, 1 - left)
+    reference = tiny_sd15_pipeline()
+    reference.load_ip_adapter(str(adapter_file.parent), subfolder="", weight_name=adapter_file.name, image_encoder_folder=None)
+    reference.set_ip_adapter_scale([[0.6, 1.0]])  # one scale per image (person) of the adapter
+    embeds = _with_uncond(torch.stack([torch.cat([a, b])]))  # [uncond; cond] x 2 people x 512
+    masks = torch.from_numpy(np.stack([left, 1 - left]))[None]  # [1, 2 people, H, W]
+    expected = reference("two people", ip_adapter_image_embeds=[embeds], cross_attention_kwargs={"ip_adapter_masks": [masks]},
+                         generator=torch.Generator().manual_seed(0), **STEPS).images
+    assert torch.allclose(both.images, expected, atol=1e-4), (both.images - expected).abs().max()
+    swapped = ours(1 - left, left).images
+    assert (swapped - both.images).abs().max() > 1e-3
     assert both.metadata[0]["regions"] == 2
+
+    only_a = pipe("two people", faceid_embeds=a, seed=0, **STEPS).images
+    everywhere_a = pipe("two people", regions=[Region(mask=np.ones((64, 64)), faceid_embeds=a)], seed=0, **STEPS).images
+    assert torch.allclose(everywhere_a, only_a, atol=1e-5)
     with pytest.raises(AdapterError, match="region mask is 64x32 but the image is 64x64"):
-        pipe("x", regions=[Region(np.ones((32, 64)), faceid_embeds=a)], **STEPS)
+        pipe("x", regions=[Region(mask=np.ones((32, 64)), faceid_embeds=a)], **STEPS)
     with pytest.raises(AdapterError, match="give each region its identity"):
-        pipe("x", faceid_embeds=a, regions=[Region(left, faceid_embeds=b)], **STEPS)
+        pipe("x", faceid_embeds=a, regions=[Region(mask=left, faceid_embeds=b)], **STEPS)
 
 
 def test_denoising_window(adapter_file):
@@ -248,7 +326,7 @@ def test_style_image_and_identity_each_with_their_own_scale(adapter_file):
     assert not torch.allclose(both.images[:1], identity_only, atol=1e-4)
     assert not torch.allclose(both.images[:1], style_only, atol=1e-4)
     assert both.metadata[0]["style_scale"] == 0.8
-    with pytest.raises(AdapterError, match="style_scale=4.0 is out of range"):
+    with pytest.raises(AdapterError, match=r"style_scale=4.0: must lie within \[-1.0, 3.0\]"):
         pipe("a photo", faceid_embeds=embeds, style_image=style, style_scale=4.0, **STEPS)
     plain = FacePipeline(tiny_sd15_pipeline(), str(adapter_file))
     with pytest.raises(AdapterError, match="call add_style_adapter"):
