@@ -84,16 +84,42 @@ def test_defaults_and_prompt_lists():
         IPAdapterFaceID(tiny_sd15_pipeline(), state, "cpu")
 
 
-def test_plus_with_a_saved_image_encoder_folder(tmp_path):
+def _plus_tokens(state, ids, encoder, face, shortcut, s_scale):
+    """FaceID-Plus tokens as the reference builds them: CLIP penultimate hidden states of the crop (default
+    CLIPImageProcessor: 224 px, centre crop) and of an all-zero pixel tensor for the unconditional tokens."""
+    from transformers import CLIPImageProcessor
+
+    from faceprompt.adapters.projection import FaceIDPlusProjection
+
+    projection_state = state["image_proj"]
+    depth = len({key.split(".")[2] for key in projection_state if key.startswith("perceiver_resampler.layers.")})
+    model = FaceIDPlusProjection(projection_state["norm.weight"].shape[0], 512,
+                                 projection_state["perceiver_resampler.proj_in.weight"].shape[1], 4, depth)
+    model.load_state_dict(projection_state)
+    pixels = CLIPImageProcessor()(images=[face], return_tensors="pt").pixel_values
+    with torch.no_grad():
+        clip = encoder(pixels, output_hidden_states=True).hidden_states[-2]
+        uncond_clip = encoder(torch.zeros_like(pixels), output_hidden_states=True).hidden_states[-2]
+        return (model(ids, clip, shortcut=shortcut, scale=s_scale),
+                model(torch.zeros_like(ids), uncond_clip, shortcut=shortcut, scale=s_scale))
+
+
+@pytest.mark.parametrize("shortcut, s_scale", [(False, 1.0), (True, 0.5)])
+def test_plus_with_a_saved_image_encoder_folder(tmp_path, shortcut, s_scale):
+    from transformers import CLIPVisionModelWithProjection
+
     pipe = tiny_sd15_pipeline()
     state = random_faceid_state_dict(pipe.unet, "plus", lora_rank=4, clip_embeddings_dim=32, seed=3)
     encoder_folder = save_tiny_clip_vision(tmp_path / "image_encoder")
-    model = IPAdapterFaceIDPlus(pipe, str(encoder_folder), state, "cpu", lora_rank=4)
     face = np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8)  # a BGR norm_crop in the card
     ids = random_id_embeds(1)
-    v1 = model.generate(face_image=face, faceid_embeds=ids, prompt="a photo", num_samples=1, seed=3, **RUN)
-    v2 = model.generate(face_image=face, faceid_embeds=ids, prompt="a photo", num_samples=1, seed=3, shortcut=True, **RUN)
-    assert not torch.allclose(v1, v2, atol=1e-4)
+    encoder = CLIPVisionModelWithProjection.from_pretrained(encoder_folder)
+    cond, uncond = _plus_tokens(state, ids, encoder, face, shortcut, s_scale)
+    expected = _reference_generate(pipe, state, cond, uncond, "a photo", "blurry", 1, 3, 0.9, guidance_scale=7.5, **RUN)
+    model = IPAdapterFaceIDPlus(pipe, str(encoder_folder), state, "cpu", lora_rank=4)
+    latents = model.generate(face_image=face, faceid_embeds=ids, prompt="a photo", negative_prompt="blurry", scale=0.9,
+                             num_samples=1, seed=3, shortcut=shortcut, s_scale=s_scale, **RUN)
+    assert torch.allclose(latents, expected, atol=1e-4), (latents - expected).abs().max()
     with pytest.raises(AdapterError, match="needs face_image"):
         model.generate(faceid_embeds=ids, **RUN)
 
