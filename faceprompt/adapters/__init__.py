@@ -13,12 +13,15 @@ from .attention import AttachedAdapter, ImagePrompt
 from .checkpoint import (
     AdapterCheckpoint,
     CheckpointLayout,
+    compatible_variants,
     detect_layout,
     load_checkpoint,
     resolve_variant,
     save_checkpoint,
     validate_for_unet,
 )
+from .layers import attention_sites, build_adapter_layers
+from .projection import FaceIDMLPProjection, FaceIDPlusProjection, PortraitResampler
 from .registry import VARIANTS, AdapterVariant, get_variant
 from .tokens import clip_image_embeds, clip_pixel_values, identity_tokens, image_prompt_tokens
 
@@ -28,11 +31,17 @@ __all__ = [
     "AdapterVariant",
     "AttachedAdapter",
     "CheckpointLayout",
+    "FaceIDMLPProjection",
+    "FaceIDPlusProjection",
     "ImagePrompt",
+    "PortraitResampler",
     "attach_adapter",
     "attached_adapters",
+    "attention_sites",
+    "build_adapter_layers",
     "clip_image_embeds",
     "clip_pixel_values",
+    "compatible_variants",
     "detach_adapter",
     "detect_layout",
     "get_runtime",

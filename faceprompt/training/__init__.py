@@ -1,6 +1,6 @@
 """Training: data preparation (single machine and Ray) and the prepared data-set format the trainer reads."""
 
-from .prepared import REJECTION_REASONS, PreparedDataset, ShardWriter, write_dataset_info, write_summary
+from .dataset import REJECTION_REASONS, PreparedDataset, ShardWriter, write_dataset_info, write_summary
 
 #: The trainer's names, imported on first use (they pull in torch, diffusers and accelerate; preparation does not).
 _TRAINER_NAMES = {

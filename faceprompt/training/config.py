@@ -1,15 +1,21 @@
 """Training configuration: a YAML file -> :class:`TrainConfig`, with a clear error for every unknown key or bad value.
 
-Defaults follow the reference recipe (spec §6 and seed ``001_…``): AdamW lr 1e-4, weight decay 1e-2, text / ID /
-both dropped 5% / 5% / 5%, LoRA rank 128 for the variants that have one, PlusV2's CLIP branch dropped for 50% of
-the samples, epsilon-prediction MSE.
+Defaults follow the IP-Adapter-FaceID authors' published training recipe: AdamW lr 1e-4, weight decay 1e-2, text /
+ID / both dropped 5% / 5% / 5%, LoRA rank 128 for the variants that have one, PlusV2's CLIP branch dropped for 50%
+of the samples, epsilon-prediction MSE.
+
+Every setting is checked when the configuration is built, before a run writes anything: numbers must be finite and
+in range (the message names the setting, the value, the rule and a fix), and names that become folders of the run
+cannot lead out of it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import UnionType
@@ -31,11 +37,22 @@ TINY_BASES = ("tiny", "tiny-sdxl")
 DEFAULT_LORA_RANK = 128
 #: PlusV2: share of samples whose CLIP branch is dropped ("we dropped 50% of the CLIP embedding").
 DEFAULT_PLUSV2_CLIP_DROP = 0.5
+#: Largest training resolution: 16x SDXL's 1024 x 1024 pixels per image; larger ones exhaust memory at the first step.
+MAX_RESOLUTION = 4096
+#: Widest aspect-ratio bucket (SDXL's multi-aspect training reaches 4:1, e.g. 2048 x 512).
+MAX_ASPECT_RATIO = 4.0
+#: Seeds are 64-bit (torch.Generator.manual_seed takes at most 2**64 - 1).
+SEED_LIMIT = 2**64
+#: ``tracker_project`` names the log folder ``OUTPUT/logs/<tracker_project>`` and the W&B project: one plain name.
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: Settings that hold a local path or a Hub id; the other path settings (``data``, ``output_dir``) are always paths.
+_PATH_OR_HUB_ID = ("base_model", "vae", "image_encoder")
 
 
 @dataclass
 class TrainConfig:
-    """Everything one training run needs. Paths may be relative to the YAML file's folder.
+    """Everything one training run needs. In a YAML file (:func:`load_config`), relative paths are relative to the
+    file's folder; built in Python, to the working directory.
 
     What to train:
         variant: the registry variant whose architecture is trained (``faceid-sd15``, ``faceid-plusv2-sdxl``, ...).
@@ -138,7 +155,11 @@ class TrainConfig:
 
 
 def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
-    """Read a YAML training configuration; relative paths are taken from the file's folder.
+    """Read a YAML training configuration.
+
+    Relative paths are taken from the file's folder: always for ``data`` and ``output_dir``; for ``base_model``,
+    ``vae`` and ``image_encoder`` when the value starts with ``.`` or ``~`` or names something in that folder (any
+    other ``owner/name`` is a Hub id).
 
     Raises:
         TrainingError: the file is missing or not YAML, a key is unknown (with the closest known key), a value
@@ -154,10 +175,11 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
     if not isinstance(content, dict):
         raise TrainingError(f"{path}: expected a mapping of settings (key: value), got {type(content).__name__}")
     content = {**content, **{key: value for key, value in overrides.items() if value is not None}}
-    for key in ("data", "output_dir", "image_encoder", "vae", "base_model"):
-        value = content.get(key)
-        if isinstance(value, str) and _looks_relative_path(value, path.parent):
-            content[key] = str((path.parent / value).resolve())
+    folder = path.parent
+    for key, value in content.items():
+        if isinstance(value, str) and value and (key in ("data", "output_dir") or
+                                                 key in _PATH_OR_HUB_ID and _is_local_path(value, folder)):
+            content[key] = str((folder / Path(value).expanduser()).resolve())
     return config_from_dict(content, source=str(path))
 
 
@@ -185,11 +207,11 @@ def config_from_dict(content: dict[str, Any], source: str = "<config>") -> Train
         raise TrainingError(f"{source}: {error}") from None
 
 
-def _looks_relative_path(value: str, folder: Path) -> bool:
-    """A relative path that exists next to the YAML file (Hub ids like ``owner/name`` are left alone)."""
-    if value in TINY_BASES or Path(value).is_absolute():
+def _is_local_path(value: str, folder: Path) -> bool:
+    """Whether a base-model / VAE / encoder setting names a local path (not a tiny model or a Hub id)."""
+    if value in TINY_BASES:
         return False
-    return value.startswith(".") or (folder / value).exists()
+    return value.startswith((".", "~")) or Path(value).is_absolute() or (folder / value).exists()
 
 
 def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
@@ -238,32 +260,8 @@ def _validate(config: TrainConfig) -> None:
     if config.variant not in VARIANTS or VARIANTS[config.variant].kind != "faceid":
         faceid = [name for name, v in VARIANTS.items() if v.kind == "faceid"]
         raise TrainingError(f"variant {config.variant!r} is not a FaceID variant; choose one of {', '.join(faceid)}")
-    _check(config.resolution >= 8 and config.resolution % 8 == 0, "resolution must be a positive multiple of 8",
-           config.resolution)
-    for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpointing_steps",
-                 "validation_num_inference_steps", "bucket_step"):
-        _check(getattr(config, name) >= 1, f"{name} must be >= 1", getattr(config, name))
-    for name in ("num_workers", "lr_warmup_steps", "validation_steps", "seed"):
-        _check(getattr(config, name) >= 0, f"{name} must be >= 0", getattr(config, name))
-    for name in ("drop_text", "drop_id", "drop_both", "noise_offset"):
-        _check(0.0 <= getattr(config, name) <= 1.0, f"{name} must be within [0, 1]", getattr(config, name))
-    _check(config.drop_text + config.drop_id + config.drop_both <= 1.0,
-           "drop_text + drop_id + drop_both must be <= 1", config.drop_text + config.drop_id + config.drop_both)
-    if config.drop_clip is not None:
-        _check(0.0 <= config.drop_clip <= 1.0, "drop_clip must be within [0, 1]", config.drop_clip)
-    _check(config.learning_rate > 0, "learning_rate must be > 0", config.learning_rate)
-    _check(config.weight_decay >= 0, "weight_decay must be >= 0", config.weight_decay)
-    _check(0.0 < config.ema_decay < 1.0, "ema_decay must be within (0, 1)", config.ema_decay)
-    _check(config.max_aspect_ratio >= 1.0, "max_aspect_ratio must be >= 1", config.max_aspect_ratio)
-    if config.lora_rank is not None:
-        _check(config.lora_rank >= 0, "lora_rank must be >= 0 (0: no LoRA)", config.lora_rank)
-    _check(config.num_faces >= 1, "num_faces must be >= 1", config.num_faces)
-    if config.max_grad_norm is not None:
-        _check(config.max_grad_norm > 0, "max_grad_norm must be > 0", config.max_grad_norm)
-    if config.checkpoints_total_limit is not None:
-        _check(config.checkpoints_total_limit >= 1, "checkpoints_total_limit must be >= 1",
-               config.checkpoints_total_limit)
-    _check(bool(config.tracker_project.strip()), "tracker_project must not be empty", config.tracker_project)
+    _check_numbers(config)
+    _check_names_and_paths(config)
     _choice("lr_scheduler", config.lr_scheduler, LR_SCHEDULERS)
     _choice("mixed_precision", config.mixed_precision, MIXED_PRECISION)
     _choice("log_with", config.log_with, LOG_WITH)
@@ -277,9 +275,76 @@ def _validate(config: TrainConfig) -> None:
         raise TrainingError("validation_prompts must list at least one prompt")
 
 
-def _check(condition: bool, message: str, value: Any) -> None:
+def _check_numbers(config: TrainConfig) -> None:
+    """Every number finite and in its range (NaN fails every comparison, so the range checks refuse it too)."""
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            fix = f"the default is {item.default!r}" if item.default is not None else "or leave it empty"
+            raise TrainingError(f"{item.name} must be a finite number, got {value!r}; write a plain number ({fix})")
+    _check("resolution", config.resolution, 8 <= config.resolution <= MAX_RESOLUTION and config.resolution % 8 == 0,
+           f"a positive multiple of 8 up to {MAX_RESOLUTION}", "use the base's size: 512 (SD1.5) or 1024 (SDXL)")
+    for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpointing_steps",
+                 "validation_num_inference_steps", "bucket_step", "num_faces"):
+        _check(name, getattr(config, name), getattr(config, name) >= 1, ">= 1", "use a positive whole number")
+    for name in ("num_workers", "lr_warmup_steps", "validation_steps"):
+        _check(name, getattr(config, name), getattr(config, name) >= 0, ">= 0", "use 0 or a positive whole number")
+    for name in ("seed", "validation_seed"):
+        _check(name, getattr(config, name), 0 <= getattr(config, name) < SEED_LIMIT, "within [0, 2**64)",
+               "use a non-negative 64-bit integer")
+    for name in ("drop_text", "drop_id", "drop_both", "drop_clip", "noise_offset"):
+        value = getattr(config, name)
+        if value is not None:
+            _check(name, value, 0.0 <= value <= 1.0, "within [0, 1]", "use a probability such as 0.05")
+    total = config.drop_text + config.drop_id + config.drop_both
+    _check("drop_text + drop_id + drop_both", total, total <= 1.0, "<= 1", "lower the drop rates")
+    _check("learning_rate", config.learning_rate, 0.0 < config.learning_rate < 1.0, "within (0, 1)",
+           "the recipe uses 1e-4 (SD1.5) or 1e-5 (SDXL)")
+    _check("weight_decay", config.weight_decay, 0.0 <= config.weight_decay < 1.0, "within [0, 1)",
+           "the recipe uses 1e-2")
+    for name, usual in (("adam_beta1", 0.9), ("adam_beta2", 0.999)):
+        _check(name, getattr(config, name), 0.0 <= getattr(config, name) < 1.0, "within [0, 1)",
+               f"AdamW's usual value is {usual}")
+    _check("adam_epsilon", config.adam_epsilon, 0.0 < config.adam_epsilon < 1.0, "within (0, 1)",
+           "AdamW's usual value is 1e-8")
+    _check("ema_decay", config.ema_decay, 0.0 < config.ema_decay < 1.0, "within (0, 1)", "the usual value is 0.9999")
+    _check("max_aspect_ratio", config.max_aspect_ratio, 1.0 <= config.max_aspect_ratio <= MAX_ASPECT_RATIO,
+           f"within [1, {MAX_ASPECT_RATIO:g}]", "SDXL buckets usually use 2")
+    if config.lora_rank is not None:
+        _check("lora_rank", config.lora_rank, config.lora_rank >= 0, ">= 0", "use 0 for no LoRA, or e.g. 128")
+    if config.max_grad_norm is not None:
+        _check("max_grad_norm", config.max_grad_norm, config.max_grad_norm > 0, "> 0",
+               "use e.g. 1.0, or leave it empty to clip nothing")
+    if config.checkpoints_total_limit is not None:
+        _check("checkpoints_total_limit", config.checkpoints_total_limit, config.checkpoints_total_limit >= 1, ">= 1",
+               "keep at least one checkpoint, or leave it empty to keep all")
+    if config.validation_guidance_scale is not None:
+        _check("validation_guidance_scale", config.validation_guidance_scale, config.validation_guidance_scale >= 0,
+               ">= 0", "use e.g. 7.5 (SD1.5) or 5 (SDXL); 1 or less turns classifier-free guidance off")
+
+
+def _check_names_and_paths(config: TrainConfig) -> None:
+    """Names that become folders stay inside the run folder; the run folder is not the data set's."""
+    for name, what in (("base_model", "a Hub id, a local folder or file, or tiny"),
+                       ("data", "the folder written by `faceprompt prepare`"), ("output_dir", "the run's folder")):
+        if not getattr(config, name).strip():
+            raise TrainingError(f"{name} is empty; give {what}")
+    if not _PLAIN_NAME.match(config.tracker_project):
+        raise TrainingError(
+            f"tracker_project must be a plain name (letters, digits, '.', '_', '-'; no '/' or '..': it names the log "
+            f"folder under output_dir), got {config.tracker_project!r}; use e.g. faceprompt-train"
+        )
+    output, data = Path(config.output_dir).resolve(), Path(config.data).resolve()
+    if output == data or data in output.parents:
+        raise TrainingError(
+            f"output_dir {config.output_dir} lies inside the data set {config.data}; the run would write into the "
+            "data set: choose an output_dir outside it"
+        )
+
+
+def _check(name: str, value: Any, condition: bool, rule: str, fix: str) -> None:
     if not condition:
-        raise TrainingError(f"{message}, got {value!r}")
+        raise TrainingError(f"{name} must be {rule}, got {value!r}; {fix}")
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:

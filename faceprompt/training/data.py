@@ -25,9 +25,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Dataset, Sampler
 
-from ..adapters.tokens import clip_pixel_values
+from ..adapters import AdapterVariant, clip_pixel_values
 from ..errors import TrainingError
-from .prepared import PreparedDataset
+from .config import TrainConfig
+from .dataset import PreparedDataset
 
 SampleKey = tuple[int, int]  # (epoch, record index)
 #: CLIP input size of the Plus variants' face crops.
@@ -38,7 +39,8 @@ LATENT_CACHE_CHUNK = 256
 
 @dataclass(frozen=True)
 class SampleOptions:
-    """How records become samples.
+    """How records become samples. The defaults are plain samples (no augmentation, no drops, one face); a
+    training run's come from its configuration through :meth:`from_config`.
 
     Attributes:
         resolution: side of the square training images (the bucket area is ``resolution**2`` with buckets).
@@ -60,10 +62,10 @@ class SampleOptions:
     resolution: int
     crops: tuple[str, ...]
     random_crop: bool = False
-    random_flip: bool = True
-    drop_text: float = 0.05
-    drop_id: float = 0.05
-    drop_both: float = 0.05
+    random_flip: bool = False
+    drop_text: float = 0.0
+    drop_id: float = 0.0
+    drop_both: float = 0.0
     drop_clip: float = 0.0
     faces_per_sample: int = 1
     multi_face: bool = False
@@ -71,6 +73,27 @@ class SampleOptions:
     clip_faces: bool = False
     sdxl: bool = False
     seed: int = 0
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, prepared: PreparedDataset, variant: AdapterVariant) -> SampleOptions:
+        """The samples ``config`` trains ``variant`` on: its data settings, the data set's crops unless the config
+        names some, and what the variant's architecture consumes."""
+        return cls(
+            resolution=config.resolution,
+            crops=tuple(config.crops or prepared.info["crops"]),
+            random_crop=config.random_crop,
+            random_flip=config.random_flip,
+            drop_text=config.drop_text,
+            drop_id=config.drop_id,
+            drop_both=config.drop_both,
+            drop_clip=config.effective_drop_clip,
+            faces_per_sample=config.faces_per_sample,
+            multi_face=variant.multi_face,
+            normalized=variant.normalized_embedding,
+            clip_faces=variant.projection == "plus",
+            sdxl=variant.base == "sdxl",
+            seed=config.seed,
+        )
 
 
 @dataclass(frozen=True)

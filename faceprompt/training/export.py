@@ -1,8 +1,8 @@
 """Export a trained adapter in the published checkpoint layout (``image_proj`` + ``ip_adapter``).
 
 The weights come from the trained modules' own state dicts, never from accelerate's ``save_state`` files: the
-reference's conversion reads those and breaks when accelerate deduplicates the shared adapter tensors in
-``model.safetensors`` (spec §6). Every training checkpoint folder holds ``adapter.safetensors`` (and
+IP-Adapter authors' conversion script reads those and breaks when accelerate deduplicates the shared adapter
+tensors in ``model.safetensors``. Every training checkpoint folder holds ``adapter.safetensors`` (and
 ``adapter-ema.safetensors`` with EMA); :func:`export_checkpoint` copies one to a ``.bin`` or ``.safetensors`` file
 anywhere, loadable by :func:`faceprompt.adapters.attach_adapter`, :class:`faceprompt.FacePipeline`,
 :mod:`faceprompt.compat` and the authors' code.
@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from ..adapters.checkpoint import AdapterCheckpoint, load_checkpoint, save_checkpoint
+from ..adapters import AdapterCheckpoint, load_checkpoint, save_checkpoint
 from ..errors import TrainingError
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -75,6 +75,7 @@ def export_checkpoint(
 
     Raises:
         TrainingError: not a checkpoint, or ``ema`` asked of a run trained without EMA.
+        CheckpointError: the adapter holds NaN or infinite weights (the run diverged before this checkpoint).
         OutputExistsError: ``output`` exists and ``overwrite`` is false.
     """
     folder = Path(checkpoint)
@@ -86,5 +87,5 @@ def export_checkpoint(
             raise TrainingError(f"{folder}: this run was trained without EMA (no {EMA_ADAPTER_FILE}); drop --ema")
         raise TrainingError(f"{folder}: not a training checkpoint (no {source.name}); pass a checkpoints/checkpoint-N "
                             "folder or a run folder")
-    loaded = load_checkpoint(source)
+    loaded = load_checkpoint(source)  # refuses NaN / infinite weights (a run that diverged)
     return save_checkpoint(loaded, output, overwrite=overwrite, metadata=dict(loaded.metadata))

@@ -2,8 +2,9 @@
 
 The adapter is attached with :func:`faceprompt.adapters.attach_adapter` (LoRA ``"unfused"``), so training runs
 through the same attention processor as inference and an exported checkpoint reproduces the trained model
-exactly. Initialisation follows the reference recipe (spec §6): ``to_k_ip``/``to_v_ip`` copied from the UNet's
-``to_k``/``to_v``, LoRA ``down ~ N(0, 1/r^2)`` and ``up = 0``, projections with PyTorch's default initialisation.
+exactly. Initialisation follows the IP-Adapter authors' training code: ``to_k_ip``/``to_v_ip`` copied from the
+UNet's ``to_k``/``to_v``, LoRA ``down ~ N(0, 1/r^2)`` and ``up = 0``, projections with PyTorch's default
+initialisation.
 """
 
 from __future__ import annotations
@@ -19,12 +20,21 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
-from ..adapters.attach import attach_adapter, get_runtime
-from ..adapters.attention import AttachedAdapter, ImagePrompt
-from ..adapters.checkpoint import compatible_variants, detect_layout, load_checkpoint
-from ..adapters.layers import attention_sites, build_adapter_layers
-from ..adapters.projection import FaceIDMLPProjection, FaceIDPlusProjection, PortraitResampler
-from ..adapters.registry import AdapterVariant
+from ..adapters import (
+    AdapterVariant,
+    AttachedAdapter,
+    FaceIDMLPProjection,
+    FaceIDPlusProjection,
+    ImagePrompt,
+    PortraitResampler,
+    attach_adapter,
+    attention_sites,
+    build_adapter_layers,
+    compatible_variants,
+    detect_layout,
+    get_runtime,
+    load_checkpoint,
+)
 from ..errors import TrainingError
 
 #: Name the trained adapter is attached under.

@@ -1,6 +1,6 @@
 """``faceprompt prepare``: folders of portraits (or a manifest) -> a sharded training data set.
 
-Per image, as the IP-Adapter-FaceID authors describe their data (seed ``001_…``): keep only photos with exactly
+Per image, as the IP-Adapter-FaceID authors describe their training data: keep only photos with exactly
 one face, a short side of at least ``min_resolution`` pixels, a large enough and sharp enough face; cut square
 framings at several face proportions (close-up, half-body, full-body) so that models learn varied framings; keep the
 ArcFace-aligned 224-px face crop (optionally without background) and the normalised and raw ID embeddings.
@@ -8,14 +8,16 @@ ArcFace-aligned 224-px face crop (optionally without background) and the normali
 Inputs are sorted and split into shards of ``shard_size`` images. Every shard is processed by the same function
 (:func:`prepare_shard`) in this process, in a process pool, or as a Ray Data task; a shard is finished when its
 ``_SUCCESS`` marker exists, so a re-run skips finished shards and redoes interrupted ones. The format is described
-in :mod:`faceprompt.training.prepared`.
+in :mod:`faceprompt.training.dataset`.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import logging
+import math
 import multiprocessing
 import os
 import time
@@ -33,7 +35,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..errors import DatasetError, ImageError
 from ..faces import Face, FaceAnalyzer, QualityFilter, Workers, check_workers, resolve_workers
 from ..images import LoadedImage, list_image_files, load_image
-from .prepared import (
+from .dataset import (
     FACE_CROP_SIZE,
     INFO_FILE,
     PreparedDataset,
@@ -57,6 +59,10 @@ DEFAULT_MIN_FACE_SIZE = 128.0
 #: hundreds; the astronaut sample blurred with a 2-px Gaussian scores ~20.
 DEFAULT_BLUR_THRESHOLD = 40.0
 DEFAULT_SHARD_SIZE = 1000
+#: Crop proportions, in face-box sizes: at least the face box itself; beyond 32 every crop of a usable photo is its
+#: whole shorter side, so larger values only hide a typo.
+MIN_CROP_PROPORTION = 1.0
+MAX_CROP_PROPORTION = 32.0
 
 
 @dataclass(frozen=True)
@@ -154,10 +160,14 @@ def prepare_dataset(
         workers: processes (local) or concurrent Ray tasks; each builds its own face analyzer. ``"auto"``: one per
             core for dlib, one for insightface (:func:`faceprompt.faces.resolve_workers`).
         progress: show a progress bar on stderr.
+
+    Raises:
+        DatasetError: a setting is out of range (checked before any image is read), an input or the manifest is
+            unreadable, or ``output`` holds something else.
     """
     started = time.perf_counter()
     crops = _checked_crops(DEFAULT_CROPS if crops is None else crops)
-    _check_arguments(min_resolution, shard_size, engine)
+    _check_arguments(min_resolution, min_face_size, blur_threshold, shard_size, engine)
     check_workers(workers)
     root = Path(output)
     items = collect_inputs(inputs, manifest, exclude=root)
@@ -193,23 +203,39 @@ def prepare_dataset(
 
 
 def _checked_crops(crops: dict[str, float]) -> dict[str, float]:
-    """Framing names (used in file names) must be words, proportions positive numbers; returned as floats."""
+    """Framing names (used in file names) must be words, proportions numbers in the allowed range; as floats."""
     if not crops:
         raise DatasetError("crops is empty; give at least one framing, e.g. closeup=2")
     checked = {}
     for name, proportion in crops.items():
+        if not (isinstance(name, str) and name.isidentifier()):
+            raise DatasetError(f"crop name {name!r} must be a word (letters, digits, '_'; it names the image files), "
+                               "e.g. closeup=2")
         try:
             checked[name] = float(proportion)
         except (TypeError, ValueError):
-            checked[name] = float("nan")
-        if not (isinstance(name, str) and name.isidentifier()) or not checked[name] > 0:
-            raise DatasetError(f"crop {name}={proportion!r}: names are words and proportions positive numbers")
+            checked[name] = math.nan
+        if not MIN_CROP_PROPORTION <= checked[name] <= MAX_CROP_PROPORTION:
+            raise DatasetError(
+                f"crop {name}={proportion!r}: the proportion (crop side in face-box sizes) must be a number within "
+                f"[{MIN_CROP_PROPORTION:g}, {MAX_CROP_PROPORTION:g}]; use e.g. closeup=2,halfbody=4,fullbody=8"
+            )
     return checked
 
 
-def _check_arguments(min_resolution: int, shard_size: int, engine: str) -> None:
-    if min_resolution < 1 or shard_size < 1:
-        raise DatasetError(f"min_resolution ({min_resolution}) and shard_size ({shard_size}) must be >= 1")
+def _check_arguments(
+    min_resolution: int, min_face_size: float, blur_threshold: float, shard_size: int, engine: str
+) -> None:
+    """Every number of the settings in range (NaN fails every comparison, so it is refused too)."""
+    for name, value, default in (("min_resolution", min_resolution, DEFAULT_MIN_RESOLUTION),
+                                 ("shard_size", shard_size, DEFAULT_SHARD_SIZE)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise DatasetError(f"{name} must be a whole number >= 1, got {value!r}; the default is {default}")
+    for name, value, default in (("min_face_size", min_face_size, DEFAULT_MIN_FACE_SIZE),
+                                 ("blur_threshold", blur_threshold, DEFAULT_BLUR_THRESHOLD)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+            raise DatasetError(f"{name} must be a finite number >= 0, got {value!r}; the default is {default:g} "
+                               "(0 keeps every face)")
     if engine not in ("local", "ray"):
         raise DatasetError(f"unknown engine {engine!r}; choose 'local' or 'ray'")
 
@@ -277,8 +303,17 @@ def read_manifest(path: str | os.PathLike) -> list[InputImage]:
 
 
 def _read_jsonl_manifest(path: Path) -> list[Any]:
+    """One JSON object per line of UTF-8 text (a leading byte-order mark is allowed)."""
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    content = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    for number, raw in enumerate(content.splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise DatasetError(
+                f"{path}: line {number} is not UTF-8 text (byte {raw[error.start]:#04x} at column {error.start + 1}); "
+                "save the manifest as UTF-8"
+            ) from None
         if not line.strip():
             continue
         try:

@@ -10,6 +10,7 @@ sample's augmentations and drops, the step's noise), so ``N`` steps straight giv
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +28,7 @@ from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..adapters.attach import get_runtime
-from ..adapters.attention import ImagePrompt
-from ..adapters.registry import AdapterVariant
+from ..adapters import AdapterVariant, ImagePrompt, clip_pixel_values, get_runtime
 from ..errors import TrainingError
 from .config import TINY_BASES, TrainConfig
 from .data import (
@@ -58,7 +57,7 @@ from .model import (
     enable_gradient_checkpointing,
     registry_variant_for,
 )
-from .prepared import PreparedDataset
+from .dataset import PreparedDataset
 
 STATE_FILE = "trainer_state.json"
 CONFIG_FILE = "config.yaml"
@@ -164,27 +163,40 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / LOG_DIR)),
         )
 
-    # --- setup --------------------------------------------------------------------------------------
+    # --- setup ---------------------------------------------------------------------------------------
 
     def run(self, *, resume: str | None = None, max_steps: int | None = None) -> TrainResult:
+        """Check everything that can be checked (the output folder, the checkpoint to resume, the models, the data
+        set, the trackers) before the run writes its ``config.yaml``; then train."""
         config, accelerator = self.config, self.accelerator
         max_steps = max_steps or config.max_steps
-        checkpoint = self._prepare_output(resume)
+        checkpoint = self._checkpoint_to_resume(resume)
+        prepared = PreparedDataset(config.data)
+        self.face_model = str(prepared.info["face_model"])
+        validation_labels(prepared, config)
+        dataset = self._dataset(prepared)
+        sampler = BucketBatchSampler(dataset.bucket_of, config.batch_size, seed=config.seed)
         components = load_components(config, self.variant)
+        self._check_resolution(components)
         components.pipeline.to(accelerator.device)
         if components.image_encoder is not None:
             components.image_encoder.to(accelerator.device)
-        prepared = PreparedDataset(config.data)
-        self.face_model = str(prepared.info["face_model"])
         model = AdapterTrainingModel.create(
             components, self.variant, lora_rank=config.effective_lora_rank, noise_offset=config.noise_offset,
             seed=config.seed, id_embeddings_dim=int(prepared.info["embedding_dim"]),
         )
-        if config.gradient_checkpointing:
-            enable_gradient_checkpointing(components.unet)
-        self._check_resolution(components)
-        dataset = self._dataset(prepared, model)
-        sampler = BucketBatchSampler(dataset.bucket_of, config.batch_size, seed=config.seed)
+        self._start_trackers()
+        try:
+            self._write_config(resume)
+            if config.gradient_checkpointing:
+                enable_gradient_checkpointing(components.unet)
+            self._add_caches(dataset, model)
+            return self._train(model, dataset, sampler, prepared, checkpoint, max_steps)
+        finally:
+            accelerator.end_training()
+
+    def _train(self, model, dataset, sampler, prepared, checkpoint, max_steps) -> TrainResult:
+        config, accelerator = self.config, self.accelerator
         dataloader = DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers)
         parameters = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
@@ -210,42 +222,79 @@ class Trainer:
             step, batches = state["step"], state["batches"]
             dataloader = accelerator.skip_first_batches(dataloader, batches)
             accelerator.print(f"resumed from {checkpoint} at step {step}")
-        if accelerator.is_main_process:
-            wandb_dir = self.output_dir / LOG_DIR  # W&B's local run files next to TensorBoard's, not in the cwd
-            wandb_dir.mkdir(parents=True, exist_ok=True)
-            try:
-                accelerator.init_trackers(
-                    config.tracker_project, config=_flat_config(config), init_kwargs={"wandb": {"dir": str(wandb_dir)}}
-                )
-            except _tracker_errors(self.trackers) as error:
-                raise TrainingError(
-                    f"log_with: {config.log_with}: W&B could not start ({(str(error).splitlines() or [type(error).__name__])[0]}); run "
-                    "`wandb login`, set WANDB_MODE=offline, or choose log_with: tensorboard"
-                ) from error
         return self._loop(model, optimizer, dataloader, lr_scheduler, ema, prepared, step, batches, max_steps)
 
-    def _prepare_output(self, resume: str | None) -> Path | None:
-        """Refuse to mix runs in one folder; the checkpoint to resume from, if any."""
-        output, config = self.output_dir, self.config
+    def _checkpoint_to_resume(self, resume: str | None) -> Path | None:
+        """Refuse to mix runs in one folder: a folder holding checkpoints continues only with ``resume``, and only
+        from a checkpoint of this run (in this output folder, written with the same training settings)."""
+        output = self.output_dir
         existing = list_checkpoints(output)
-        if resume is None and existing:
+        if resume is None:
+            if existing:
+                raise TrainingError(
+                    f"{output} already holds checkpoints of a run (newest: {existing[-1].name}); pass --resume latest "
+                    "to continue it, or choose another output_dir"
+                )
+            return None
+        checkpoint = resolve_checkpoint(output, resume)
+        try:
+            state = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise TrainingError(f"{checkpoint / STATE_FILE}: not readable ({error}); the checkpoint is damaged: resume "
+                                "from another one") from None
+        own_folder = (output / CHECKPOINTS_DIR).resolve()
+        if checkpoint.resolve().parent != own_folder:
+            written_by = state.get("output_dir", str(checkpoint.resolve().parent.parent))
             raise TrainingError(
-                f"{output} already holds checkpoints of a run (newest: {existing[-1].name}); pass --resume latest "
-                "to continue it, or choose another output_dir"
+                f"{checkpoint} is a checkpoint of another run ({written_by}), not of this run ({output}); resume "
+                f"from one of {own_folder}/checkpoint-N (or 'latest'), or set output_dir: {written_by} to continue "
+                "that run"
             )
-        checkpoint = resolve_checkpoint(output, resume) if resume is not None else None
+        recorded = state.get("settings")
+        if recorded is not None:
+            current = run_settings(self.config)
+            changed = [f"{key}: {recorded.get(key)!r} there, {value!r} now"
+                       for key, value in current.items() if recorded.get(key) != value]
+            if changed:
+                raise TrainingError(
+                    f"{checkpoint} was written with other training settings ({'; '.join(changed)}); resume with the "
+                    f"run's settings ({output / CONFIG_FILE}), or start a new run in another output_dir"
+                )
+        return checkpoint
+
+    def _write_config(self, resume: str | None) -> None:
+        """Record the settings in ``OUTPUT/config.yaml`` (main process). A fresh run in a folder whose earlier
+        attempt stopped before its first checkpoint replaces that attempt's file, and says so."""
+        output, config = self.output_dir, self.config
         config_file = output / CONFIG_FILE
         text = yaml.safe_dump(config.to_dict(), sort_keys=False)
         if self.accelerator.is_main_process:
-            if config_file.is_file() and resume is None and config_file.read_text() != text:
-                raise TrainingError(
-                    f"{output} holds another run's {CONFIG_FILE}; choose another output_dir (or delete the folder)"
-                )
             output.mkdir(parents=True, exist_ok=True)
-            if not config_file.is_file():
+            if config_file.is_file() and resume is None and config_file.read_text() != text:
+                self.accelerator.print(
+                    f"{config_file}: replacing the settings of an earlier attempt that saved no checkpoint"
+                )
+                config_file.write_text(text)
+            elif not config_file.is_file():
                 config_file.write_text(text)
         self.accelerator.wait_for_everyone()
-        return checkpoint
+
+    def _start_trackers(self) -> None:
+        """Start TensorBoard / W&B (main process); a W&B setup problem becomes a TrainingError with the fixes."""
+        config, accelerator = self.config, self.accelerator
+        if not accelerator.is_main_process or not self.trackers:
+            return
+        wandb_dir = self.output_dir / LOG_DIR  # W&B's local run files next to TensorBoard's, not in the cwd
+        wandb_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            accelerator.init_trackers(
+                config.tracker_project, config=_flat_config(config), init_kwargs={"wandb": {"dir": str(wandb_dir)}}
+            )
+        except _tracker_errors(self.trackers) as error:
+            raise TrainingError(
+                f"log_with: {config.log_with}: W&B could not start ({(str(error).splitlines() or [type(error).__name__])[0]}); run "
+                "`wandb login`, set WANDB_MODE=offline, or choose log_with: tensorboard"
+            ) from error
 
     def _check_resolution(self, components: BaseComponents) -> None:
         unet = components.unet
@@ -260,28 +309,16 @@ class Trainer:
                 f"(resolution / bucket_step must be multiples of {multiple})"
             )
 
-    def _dataset(self, prepared: PreparedDataset, model: AdapterTrainingModel) -> FaceTrainingDataset:
-        config, variant = self.config, self.variant
-        options = SampleOptions(
-            resolution=config.resolution,
-            crops=tuple(config.crops or prepared.info["crops"]),
-            random_crop=config.random_crop,
-            random_flip=config.random_flip,
-            drop_text=config.drop_text,
-            drop_id=config.drop_id,
-            drop_both=config.drop_both,
-            drop_clip=config.effective_drop_clip,
-            faces_per_sample=config.faces_per_sample,
-            multi_face=variant.multi_face,
-            normalized=variant.normalized_embedding,
-            clip_faces=variant.projection == "plus",
-            sdxl=model.components.is_sdxl,
-            seed=config.seed,
-        )
+    def _dataset(self, prepared: PreparedDataset) -> FaceTrainingDataset:
+        config = self.config
         buckets = None
         if config.buckets:
             buckets = aspect_ratio_buckets(config.resolution, config.bucket_step, config.max_aspect_ratio)
-        dataset = FaceTrainingDataset(prepared, options, buckets=buckets)
+        return FaceTrainingDataset(prepared, SampleOptions.from_config(config, prepared, self.variant), buckets=buckets)
+
+    def _add_caches(self, dataset: FaceTrainingDataset, model: AdapterTrainingModel) -> None:
+        """Latents and text embeddings computed once under ``OUTPUT/cache/`` when the config asks for them."""
+        config = self.config
         if config.cache_latents:
             dataset.latent_cache = self._cached("latents", lambda folder: build_latent_cache(
                 dataset, folder, lambda pixels: model.latent_distribution(pixels).parameters,
@@ -289,9 +326,8 @@ class Trainer:
             ), LatentCache)
         if config.cache_text_embeddings:
             dataset.text_cache = self._cached("text", lambda folder: build_text_cache(
-                prepared, folder, model.encode_captions
+                dataset.prepared, folder, model.encode_captions
             ), TextCache)
-        return dataset
 
     def _cached(self, name: str, build, reader):
         """The cache ``name`` under the output folder: built once (main process), then read by every process.
@@ -342,6 +378,9 @@ class Trainer:
                 with accelerator.accumulate(model):
                     generator = step_generator(config.seed, batches, accelerator.process_index)
                     loss = model(batch, generator)
+                    batch_loss = accelerator.gather(loss.detach()[None]).mean().item()
+                    if not math.isfinite(batch_loss):
+                        raise self._diverged(batch_loss, step + 1)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and config.max_grad_norm:
                         accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
@@ -349,7 +388,7 @@ class Trainer:
                     lr_scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                 batches += 1
-                accumulated += accelerator.gather(loss.detach()[None]).mean().item() / config.gradient_accumulation_steps
+                accumulated += batch_loss / config.gradient_accumulation_steps
                 if not accelerator.sync_gradients:
                     continue
                 step += 1
@@ -370,9 +409,24 @@ class Trainer:
         if last_checkpoint is None:
             existing = list_checkpoints(self.output_dir)
             last_checkpoint = existing[-1] if existing else None
-        accelerator.end_training()
         adapter = last_checkpoint / ADAPTER_FILE if last_checkpoint is not None else None
         return TrainResult(self.output_dir, step, last_checkpoint, adapter, losses, accelerator.is_main_process)
+
+    def _diverged(self, loss: float, step: int) -> TrainingError:
+        """The error that stops a run at its first non-finite loss, before the optimizer applies it."""
+        config = self.config
+        causes = [f"learning_rate {config.learning_rate:g} too high (lower it, or warm up with lr_warmup_steps)"]
+        if config.max_grad_norm is None:
+            causes.append("no gradient clipping (set max_grad_norm: 1.0)")
+        if config.mixed_precision == "fp16":
+            causes.append("fp16 overflowing (use mixed_precision: bf16 or no)")
+        causes.append(f"broken images or embeddings in the data set {config.data}")
+        existing = list_checkpoints(self.output_dir)
+        kept = f"the last good checkpoint is {existing[-1]}" if existing else "no checkpoint was saved"
+        return TrainingError(
+            f"training stopped at step {step}: the loss is {loss} (not finite), so the weights would turn to NaN; "
+            f"likely causes: {'; '.join(causes)}. Nothing of this step was saved; {kept}"
+        )
 
     # --- checkpoints ----------------------------------------------------------------------------------
 
@@ -382,10 +436,18 @@ class Trainer:
         folder = self.output_dir / CHECKPOINTS_DIR / f"checkpoint-{step:07d}"
         if accelerator.is_main_process and folder.exists():
             raise TrainingError(f"{folder} already exists; it is never overwritten (resume from it, or move it)")
+        unwrapped = accelerator.unwrap_model(model)
+        broken = [name for name, parameter in unwrapped.named_parameters()
+                  if parameter.requires_grad and not torch.isfinite(parameter).all()]
+        if broken:
+            raise TrainingError(
+                f"step {step}: {len(broken)} trained tensors hold NaN or infinite values ({', '.join(broken[:3])}"
+                f"{', ...' if len(broken) > 3 else ''}); no checkpoint is written. Lower learning_rate or set "
+                "max_grad_norm: 1.0, then resume from an earlier checkpoint or start again"
+            )
         accelerator.wait_for_everyone()
         accelerator.save_state(str(folder))
         if accelerator.is_main_process:
-            unwrapped = accelerator.unwrap_model(model)
             metadata = self._metadata(unwrapped, step)
             write_adapter(adapter_checkpoint(unwrapped), folder / ADAPTER_FILE, metadata=metadata)
             if ema is not None:
@@ -394,7 +456,9 @@ class Trainer:
                 ema.copy_to(trainable)
                 write_adapter(adapter_checkpoint(unwrapped), folder / EMA_ADAPTER_FILE, metadata={**metadata, "ema": "true"})
                 ema.restore(trainable)
-            (folder / STATE_FILE).write_text(json.dumps({"step": step, "batches": batches}))
+            state = {"step": step, "batches": batches, "output_dir": str(self.output_dir.resolve()),
+                     "settings": run_settings(self.config)}
+            (folder / STATE_FILE).write_text(json.dumps(state, indent=1))
             self._prune_checkpoints()
         accelerator.wait_for_everyone()
         return folder
@@ -468,14 +532,12 @@ def validation_images(model: AdapterTrainingModel, prepared: PreparedDataset, co
     components = model.components
     variant = model.variant
     groups = prepared.identities()
-    labels = config.validation_identities or list(groups)[:2]
-    unknown = [label for label in labels if label not in groups]
-    if unknown:
-        raise TrainingError(f"validation_identities {unknown} are not in the data set; it has {', '.join(list(groups)[:10])}")
     size = config.resolution
-    guidance = config.validation_guidance_scale or (5.0 if components.is_sdxl else 7.5)
+    guidance = config.validation_guidance_scale
+    if guidance is None:
+        guidance = 5.0 if components.is_sdxl else 7.5
     images = {}
-    for label in labels:
+    for label in validation_labels(prepared, config):
         members = groups[label]
         embeddings = [prepared.embedding(i, normalized=variant.normalized_embedding) for i in members]
         if variant.multi_face:
@@ -485,8 +547,6 @@ def validation_images(model: AdapterTrainingModel, prepared: PreparedDataset, co
             embeds = torch.from_numpy(embeddings[0])[None]
         clip_cond = clip_uncond = keep = None
         if variant.projection == "plus":
-            from ..adapters.tokens import clip_pixel_values
-
             clip_cond = clip_pixel_values([prepared.face(members[0])])
             clip_uncond = torch.zeros_like(clip_cond)
             keep = torch.ones(1)
@@ -503,6 +563,36 @@ def validation_images(model: AdapterTrainingModel, prepared: PreparedDataset, co
                 )
             images[(label, prompt_index)] = output.images[0]
     return images
+
+
+def validation_labels(prepared: PreparedDataset, config: TrainConfig) -> list[str]:
+    """The identities of the validation images: ``validation_identities``, or the data set's first two."""
+    groups = prepared.identities()
+    labels = config.validation_identities or list(groups)[:2]
+    unknown = [label for label in labels if label not in groups]
+    if unknown:
+        raise TrainingError(
+            f"validation_identities {unknown} are not in the data set {config.data}; it has "
+            f"{', '.join(list(groups)[:10])}{', ...' if len(groups) > 10 else ''}: name some of those, or leave "
+            "validation_identities empty"
+        )
+    return labels
+
+
+def run_settings(config: TrainConfig) -> dict[str, Any]:
+    """The settings that make a run what it is, recorded in every checkpoint: resuming with other values would
+    continue a different training. Settings that only change its length, logging, validation, speed or memory
+    (and the output folder, which may move) are left out."""
+    return {key: value for key, value in config.to_dict().items() if key not in _RESUMABLE_CHANGES}
+
+
+#: Settings a resumed run may change.
+_RESUMABLE_CHANGES = frozenset({
+    "output_dir", "max_steps", "checkpointing_steps", "checkpoints_total_limit", "log_with", "tracker_project",
+    "validation_steps", "validation_prompts", "validation_identities", "validation_seed",
+    "validation_num_inference_steps", "validation_guidance_scale", "progress", "num_workers",
+    "gradient_checkpointing", "cache_latents", "cache_text_embeddings",
+})
 
 
 def _release_other_precision(mixed_precision: str) -> None:

@@ -13,7 +13,7 @@ from faceprompt.cli import main
 from faceprompt.errors import DatasetError
 from faceprompt.faces import FaceAnalyzer
 from faceprompt.training.prepare import collect_inputs, framing_box, parse_crops, prepare_dataset
-from faceprompt.training.prepared import PreparedDataset, record_id
+from faceprompt.training.dataset import PreparedDataset, record_id
 
 #: Small enough for the 112-px Tom Hanks sample; the thumbnail (96 px) is below it.
 OPTIONS = dict(min_resolution=100, min_face_size=60, blur_threshold=40, shard_size=3, backend="dlib", progress=False)
@@ -270,9 +270,44 @@ def test_parse_crops_and_bad_options(photos, tmp_path):
     for bad in ("closeup", "closeup=x"):
         with pytest.raises(DatasetError, match="NAME=PROPORTION"):
             parse_crops(bad)
-    for crops in ({"closeup": 0}, {"close up": 2}, {}):
-        with pytest.raises(DatasetError, match="crop"):
-            prepare_dataset([photos], tmp_path / "out", **{**OPTIONS, "crops": crops})
     with pytest.raises(DatasetError, match="unknown engine 'spark'"):
         prepare_dataset([photos], tmp_path / "out", **{**OPTIONS, "engine": "spark"})
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"crops": {"closeup": 0}}, r"crop closeup=0: the proportion \(crop side in face-box sizes\) must be a number "
+                                    r"within \[1, 32\]; use e\.g\. closeup=2"),
+        ({"crops": {"closeup": -2.0}}, r"crop closeup=-2\.0: .* within \[1, 32\]"),
+        ({"crops": parse_crops("closeup=nan")}, r"crop closeup=nan: .* within \[1, 32\]"),
+        ({"crops": parse_crops("closeup=inf")}, r"crop closeup=inf: .* within \[1, 32\]"),
+        ({"crops": {"closeup": 1e6}}, r"crop closeup=1000000\.0: .* within \[1, 32\]"),
+        ({"crops": {"close up": 2}}, r"crop name 'close up' must be a word"),
+        ({"crops": {}}, r"crops is empty"),
+        ({"min_face_size": float("nan")}, r"min_face_size must be a finite number >= 0, got nan; the default is 128"),
+        ({"min_face_size": -1.0}, r"min_face_size must be a finite number >= 0, got -1\.0"),
+        ({"blur_threshold": float("inf")}, r"blur_threshold must be a finite number >= 0, got inf; the default is 40"),
+        ({"min_resolution": -5}, r"min_resolution must be a whole number >= 1, got -5; the default is 1024"),
+        ({"min_resolution": float("nan")}, r"min_resolution must be a whole number >= 1, got nan"),
+        ({"shard_size": 0}, r"shard_size must be a whole number >= 1, got 0; the default is 1000"),
+    ],
+)
+def test_bad_settings_are_refused_before_any_work(photos, tmp_path, change, message):
+    with pytest.raises(DatasetError, match=message):
+        prepare_dataset([photos], tmp_path / "out", **{**OPTIONS, **change})
+    assert not (tmp_path / "out").exists()
+
+
+def test_manifest_that_is_not_utf8_names_the_file_and_line(photos, tmp_path):
+    manifest = tmp_path / "manifest.jsonl"
+    good = json.dumps({"path": str(photos / "alice/astronaut.png")}).encode()
+    manifest.write_bytes(good + b"\n" + b'{"path": "caf\xe9.png"}\n')  # Latin-1, not UTF-8
+    with pytest.raises(DatasetError, match=r"manifest\.jsonl: line 2 is not UTF-8 text \(byte 0xe9 at column 14\); "
+                                           r"save the manifest as UTF-8"):
+        prepare_dataset([], tmp_path / "out", manifest=manifest, **OPTIONS)
+    assert not (tmp_path / "out").exists()
+    # a byte-order mark before the first row is fine
+    manifest.write_bytes(b"\xef\xbb\xbf" + good + b"\n")
+    assert collect_inputs([], manifest)[0].source == str(photos / "alice/astronaut.png")

@@ -4,16 +4,15 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
-from faceprompt.testing.datasets import synthetic_dataset
 from faceprompt.training.config import config_from_dict
 from faceprompt.training.data import FaceTrainingDataset, SampleOptions, build_latent_cache, build_text_cache
 from faceprompt.training.model import AdapterTrainingModel
-from faceprompt.training.prepared import PreparedDataset
+from faceprompt.training.dataset import PreparedDataset
 from faceprompt.training.trainer import load_components, step_generator, train
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, synthetic_dataset):
     root = tmp_path_factory.mktemp("data") / "set"
     synthetic_dataset(root, 6, num_identities=2, size=64)
     return root
@@ -25,7 +24,7 @@ def test_cached_batch_gives_the_uncached_loss(variant, data, tmp_path):
                                    data=str(data), output_dir=str(tmp_path)))
     components = load_components(config, config.adapter_variant)
     model = AdapterTrainingModel.create(components, config.adapter_variant, lora_rank=4, noise_offset=0.1)
-    options = SampleOptions(resolution=64, crops=("closeup", "fullbody"), drop_text=0.5, drop_id=0.0, drop_both=0.0,
+    options = SampleOptions(resolution=64, crops=("closeup", "fullbody"), random_flip=True, drop_text=0.5,
                             sdxl=components.is_sdxl)
     uncached = FaceTrainingDataset(PreparedDataset(data), options)
     latents = build_latent_cache(uncached, tmp_path / "latents", lambda p: model.latent_distribution(p).parameters)

@@ -10,14 +10,13 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from faceprompt.testing.datasets import synthetic_dataset
 
 SETTINGS = dict(variant="faceid-sd15", base_model="tiny", resolution=64, batch_size=2, max_steps=3,
                 checkpointing_steps=2, lora_rank=4, log_with="none", progress=False, random_crop=True)
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, synthetic_dataset):
     root = tmp_path_factory.mktemp("data") / "set"
     synthetic_dataset(root, 8, size=64)
     return root

@@ -9,7 +9,6 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from faceprompt.errors import TrainingError
-from faceprompt.testing.datasets import synthetic_dataset
 from faceprompt.training.config import config_from_dict
 from faceprompt.training.trainer import train
 
@@ -20,7 +19,7 @@ SETTINGS = dict(
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, synthetic_dataset):
     root = tmp_path_factory.mktemp("data") / "set"
     synthetic_dataset(root, 4, size=64)
     return root
@@ -80,17 +79,22 @@ def test_wandb_offline_run_gets_losses_and_captioned_validation_images(data, tmp
     assert all(any(np.array_equal(pixels, png) for png in saved) for pixels in media_pixels)
 
 
-def test_wandb_without_a_login_is_a_clear_error(data, tmp_path, monkeypatch):
+def test_wandb_without_a_login_is_a_clear_error(data, tmp_path, monkeypatch, no_network):
+    """W&B's own refusal (what wandb.init raises without a login) becomes one TrainingError with the fixes, before the
+    run writes its config.yaml."""
     import wandb
+    from wandb.errors import UsageError
 
-    wandb.teardown()  # W&B keeps process-wide settings (an earlier test's offline mode)
-    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DISABLED", "WANDB_ANONYMOUS", "NETRC", "WANDB_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc login
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    def not_logged_in(*args, **kwargs):
+        raise UsageError("api_key not configured (no-tty). call wandb.login(key=[your_api_key])")
+
+    monkeypatch.setattr(wandb, "init", not_logged_in)
     config = config_from_dict({**SETTINGS, "data": str(data), "output_dir": str(tmp_path / "run"), "log_with": "wandb"})
-    with pytest.raises(TrainingError, match=r"log_with: wandb: W&B could not start .*wandb login.*WANDB_MODE=offline"):
+    with pytest.raises(TrainingError, match=r"^log_with: wandb: W&B could not start \(api_key not configured \(no-tty\)\. "
+                                            r"call wandb\.login\(key=\[your_api_key\]\)\); run `wandb login`, set "
+                                            r"WANDB_MODE=offline, or choose log_with: tensorboard$"):
         train(config)
+    assert not (tmp_path / "run" / "config.yaml").exists()
 
 
 def test_a_tracker_that_is_not_installed_is_a_clear_error(data, tmp_path, monkeypatch):

@@ -5,7 +5,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from faceprompt.testing.datasets import synthetic_dataset
 from faceprompt.training.config import config_from_dict
 from faceprompt.training.trainer import train
 
@@ -14,7 +13,7 @@ SETTINGS = dict(variant="faceid-sd15", base_model="tiny", resolution=64, batch_s
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, synthetic_dataset):
     root = tmp_path_factory.mktemp("data") / "set"
     synthetic_dataset(root, 4, size=64)
     return root

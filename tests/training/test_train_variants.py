@@ -7,13 +7,17 @@ import pytest
 import torch
 
 from faceprompt import FacePipeline
-from faceprompt.adapters import attach_adapter, get_runtime, identity_tokens, load_checkpoint
-from faceprompt.adapters.attention import ImagePrompt
-from faceprompt.adapters.tokens import clip_image_embeds
+from faceprompt.adapters import (
+    ImagePrompt,
+    attach_adapter,
+    clip_image_embeds,
+    get_runtime,
+    identity_tokens,
+    load_checkpoint,
+)
 from faceprompt.compat import IPAdapterFaceID
 from faceprompt.testing import tiny_clip_vision_model, tiny_sd15_pipeline, tiny_sdxl_pipeline
 from faceprompt.testing.adapters import random_id_embeds
-from faceprompt.testing.datasets import synthetic_dataset
 from faceprompt.training.config import config_from_dict
 from faceprompt.training.export import export_checkpoint
 from faceprompt.training.trainer import Trainer
@@ -31,7 +35,7 @@ VARIANTS = [
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, synthetic_dataset):
     root = tmp_path_factory.mktemp("data") / "set"
     synthetic_dataset(root, 8, num_identities=2, size=64)
     return root

@@ -9,9 +9,8 @@ import pytest
 from PIL import Image
 
 from faceprompt.errors import DatasetError
-from faceprompt.testing.datasets import synthetic_dataset
 from faceprompt.training import PreparedDataset, ShardWriter, write_dataset_info, write_summary
-from faceprompt.training.prepared import record_id
+from faceprompt.training.dataset import record_id
 
 CROPS = {"closeup": 2.0, "fullbody": 8.0}
 DIM = 16
@@ -136,7 +135,7 @@ def test_finished_shard_is_never_rewritten(written):
         ShardWriter(root, "00000", CROPS, segmented=True)
 
 
-def test_unknown_crop_and_missing_segmentation(written, tmp_path_factory):
+def test_unknown_crop_and_missing_segmentation(written, tmp_path_factory, synthetic_dataset):
     root, _ = written
     dataset = PreparedDataset(root)
     with pytest.raises(DatasetError, match="unknown crop 'halfbody'.*closeup, fullbody"):
@@ -198,7 +197,7 @@ def test_writer_ids_default_to_the_file_digest(tmp_path):
         assert writer.add(**row) == hashlib.sha256(b"some image bytes").hexdigest()[:16]
 
 
-def test_synthetic_dataset(tmp_path):
+def test_synthetic_dataset(tmp_path, synthetic_dataset):
     dataset = synthetic_dataset(tmp_path / "ds", 7, num_identities=3, size=64, seed=1, shard_size=3)
     assert len(dataset) == 7
     assert dataset.info["shards"] == ["00000", "00001", "00002"]

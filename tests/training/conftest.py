@@ -1,4 +1,7 @@
-"""Synthetic prepared data sets for fast trainer tests: no photos, no face detection."""
+"""Synthetic prepared data sets for fast trainer tests: no photos, no face detection.
+
+The ``synthetic_dataset`` fixture gives the writer function (session-scoped, so module-scoped fixtures can use it).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,11 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from ..errors import DatasetError
-from ..training.prepared import (
+from faceprompt.errors import DatasetError
+from faceprompt.training.dataset import (
     FACE_CROP_SIZE,
     PreparedDataset,
     ShardWriter,
@@ -22,7 +26,7 @@ SYNTHETIC_FACE_MODEL = "synthetic/random"
 SYNTHETIC_CROPS = {"closeup": 2.0, "halfbody": 4.0, "fullbody": 8.0}
 
 
-def synthetic_dataset(
+def write_synthetic_dataset(
     root: str | os.PathLike,
     num_records: int = 8,
     *,
@@ -87,3 +91,22 @@ def synthetic_dataset(
 def _noisy_image(rng: np.random.Generator, colour: np.ndarray, size: int) -> Image.Image:
     pixels = colour[None, None, :] + rng.integers(-20, 21, size=(size, size, 3))
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset():
+    """:func:`write_synthetic_dataset`, for tests and fixtures of any scope."""
+    return write_synthetic_dataset
+
+
+@pytest.fixture()
+def no_network(monkeypatch):
+    """Any attempt to open a network connection fails the test (a socket guard, not a timing)."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"the test tried to reach the network: {args[1:] or args}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
