@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 from diffusers import (
     AnimateDiffPipeline,
@@ -81,22 +82,19 @@ def test_controlnet_from_a_unet_with_an_identity_adapter():
     assert all(torch.allclose(found[key], expected[key], atol=1e-6) for key in expected)
 
 
-def test_sd15_controlnet_pipeline_runs_and_follows_the_control_image():
-    base = tiny_sd15_pipeline()
-    pipe = _quiet(StableDiffusionControlNetPipeline(**base.components, controlnet=tiny_controlnet()))
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_controlnet_pipeline_runs_and_follows_the_control_image(family):
+    if family == "sd15":
+        base, controlnet, pipeline_class = tiny_sd15_pipeline(), tiny_controlnet(), StableDiffusionControlNetPipeline
+    else:
+        base, controlnet, pipeline_class = tiny_sdxl_pipeline(), tiny_sdxl_controlnet(), StableDiffusionXLControlNetPipeline
+    pipe = _quiet(pipeline_class(**base.components, controlnet=controlnet))
     first = pipe("a photo", image=_control_image(0), generator=torch.Generator().manual_seed(0), **STEPS).images
     again = pipe("a photo", image=_control_image(0), generator=torch.Generator().manual_seed(0), **STEPS).images
     other = pipe("a photo", image=_control_image(1), generator=torch.Generator().manual_seed(0), **STEPS).images
     assert first.shape == (1, 64, 64, 3) and np.isfinite(first).all()
     assert np.array_equal(first, again)
     assert np.abs(first - other).max() > 1e-3
-
-
-def test_sdxl_controlnet_pipeline_runs():
-    base = tiny_sdxl_pipeline()
-    pipe = _quiet(StableDiffusionXLControlNetPipeline(**base.components, controlnet=tiny_sdxl_controlnet()))
-    image = pipe("a photo", image=_control_image(0), generator=torch.Generator().manual_seed(0), **STEPS).images
-    assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()
 
 
 def test_motion_adapter_fits_the_tiny_unet_and_animatediff_runs():
