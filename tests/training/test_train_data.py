@@ -7,6 +7,7 @@ from PIL import Image
 
 from faceprompt.adapters import clip_pixel_values
 from faceprompt.errors import TrainingError
+from faceprompt.training.config import config_from_dict
 from faceprompt.training.data import (
     BucketBatchSampler,
     FaceTrainingDataset,
@@ -131,3 +132,25 @@ def test_aspect_ratio_buckets_and_the_bucket_batch_sampler():
 def test_unknown_crop_is_refused(prepared):
     with pytest.raises(TrainingError, match=r"crops \['portrait'\] are not in the data set"):
         FaceTrainingDataset(prepared, options(crops=("portrait",)))
+
+
+@pytest.mark.parametrize(
+    "variant, expected",
+    [
+        ("faceid-sd15", dict(drop_clip=0.0, faces_per_sample=1, multi_face=False, normalized=True, clip_faces=False,
+                             sdxl=False)),
+        ("faceid-plusv2-sdxl", dict(drop_clip=0.5, faces_per_sample=1, multi_face=False, normalized=True,
+                                    clip_faces=True, sdxl=True)),
+        ("faceid-portrait-unnorm-sdxl", dict(drop_clip=0.0, faces_per_sample=3, multi_face=True, normalized=False,
+                                             clip_faces=False, sdxl=True)),
+    ],
+)
+def test_sample_options_come_from_the_config_and_the_variant(prepared, variant, expected):
+    config = config_from_dict(dict(variant=variant, base_model="tiny", data="d", output_dir="o", resolution=48,
+                                   random_crop=True, random_flip=False, drop_text=0.1, drop_id=0.2, drop_both=0.3,
+                                   num_faces=3, seed=5))
+    options = SampleOptions.from_config(config, prepared, config.adapter_variant)
+    assert options == SampleOptions(resolution=48, crops=CROPS, random_crop=True, random_flip=False, drop_text=0.1,
+                                    drop_id=0.2, drop_both=0.3, seed=5, **expected)
+    chosen = config_from_dict(dict(variant=variant, base_model="tiny", data="d", output_dir="o", crops=["closeup"]))
+    assert SampleOptions.from_config(chosen, prepared, chosen.adapter_variant).crops == ("closeup",)

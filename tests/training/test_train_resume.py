@@ -156,6 +156,24 @@ def test_a_non_finite_loss_stops_the_run_and_non_finite_weights_are_never_saved(
     assert not (tmp_path / "exported.bin").exists()
 
 
+def test_a_run_that_stopped_before_its_first_checkpoint_can_be_started_again_corrected(data, tmp_path, monkeypatch,
+                                                                                       capsys):
+    def nan_forward(model, batch, generator):
+        return torch.tensor(math.nan, requires_grad=True)
+
+    settings = {**SETTINGS, "data": str(data), "output_dir": str(tmp_path / "run"), "ema": False, "max_steps": 1,
+                "gradient_accumulation_steps": 1}
+    with monkeypatch.context() as patch:
+        patch.setattr(AdapterTrainingModel, "forward", nan_forward)
+        with pytest.raises(TrainingError, match=r"^training stopped at step 1: the loss is nan .*no checkpoint was saved$"):
+            train(config_from_dict(settings))
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["learning_rate"] == 1e-3
+    result = train(config_from_dict({**settings, "learning_rate": 1e-4}))
+    assert result.step == 1
+    assert "config.yaml: replacing the settings of an earlier attempt that saved no checkpoint" in capsys.readouterr().out
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["learning_rate"] == 1e-4
+
+
 def test_gradient_checkpointing_gives_the_same_training(data, tmp_path):
     """The image-token keys/values are recomputed under checkpointing's recompute: same gradients, same weights."""
     settings = {**SETTINGS, "data": str(data), "max_steps": 2, "ema": False, "gradient_accumulation_steps": 1}
