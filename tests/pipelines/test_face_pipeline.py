@@ -72,6 +72,12 @@ def test_per_sample_identities_where_diffusers_mixes_them(adapter_file):
     assert torch.allclose(batched.images[1], second.images[0], atol=1e-4)
     assert [m["seed"] for m in batched.metadata] == [10, 11]
     assert [m["prompt"] for m in batched.metadata] == ["a photo", "a painting"]
+    prompts = ["a photo", "a painting"]
+    grid = pipe(prompts, faceid_embeds=embeds, num_images=2, seed=20, **STEPS)  # prompt-major: p0, p0, p1, p1
+    for index in range(4):
+        row = index // 2
+        alone = pipe(prompts[row], faceid_embeds=embeds[row : row + 1], seed=20 + index, **STEPS)
+        assert torch.allclose(grid.images[index], alone.images[0], atol=1e-4), index
 
 
 def test_determinism_identity_effect_and_scale_zero(adapter_file):

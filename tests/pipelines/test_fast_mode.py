@@ -48,23 +48,42 @@ def test_lcm_lora_is_fused_exactly_and_sets_scheduler_and_defaults():
     assert override.metadata[0]["num_inference_steps"] == 6
 
 
-def test_fast_mode_equals_diffusers_lora_path_with_the_identity_off():
-    face = _face()
+#: mode -> family, diffusers scheduler class and config overrides, steps (each published recipe's)
+RECIPES = {
+    "lcm-lora": ("sd15", "LCMScheduler", {}, 4),
+    "hyper-sd": ("sd15", "DDIMScheduler", {"timestep_spacing": "trailing"}, 8),
+    "lightning": ("sdxl", "EulerDiscreteScheduler", {"timestep_spacing": "trailing"}, 4),
+}
+
+
+@pytest.mark.parametrize("mode", list(RECIPES))
+def test_fast_mode_equals_diffusers_lora_path_with_the_identity_off(mode):
+    """Each mode: the LoRA fused as diffusers' ``load_lora_weights`` + ``fuse_lora`` does, and the recipe's scheduler
+    (with its timestep spacing), steps and guidance 1.0 as the call's defaults."""
+    import diffusers
+
+    from faceprompt.testing import tiny_sdxl_pipeline
+
+    family, scheduler_name, scheduler_options, steps = RECIPES[mode]
+    make_pipeline = tiny_sd15_pipeline if family == "sd15" else tiny_sdxl_pipeline
+    pipe = make_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    face = FacePipeline(pipe, random_faceid_state_dict(pipe.unet, "mlp", lora_rank=4, seed=1))
     lora = _distillation_lora(face.pipeline.unet)
-    face.enable_fast_mode("lcm-lora", lora=lora)
+    face.enable_fast_mode(mode, lora=lora)
     set_lora(face.pipeline, "faceid", mode="off")
-    ours = face("a photo", faceid_embeds=random_id_embeds(1), scale=0.0, seed=3, **RUN).images
+    ours = face("a photo", faceid_embeds=random_id_embeds(1), scale=0.0, seed=3, **RUN)
+    assert (ours.metadata[0]["num_inference_steps"], ours.metadata[0]["guidance_scale"]) == (steps, 1.0)
 
-    from diffusers import LCMScheduler
-
-    reference = tiny_sd15_pipeline()
+    reference = make_pipeline()
     reference.set_progress_bar_config(disable=True)
     reference.load_lora_weights(lora)
     reference.fuse_lora()
-    reference.scheduler = LCMScheduler.from_config(reference.scheduler.config)
-    expected = reference("a photo", num_inference_steps=4, guidance_scale=1.0,
+    scheduler_class = getattr(diffusers, scheduler_name)
+    reference.scheduler = scheduler_class.from_config(reference.scheduler.config, **scheduler_options)
+    expected = reference("a photo", num_inference_steps=steps, guidance_scale=1.0,
                          generator=torch.Generator().manual_seed(3), **RUN).images
-    np.testing.assert_allclose(ours, expected, atol=1e-5)
+    np.testing.assert_allclose(ours.images, expected, atol=1e-5)
 
 
 def test_identity_still_conditions_in_fast_mode():
