@@ -457,6 +457,11 @@ def test_image_resampler_attaches_to_sdxl(encoder):
     assert (layout.projection, layout.cross_attention_dim, layout.resampler_heads) == ("image_resampler", 128, 2)
     cond, uncond = image_prompt_tokens(adapter, encoder, style_image(2))
     assert cond.shape == uncond.shape == (1, 16, 128)
+    pixels = CLIPImageProcessorPil()(images=[style_image(2)], return_tensors="pt").pixel_values
+    with torch.no_grad():  # Plus: the resampler over hidden_states[-2], of zero pixel values for the negative
+        expected = adapter.projection(encoder(pixels, output_hidden_states=True).hidden_states[-2])
+        expected_uncond = adapter.projection(encoder(torch.zeros_like(pixels), output_hidden_states=True).hidden_states[-2])
+    assert torch.allclose(cond, expected, atol=1e-5) and torch.allclose(uncond, expected_uncond, atol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------------------------------
