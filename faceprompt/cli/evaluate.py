@@ -14,9 +14,9 @@ from .common import (
     add_analyzer_options,
     add_model_options,
     check_device,
-    load_face_pipeline,
     make_analyzer,
     markup_free,
+    model_options,
     parse_size,
     positive_int,
     print_warning,
@@ -124,7 +124,11 @@ def run_eval_run(args: argparse.Namespace) -> int:
             where = f" ({missing[0]} is not a file)" if missing else ""
             raise EvaluationError(f"--person {name}: give the person's photos (files or folders) after the name{where}")
     width, height = _checked_size(args.size)
-    check_device(args.device)
+    generation = dict(steps=args.steps, guidance=args.guidance, width=width, height=height, scale=args.scale,
+                      s_scale=args.s_scale)
+    generation = {key: value for key, value in generation.items() if value is not None}
+    _check_generation(prompts, photos_of, generation)
+    options = model_options(args)  # the models, checked as generate checks them
     clip = _clip_scorer(args.clip, args.device)
 
     analyzer = make_analyzer(args)
@@ -136,15 +140,15 @@ def run_eval_run(args: argparse.Namespace) -> int:
             scorers[name] = IdentityScorer.from_identity(people[name], analyzer)  # the same embeddings
         else:
             scorers[name] = IdentityScorer.from_photos(photos, evaluator)
-    generation = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, width=width, height=height,
-                      scale=args.scale, s_scale=args.s_scale)
     settings = ProtocolSettings(
         prompts=prompts,
         face_prompt=FACE_PROMPT if args.face_prompt is None else args.face_prompt or None,
         seeds=tuple(range(args.seeds)), baseline=not args.no_baseline and clip is not None, generation=generation,
         batch_size=args.batch_size,
     )
-    face = load_face_pipeline(args, next(iter(people.values())))
+    from ..pipelines import load_face_pipeline
+
+    face = load_face_pipeline(options, id_embeddings_dim=next(iter(people.values())).embedding_dim)
     face.pipeline.set_progress_bar_config(disable=True)
     total = len(people) * len(settings.jobs()) * (2 if settings.baseline else 1)
     from rich.progress import Progress
@@ -162,6 +166,15 @@ def run_eval_run(args: argparse.Namespace) -> int:
     write_text_file(summary_path, json.dumps(result.summary, indent=2))
     stdout.print(f"reports: {out}/<person>/report.json, summary: {summary_path}", highlight=False, markup=False)
     return 0
+
+
+def _check_generation(prompts: list[str], photos_of: dict, generation: dict) -> None:
+    """The protocol's generation settings, checked as ``generate`` checks a request, before any model loads."""
+    from ..pipelines import GenerateRequest, IdentityRef
+
+    photos = [str(photo) for photo in next(iter(photos_of.values()))]
+    GenerateRequest(prompt=prompts, identity=IdentityRef(photos=photos), seed=0,
+                    **generation)
 
 
 def _checked_size(size: str | None) -> tuple[int | None, int | None]:

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         request, options, index = _replay(args)
     else:
         request, options, index = _request(args), model_options(args), None
-    check_output_folder(args.out, inputs=_input_files(request))
+    check_output_folder(args.out)  # inputs are single files, never replaced: outputs may sit beside them
 
     # 2. The identity (face analysis of --face photos reports bad photos here, still before the models)
     first = request.identity if request.identity is not None else request.regions[0].identity
@@ -144,18 +144,6 @@ def _replay(args: argparse.Namespace):
         "written)", highlight=False, markup=False,
     )
     return request, options, index
-
-
-def _input_files(request) -> list[str]:
-    """Files the request reads: the output folder may not lie inside their folders."""
-    from ..pipelines import IdentityRef
-
-    files = [getattr(request, name) for name in ("image", "mask_image", "control_image", "style_image")]
-    references = [request.identity] if request.identity is not None else [r.identity for r in request.regions or []]
-    for reference in references:
-        if isinstance(reference, IdentityRef):
-            files += [reference.file, *(reference.photos or [])]
-    return [str(Path(file).parent) for file in files if isinstance(file, str)]
 
 
 def _generate(face, request):

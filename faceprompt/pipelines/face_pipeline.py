@@ -434,6 +434,10 @@ class FacePipeline:
         guidance = request.guidance
         if guidance is None:
             guidance = self.fast_mode.guidance_scale if self.fast_mode else DEFAULT_GUIDANCE_SCALE
+        if request.strength is not None and int(steps * request.strength) < 1:
+            raise GenerationError(
+                f"strength={request.strength} x {steps} steps leaves no denoising step; raise strength or steps"
+            )
         return steps, guidance
 
     def _task_inputs(self, request: GenerateRequest, task: str) -> dict[str, Any]:

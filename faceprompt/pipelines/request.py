@@ -148,6 +148,8 @@ class IdentityRef(BaseModel):
 def _check_identity_input(value: Any) -> Any:
     if value is None or isinstance(value, (Identity, IdentityRef)):
         return value
+    if isinstance(value, str) and value.startswith("<"):
+        raise ValueError(f"{value} stands for an in-memory Identity of the original call; pass an identity file")
     if isinstance(value, (str, Path)):
         return IdentityRef(file=str(value))
     if isinstance(value, dict):
@@ -163,10 +165,18 @@ IdentityInput = Annotated[
 
 
 def _check_array_input(value: Any) -> Any:
-    """Face embeddings handed in directly (Python only): ``[B, d]`` (Portrait ``[B, n, d]``), numpy or torch."""
-    if value is None or hasattr(value, "shape") or isinstance(value, (list, tuple)):
-        return value
-    raise ValueError(f"expected an array of face embeddings, got {type(value).__name__}")
+    """Face embeddings handed in directly (Python only): ``[d]``, ``[B, d]`` or Portrait ``[B, n, d]``, finite."""
+    if value is None:
+        return None
+    try:
+        array = np.asarray(value.detach().cpu() if hasattr(value, "detach") else value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected an array of face embeddings, got {type(value).__name__}") from None
+    if array.ndim not in (1, 2, 3) or array.size == 0:
+        raise ValueError(f"face embeddings must be [d], [B, d] or [B, n, d] with d > 0, got shape {list(array.shape)}")
+    if not np.isfinite(array).all():
+        raise ValueError("face embeddings hold NaN or infinite values")
+    return value
 
 
 ArrayInput = Annotated[
@@ -256,7 +266,7 @@ class GenerateRequest(BaseModel):
     width: int | None = Field(None, gt=0, multiple_of=8, description="image width, px (default: the model's)")
     height: int | None = Field(None, gt=0, multiple_of=8, description="image height, px (default: the model's)")
     max_pixels: int = Field(
-        DEFAULT_MAX_PIXELS, gt=0, description="pixel budget of one image or frame; raise it for larger sizes"
+        DEFAULT_MAX_PIXELS, ge=64 * 64, description="pixel budget of one image or frame; raise it for larger sizes"
     )
     steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="denoising steps (default 30; a fast mode's own)")
     guidance: float | None = Field(
@@ -302,6 +312,16 @@ class GenerateRequest(BaseModel):
             raise RequestError.from_validation(error) from None
 
     # --- field rules ------------------------------------------------------------------------------
+
+    @field_validator(
+        "width", "height", "max_pixels", "steps", "guidance", "scale", "s_scale", "start", "end", "seed", "num_images",
+        "num_frames", "fps", "strength", "style_scale", mode="before",
+    )
+    @classmethod
+    def _numbers_not_booleans(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # pydantic would read true as 1
+            raise ValueError("give a number, not true/false")
+        return value
 
     @field_validator("prompt")
     @classmethod
@@ -461,6 +481,10 @@ class GenerateRequest(BaseModel):
             raise ValueError(f"image is for img2img and inpaint, not {task}")
         if self.num_frames is not None and task != "video":
             raise ValueError(f"num_frames is for the video task, not {task}")
+        if self.strength is not None and self.steps is not None and int(self.steps * self.strength) < 1:
+            raise ValueError(
+                f"strength={self.strength} x steps={self.steps} leaves no denoising step; raise strength or steps"
+            )
 
     # --- derived values ---------------------------------------------------------------------------
 

@@ -47,17 +47,86 @@ def test_img2img_from_the_cli(tmp_path, astronaut_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--size", "60x64"], "width=60 must be a positive multiple of 8"),
+    (["--size", "60x64"], "width=60: input should be a multiple of 8"),
     (["--size", "big"], "--size must look like 512x768"),
-    (["--scale", "9"], "scale=9.0 is out of range"),
-    (["--strength", "2", "--image", "IMAGE"], "strength=2.0 is out of range"),
+    (["--size", "100000x100000"], "over the pixel budget of 4194304 pixels"),
+    (["--scale", "9"], "scale=9.0: must lie within [-1.0, 3.0]"),
+    (["--strength", "2", "--image", "IMAGE"], "strength=2.0: input should be less than or equal to 1"),
+    (["--steps", "0"], "steps=0: input should be greater than or equal to 1"),
+    (["--guidance", "nan"], "guidance=nan: input should be a finite number"),
+    (["--guidance", "inf"], "guidance=inf: input should be a finite number"),
+    (["--num-images", "0"], "num_images=0: input should be greater than or equal to 1"),
+    (["--num-frames", "0"], "num_frames=0: input should be greater than or equal to 1"),
+    (["--fps", "0", "--task", "video"], "fps=0.0: input should be greater than 0"),
+    (["--seed", str(2**64)], "seed=18446744073709551616: input should be less than or equal to 18446744073709551615"),
+    (["--seed", str(2**64 - 1), "--num-images", "2"], "passes the largest seed 2**64-1"),
+    (["--adapter", "no-such-name"], "adapter='no-such-name': not a registry name"),
+    (["--scheduler", "nope"], "scheduler='nope': unknown scheduler; choose one of ddim"),
+    (["--mask", "IMAGE"], "task inpaint needs image"),
+    (["--strength", "0.5"], "strength is for img2img and inpaint, not txt2img"),
+    (["--control-image", "IMAGE", "--task", "img2img"], "task img2img needs image"),
+    (["--image", "missing.png"], "missing.png is not a file; give the path of an image"),
+    (["--device", "cuda:7"], "device='cuda:7'"),
+    (["--device", "quantum"], "device='quantum': not a device name"),
+    (["--task", "video", "--adapter", "faceid-sdxl"], "the video task runs AnimateDiff, which is for SD1.5 bases"),
+    (["--base", "some/model"], "model=tiny builds its own random models; drop base"),
 ])
-def test_bad_options_exit_2_with_a_message(tmp_path, astronaut_path, extra, message, capsys):
+def test_bad_options_exit_2_with_one_line(tmp_path, astronaut_path, extra, message, capsys):
     extra = [str(astronaut_path) if item == "IMAGE" else item for item in extra]
-    code = main(["generate", "--face", str(astronaut_path), "--prompt", "x", "--out", str(tmp_path), "--backend",
+    code = main(["generate", "--face", str(astronaut_path), "--prompt", "x", "--out", str(tmp_path / "o"), "--backend",
                  "dlib", *TINY, *extra])
-    assert code == 2 and message in capsys.readouterr().err
-    assert not list(tmp_path.glob("*.png"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert "Traceback" not in err[0] and not (tmp_path / "o").exists()
+
+
+def test_negative_prompt_beside_several_prompts(tmp_path, astronaut_path, dlib_analyzer):
+    identity_file = Identity.from_images(astronaut_path, dlib_analyzer).save(tmp_path / "id.safetensors")
+    args = ["generate", "--identity", str(identity_file), "--prompt", "a", "--prompt", "b", "--negative", "blurry",
+            "--num-images", "2", "--seed", "3", "--out", str(tmp_path / "o"), *TINY]
+    assert main(args) == 0
+    records = [read_metadata(tmp_path / "o" / f"faceprompt-{seed}.png") for seed in (3, 4, 5, 6)]
+    assert [(r["prompt"], r["seed"], r["index"]) for r in records] == [("a", 3, 0), ("a", 4, 1), ("b", 5, 2), ("b", 6, 3)]
+    assert {r["negative_prompt"] for r in records} == {"blurry"}
+    # one request for the whole batch, recorded once per image with the seed of the first image
+    assert all(r["request"] == {**records[0]["request"]} for r in records)
+    assert records[0]["request"]["seed"] == 3 and records[0]["request"]["prompt"] == ["a", "b"]
+
+
+def test_from_metadata_makes_the_same_image_again(tmp_path, astronaut_path, dlib_analyzer):
+    identity_file = Identity.from_images(astronaut_path, dlib_analyzer).save(tmp_path / "id.safetensors")
+    assert main(["generate", "--identity", str(identity_file), "--prompt", "a", "--prompt", "b", "--num-images", "2",
+                 "--scale", "0.7", "--out", str(tmp_path / "o"), *TINY]) == 0
+    third = sorted((tmp_path / "o").glob("*.png"))[2]
+    assert main(["generate", "--from-metadata", str(third), "--out", str(tmp_path / "again")]) == 0
+    again = list((tmp_path / "again").glob("*.png"))
+    assert [path.name for path in again] == [third.name]
+    assert list(Image.open(again[0]).getdata()) == list(Image.open(third).getdata())
+    original, replayed = read_metadata(third), read_metadata(again[0])
+    assert {k: v for k, v in original.items()} == replayed and original["request"]["scale"] == 0.7
+
+
+def test_from_metadata_refuses_images_without_a_record(tmp_path, astronaut_path, capsys):
+    assert main(["generate", "--from-metadata", str(astronaut_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds no faceprompt record" in err[0]
+
+
+def test_output_folder_that_is_a_file(tmp_path, astronaut_path, capsys):
+    (tmp_path / "taken").write_text("mine")
+    code = main(["generate", "--face", str(astronaut_path), "--prompt", "x", "--out", str(tmp_path / "taken"), *TINY])
+    assert code == 2 and "is a file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_output_never_written_through_a_dangling_link(tmp_path, astronaut_path, dlib_analyzer):
+    identity_file = Identity.from_images(astronaut_path, dlib_analyzer).save(tmp_path / "id.safetensors")
+    out, outside = tmp_path / "o", tmp_path / "outside.png"
+    out.mkdir()
+    (out / "faceprompt-9.png").symlink_to(outside)
+    assert main(["generate", "--identity", str(identity_file), "--prompt", "x", "--seed", "9", "--out", str(out),
+                 *TINY]) == 0
+    assert not outside.exists() and (out / "faceprompt-9-1.png").is_file()
 
 
 def test_photo_without_a_face(tmp_path, capsys):
@@ -103,15 +172,32 @@ def test_fast_and_style_image_from_the_cli(tmp_path, astronaut_path, dlib_analyz
     assert record["style_scale"] == 0.5 and record["fast"] is None
 
 
-def test_memory_options_from_the_cli(tmp_path, astronaut_path, dlib_analyzer, capsys):
+def test_memory_options_from_the_cli(tmp_path, astronaut_path, dlib_analyzer, capsys, monkeypatch):
+    from faceprompt.pipelines import FacePipeline
+
+    switched = []
+    for name in ("enable_vae_tiling", "enable_vae_slicing"):
+        original = getattr(FacePipeline, name)
+
+        def record(self, name=name, original=original):
+            switched.append((name, self.pipeline.vae))
+            original(self)
+
+        monkeypatch.setattr(FacePipeline, name, record)
     identity_file = Identity.from_images(astronaut_path, dlib_analyzer).save(tmp_path / "id.safetensors")
     common = ["generate", "--identity", str(identity_file), "--prompt", "x", "--seed", "3", *TINY]
     assert main([*common, "--vae-tiling", "--vae-slicing", "--out", str(tmp_path / "o")]) == 0
+    assert [name for name, _ in switched] == ["enable_vae_tiling", "enable_vae_slicing"]
+    vae = switched[0][1]
+    assert vae.use_tiling and vae.use_slicing  # on the VAE that decoded the images
+    switched.clear()
     assert main([*common, "--out", str(tmp_path / "o")]) == 0
+    assert switched == []
     tiled, plain = Image.open(tmp_path / "o" / "faceprompt-3.png"), Image.open(tmp_path / "o" / "faceprompt-3-1.png")
-    assert list(tiled.getdata()) == list(plain.getdata())
+    assert list(tiled.getdata()) == list(plain.getdata())  # at 64 px one tile: the same image
+    capsys.readouterr()
     assert main([*common, "--offload", "--out", str(tmp_path / "p")]) == 2
-    assert "--offload moves models between the CPU and a GPU" in capsys.readouterr().err
+    assert "offload moves models between the CPU and a GPU" in capsys.readouterr().err
 
 
 def test_face_too_small_for_an_identity(tmp_path, astronaut_path, capsys):
