@@ -39,17 +39,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as _dt
 import gc
 import json
-import logging
-import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,138 +53,38 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks._machine import cpu_model, run_child, usable_cores
-from faceprompt.testing.full_size import FULL_SIZE_UNET_CONFIGS
+from benchmarks._harness import (
+    CpuShare,
+    Table,
+    key_value_table,
+    machine_info,
+    measure_in_children,
+    min_max,
+    progress_log,
+    quiet_libraries,
+    render,
+    rss_mib,
+)
+from benchmarks._models import (
+    SD15_UNET,
+    load_diffusers_faceid,
+    random_unet,
+    sharing_copy,
+    unload_diffusers_faceid,
+)
+from faceprompt.testing.full_size import full_size_unet
 
-#: The issue's goals.
+#: The targets this benchmark checks.
 GOAL_STEP_OVERHEAD = 0.03  # identity conditioning costs <= 3% over the bare UNet step
 GOAL_ATTACH_S = 1.0  # attaching a full-size FaceID checkpoint (LoRA fused) takes <= 1 s
 
-SD15_UNET = FULL_SIZE_UNET_CONFIGS["sd15"]
 BATCH = 2  # classifier-free guidance: [uncond; cond]
 TEXT_TOKENS = 77
 TIMESTEP = 500
 FACEID_FILE = "ip-adapter-faceid_sd15"  # the published name, so that the variant is recognised
 
 
-# --- machine ---------------------------------------------------------------------------------------
-
-
-def machine_info() -> dict[str, str]:
-    import diffusers
-    import peft
-
-    return {
-        "date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        "cpu": f"{cpu_model()}, {usable_cores()} usable cores",
-        "torch": f"{torch.__version__} ({torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()})",
-        "diffusers": diffusers.__version__,
-        "peft": peft.__version__,
-        "python": platform.python_version(),
-    }
-
-
-class CpuShare:
-    """Share of the machine's CPU time taken by *other* processes between ``start()`` and ``stop()``."""
-
-    def __init__(self) -> None:
-        self._start: tuple[float, float, float] | None = None
-
-    @staticmethod
-    def _sample() -> tuple[float, float, float] | None:
-        try:
-            values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-        except (OSError, ValueError, IndexError):
-            return None
-        ticks = os.sysconf("SC_CLK_TCK")
-        own = sum(os.times()[:4])  # this process and its finished children, seconds
-        return sum(values) / ticks, (values[3] + values[4]) / ticks, own
-
-    def start(self) -> None:
-        self._start = self._sample()
-
-    def stop(self) -> float | None:
-        end = self._sample()
-        if self._start is None or end is None:
-            return None
-        total = end[0] - self._start[0]
-        busy = total - (end[1] - self._start[1])
-        own = end[2] - self._start[2]
-        return max(0.0, (busy - own) / total) if total > 0 else None
-
-
-def rss_mib() -> dict[str, float]:
-    """``VmRSS`` and ``VmHWM`` (peak) of this process in MiB, from /proc/self/status."""
-    found = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            found[key] = int(value.split()[0]) / 1024.0
-    return found
-
-
-def quiet_libraries() -> None:
-    warnings.filterwarnings("ignore")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    for name in ("diffusers", "transformers", "peft", "huggingface_hub"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        import diffusers.utils.logging as diffusers_logging
-        import transformers.utils.logging as transformers_logging
-
-        diffusers_logging.set_verbosity_error()
-        transformers_logging.set_verbosity_error()
-    except ImportError:
-        pass
-
-
 # --- models ----------------------------------------------------------------------------------------
-
-
-def meta_unet():
-    from diffusers import UNet2DConditionModel
-
-    with torch.device("meta"):
-        return UNet2DConditionModel(**SD15_UNET)
-
-
-@torch.no_grad()
-def random_unet(seed: int = 0):
-    """The SD1.5 UNet with random weights: N(0, 1/fan_in) matrices, norms at identity (no NaN, no denormals).
-
-    Built on ``meta`` and filled in place: a few seconds instead of diffusers' default initialisation.
-    """
-    unet = meta_unet()
-    unet.to_empty(device="cpu")
-    generator = torch.Generator().manual_seed(seed)
-    for module in unet.modules():
-        for name, parameter in module.named_parameters(recurse=False):
-            if parameter.ndim >= 2:
-                parameter.normal_(0.0, (parameter[0].numel()) ** -0.5, generator=generator)
-            elif name == "weight" and isinstance(module, (nn.GroupNorm, nn.LayerNorm)):
-                parameter.fill_(1.0)
-            else:
-                parameter.zero_()
-    return unet.eval().requires_grad_(False)
-
-
-def sharing_copy(base, private_attention: bool = False):
-    """Another UNet object holding ``base``'s weight tensors (no copy).
-
-    ``private_attention``: the attention projections (what a fused LoRA modifies) get their own copies.
-    """
-    unet = meta_unet()
-    unet.load_state_dict(base.state_dict(), strict=True, assign=True)
-    unet.eval().requires_grad_(False)
-    if private_attention:
-        from diffusers.models.attention_processor import Attention
-
-        for attention in (m for m in unet.modules() if isinstance(m, Attention)):
-            for linear in (attention.to_q, attention.to_k, attention.to_v, attention.to_out[0]):
-                linear.weight = nn.Parameter(linear.weight.detach().clone(), requires_grad=False)
-    return unet
 
 
 def diffusers_pipeline(unet):
@@ -201,23 +96,6 @@ def diffusers_pipeline(unet):
     components = dict(tiny_sd15_pipeline(seed=0).components)
     components["unet"] = unet
     return StableDiffusionPipeline(**components)
-
-
-def load_diffusers_faceid(pipe, checkpoint: Any, fuse: bool = False) -> None:
-    """diffusers' FaceID path: ``load_ip_adapter`` (LoRA through peft, ``set_adapters``), optionally fused."""
-    if isinstance(checkpoint, Path):
-        pipe.load_ip_adapter(
-            str(checkpoint.parent), subfolder="", weight_name=checkpoint.name, image_encoder_folder=None
-        )
-    else:
-        pipe.load_ip_adapter(checkpoint, subfolder=None, weight_name=None, image_encoder_folder=None)
-    if fuse:
-        pipe.fuse_lora()
-
-
-def unload_diffusers_faceid(pipe) -> None:
-    pipe.unload_ip_adapter()
-    pipe.unload_lora_weights()
 
 
 @dataclass
@@ -243,7 +121,7 @@ def make_checkpoints(folder: Path) -> Checkpoints:
     from faceprompt.adapters import load_checkpoint, save_checkpoint
     from faceprompt.testing.adapters import random_faceid_state_dict
 
-    shape = meta_unet()  # random_faceid_state_dict reads only the architecture
+    shape = full_size_unet("sd15")  # on meta: random_faceid_state_dict reads only the architecture
     common = dict(id_embeddings_dim=512, clip_embeddings_dim=1280, std=0.02)
     faceid = random_faceid_state_dict(shape, "mlp", num_tokens=4, lora_rank=128, seed=1, **common)
     plus = random_faceid_state_dict(shape, "plus", num_tokens=4, lora_rank=128, seed=2, **common)
@@ -610,28 +488,12 @@ def memory_child(key: str, size: int, checkpoint: Path) -> dict[str, float]:
 
 
 def measure_memory(size: int, checkpoint: Path, log) -> dict[str, dict[str, float] | str]:
-    results: dict[str, dict[str, float] | str] = {}
-    for key, _ in MEMORY_CONFIGS:
-        arguments = ["--memory-child", key, "--size", str(size), "--checkpoint", str(checkpoint)]
-        start = time.perf_counter()
-        results[key] = run_child("benchmarks.adapters", arguments)
-        log(f"  memory {key}: {time.perf_counter() - start:.0f} s")
-    return results
+    runs = {key: ["--memory-child", key, "--size", str(size), "--checkpoint", str(checkpoint)]
+            for key, _ in MEMORY_CONFIGS}  # fmt: skip
+    return measure_in_children("benchmarks.adapters", runs, log)
 
 
 # --- tables ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Table:
-    title: str
-    headers: list[str]
-    rows: list[list[str]]
-    notes: list[str] = field(default_factory=list)
-
-
-def _spread(values: Sequence[float], fmt: str = "{:.2f}") -> str:
-    return f"{fmt.format(min(values))}-{fmt.format(max(values))}" if values else "-"
 
 
 def step_table(result: StepResult) -> Table:
@@ -650,9 +512,9 @@ def step_table(result: StepResult) -> Table:
             config.label,
             str(config.tokens) if config.tokens else "-",
             f"{statistics.median(times):.2f}",
-            _spread(times),
+            min_max(times),
             f"{ratio:.3f}",
-            _spread(ratios, "{:.3f}"),
+            min_max(ratios, "{:.3f}"),
             f"{fastest:.3f}",
             overhead,
             goal,
@@ -685,7 +547,7 @@ def attention_table(result: StepResult) -> Table:
         rows.append([
             config.label,
             f"{total:.3f}",
-            _spread([sum(run) for run in runs], "{:.3f}"),
+            min_max([sum(run) for run in runs], "{:.3f}"),
             "-" if config.key == "bare" else f"{extra * 1000:+.0f}",
             "-" if config.key == "bare" else f"{share * 100:+.1f}%",
             "-" if config.key == "bare" else ("yes" if share <= GOAL_STEP_OVERHEAD else "no"),
@@ -719,7 +581,7 @@ def attach_tables(result: AttachResult, parameters: int) -> list[Table]:
     rows = []
     for label, values in result.totals.items():
         goal = "yes" if statistics.median(values) <= GOAL_ATTACH_S else "no"
-        rows.append([label, f"{statistics.median(values):.3f}", _spread(values, "{:.3f}"), str(len(values)),
+        rows.append([label, f"{statistics.median(values):.3f}", min_max(values, "{:.3f}"), str(len(values)),
                      goal if label.startswith("attach_adapter") else "-"])  # fmt: skip
     totals = Table(
         f"Attach a full-size FaceID SD1.5 checkpoint (fp16 file, {parameters / 1e6:.1f}M parameters) to the fp32 UNet",
@@ -763,31 +625,6 @@ def memory_table(results: dict[str, dict[str, float] | str], size: int) -> Table
     )
 
 
-def render(tables: list[Table], info: dict[str, str], fmt: str) -> str:
-    lines = []
-    if fmt == "markdown":
-        lines.append("| | |\n|---|---|")
-        lines += [f"| {key} | {value} |" for key, value in info.items()]
-    else:
-        width = max(len(key) for key in info)
-        lines += [f"{key:<{width}}  {value}" for key, value in info.items()]
-    for table in tables:
-        lines.append("")
-        if fmt == "markdown":
-            lines.append(f"**{table.title}**\n")
-            lines.append("| " + " | ".join(table.headers) + " |")
-            lines.append("|" + "|".join("---" for _ in table.headers) + "|")
-            lines += ["| " + " | ".join(row) + " |" for row in table.rows]
-        else:
-            lines.append(table.title)
-            widths = [max(len(str(cell)) for cell in column) for column in zip(table.headers, *table.rows)]
-            for row in [table.headers, ["-" * w for w in widths], *table.rows]:
-                lines.append("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
-        for note in table.notes:
-            lines.append(f"\n_{note}_" if fmt == "markdown" else f"  ({note})")
-    return "\n".join(lines)
-
-
 # --- main ------------------------------------------------------------------------------------------
 
 
@@ -796,10 +633,7 @@ def run(args: argparse.Namespace) -> str:
     started = time.perf_counter()
     share = CpuShare()
     share.start()
-
-    def log(message: str) -> None:
-        print(f"[{time.perf_counter() - started:6.0f} s] {message}", file=sys.stderr, flush=True)
-
+    log = progress_log(started)
     plan = [(256, args.repeats, args.attention_repeats)] + ([] if args.quick else [(512, args.large_repeats, 0)])
     tables: list[Table] = []
     with tempfile.TemporaryDirectory(prefix="faceprompt-bench-") as folder:
@@ -826,7 +660,7 @@ def run(args: argparse.Namespace) -> str:
         if memory is not None:
             tables.append(memory_table(*memory))
     others = share.stop()
-    info = machine_info()
+    info = machine_info(["torch", "diffusers", "peft"])
     info["command"] = " ".join(["python -m benchmarks.adapters", *args.argv])
     info["other load"] = (
         f"other processes used {others:.0%} of the machine's CPU time during the run"
@@ -834,7 +668,7 @@ def run(args: argparse.Namespace) -> str:
         else "unknown"
     )
     info["wall time"] = f"{time.perf_counter() - started:.0f} s"
-    return render(tables, info, args.format)
+    return render([key_value_table(info), *tables], args.format)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,12 +25,21 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
 
-from benchmarks.adapters import CpuShare, Table, machine_info, quiet_libraries, render, rss_mib
+from benchmarks._harness import (
+    CpuShare,
+    Table,
+    key_value_table,
+    machine_info,
+    min_max,
+    quiet_libraries,
+    render,
+    rss_mib,
+    time_repeats,
+)
 
 NUM_IMAGES = 16
 IMAGE_SIDE = 512
@@ -73,15 +82,6 @@ def full_size_clip():
         projection_dim=768,
     )
     return CLIPModel(config).eval(), tiny_clip_processor()  # the tiny tokenizer's ids fit CLIP's 49408 vocabulary
-
-
-def time_repeats(work: Callable[[], object], repeats: int) -> list[float]:
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        work()
-        seconds.append(time.perf_counter() - start)
-    return seconds
 
 
 def run(args: argparse.Namespace) -> str:
@@ -133,17 +133,16 @@ def run(args: argparse.Namespace) -> str:
             f"{clip_rss:.0f} MiB of resident memory",
         ],
     )
-    info = machine_info()
+    info = machine_info(["torch", "diffusers", "peft"])
     info["command"] = " ".join(["python -m benchmarks.evaluate", *args.argv])
     info["other load"] = f"other processes used {others:.0%} of the CPU" if others is not None else "unknown"
     info["wall time"] = f"{time.perf_counter() - started:.0f} s"
-    return render([table], info, args.format)
+    return render([key_value_table(info), table], args.format)
 
 
 def _row(name: str, seconds: list[float]) -> list[str]:
     median = statistics.median(seconds)
-    return [name, f"{median:.2f}", f"{min(seconds):.2f}-{max(seconds):.2f}", f"{1000 * median / NUM_IMAGES:.0f}",
-            f"{NUM_IMAGES / median:.1f}"]
+    return [name, f"{median:.2f}", min_max(seconds), f"{1000 * median / NUM_IMAGES:.0f}", f"{NUM_IMAGES / median:.1f}"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,15 +27,12 @@ timed series.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,72 +41,34 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from benchmarks._machine import cpu_model, usable_cores
-from faceprompt.faces import FaceAnalyzer
+from benchmarks._harness import (
+    Table,
+    cpu_busy_fraction,
+    key_value_table,
+    machine_info,
+    median_and_range,
+    print_tables,
+    time_repeats,
+)
+from faceprompt.faces import FaceAnalyzer, usable_cores
 from faceprompt.faces.align import align_face
 from faceprompt.faces.face import laplacian_blur_score
 from faceprompt.images import downscale_for_analysis, load_image
 from faceprompt.samples import sample_photos
 
 PORTRAIT_SIDE = 512
-#: The issue's target for the dlib backend on 512-px single portraits with the machine's 2 cores.
+#: The target for the dlib backend on 512-px single portraits with 2 cores.
 GOAL_IMAGES_PER_S = 10.0
 STANDIN_LABEL = "insightface (stand-in models, random weights)"
-
-
-# --- machine ---------------------------------------------------------------------------------------
-
-
-def machine_info() -> dict[str, str]:
-    import dlib
-    import onnxruntime
-
-    return {
-        "date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        "cpu": f"{cpu_model()}, {usable_cores()} usable cores",
-        "python": platform.python_version(),
-        "dlib": (
-            f"{dlib.__version__} (DLIB_USE_BLAS={dlib.DLIB_USE_BLAS}, DLIB_USE_LAPACK={dlib.DLIB_USE_LAPACK}, "
-            f"USE_AVX_INSTRUCTIONS={dlib.USE_AVX_INSTRUCTIONS})"
-        ),
-        "onnxruntime": onnxruntime.__version__,
-        "opencv": f"{cv2.__version__} ({cv2.getNumThreads()} threads)",
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset"),
-    }
-
-
-def cpu_busy_fraction(seconds: float = 2.0) -> float | None:
-    """Share of all cores busy over the next ``seconds`` (from /proc/stat; ``None`` elsewhere).
-
-    Sampled while this benchmark idles, it tells how much of the machine something else is using.
-    """
-
-    def sample() -> tuple[int, int]:
-        values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-        return sum(values), values[3] + values[4]  # total, idle + iowait
-
-    try:
-        total_before, idle_before = sample()
-        time.sleep(seconds)
-        total_after, idle_after = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    total = total_after - total_before
-    return 1.0 - (idle_after - idle_before) / total if total > 0 else None
 
 
 # --- timing helpers --------------------------------------------------------------------------------
 
 
 def median_ms(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    """Median wall time of ``fn`` in milliseconds (after one untimed warm-up call) and its last result."""
+    """Median wall time of ``fn`` in milliseconds (after one untimed warm-up call) and its result."""
     result = fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000.0, result
+    return statistics.median(time_repeats(fn, repeats)) * 1000.0, result
 
 
 # --- the portrait set ------------------------------------------------------------------------------
@@ -279,15 +238,9 @@ def throughput(
 
 def worker_startup_ms(analyzer: FaceAnalyzer, repeats: int, workers: int = 2) -> float:
     """Median time to start ``analyze_files``' worker pool and get one trivial answer from each worker."""
-    from faceprompt.faces import analyzer as analyzer_module
 
     def start() -> None:
-        with ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=analyzer_module._worker_context(analyzer.backend_name),
-            initializer=analyzer_module._init_worker,
-            initargs=(analyzer._config,),
-        ) as pool:
+        with analyzer.worker_pool(workers) as pool:
             list(pool.map(abs, range(workers)))
 
     return median_ms(start, repeats)[0]
@@ -295,20 +248,9 @@ def worker_startup_ms(analyzer: FaceAnalyzer, repeats: int, workers: int = 2) ->
 
 def hog_passes(analyzer: FaceAnalyzer, paths: Sequence[Path]) -> dict[int, int]:
     """How many HOG passes ``analyze_files`` runs at each upsample level over ``paths`` (dlib only)."""
-    backend = analyzer.backend
-    original = backend._run_detector
-    passes: dict[int, int] = {}
-
-    def counting(rgb: np.ndarray, upsample: int):
-        passes[upsample] = passes.get(upsample, 0) + 1
-        return original(rgb, upsample)
-
-    backend._run_detector = counting
-    try:
-        list(analyzer.analyze_files(paths, workers=1))
-    finally:
-        del backend._run_detector
-    return passes
+    analyzer.backend.detector_passes.clear()
+    list(analyzer.analyze_files(paths, workers=1))
+    return dict(analyzer.backend.detector_passes)
 
 
 def descriptor_batching_ms(analyzer: FaceAnalyzer, path: Path, faces: int, repeats: int) -> tuple[float, float]:
@@ -339,7 +281,7 @@ def descriptor_conv_shapes() -> list[tuple[int, int, int, int]]:
     return layers
 
 
-def _gemm_ms(repeats: int) -> float:
+def gemm_ms(repeats: int) -> float:
     """The descriptor's convolutions as im2col matrix products in numpy's BLAS: median ms per face."""
     rng = np.random.default_rng(0)
     products = [
@@ -350,11 +292,11 @@ def _gemm_ms(repeats: int) -> float:
 
 
 def blas_estimate_ms(repeats: int) -> float | None:
-    """:func:`_gemm_ms` in a fresh interpreter limited to one BLAS thread (what one worker of a BLAS dlib gets)."""
+    """:func:`gemm_ms` in a fresh interpreter limited to one BLAS thread (what one worker of a BLAS dlib gets)."""
     import subprocess
 
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    code = f"from benchmarks.faces import _gemm_ms; print(_gemm_ms({repeats}))"
+    code = f"from benchmarks.faces import gemm_ms; print(gemm_ms({repeats}))"
     done = subprocess.run(
         [sys.executable, "-c", code], env=env, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True
     )
@@ -364,31 +306,16 @@ def blas_estimate_ms(repeats: int) -> float | None:
 # --- tables ----------------------------------------------------------------------------------------
 
 
-@dataclass
-class Table:
-    title: str
-    columns: list[str]
-    rows: list[list[str]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    left: int = 1  #: how many leading columns are left-aligned
-
-
 def _ms(value: float) -> str:
     if value != value:  # nan
         return "-"
     return f"{value:.1f}" if value < 100 else f"{value:.0f}"
 
 
-def _spread(values: list[float], digits: int = 1) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
-
-
 def stage_table(backend_label: str, rows: list[StageTimes], dlib: bool) -> Table:
     detect = ["detect boxes", "landmarks"] if dlib else ["detect"]
     stages = ["decode", *detect, "align", "embed", "embed/face", "quality", "sum", "analyze()"]
-    table = Table(f"{backend_label}: stage medians, ms", ["photo", "size", "faces", *stages])
+    table = Table(f"{backend_label}: stage medians, ms", ["photo", "size", "faces", *stages], left=1)
     for row in rows:
         table.rows.append([row.photo, row.size, str(row.faces), *(_ms(row.ms[stage]) for stage in stages)])
     table.notes.append(
@@ -412,6 +339,7 @@ def throughput_table(backend_label: str, runs: list[Throughput]) -> Table:
             "cores busy 1 / 2",
             "CPU ms/image 1 / 2",
         ],
+        left=1,
     )
     for run in runs:
         busy = " / ".join(f"{statistics.median(run.cores_busy[count]):.2f}" for count in (1, 2))
@@ -422,9 +350,9 @@ def throughput_table(backend_label: str, runs: list[Throughput]) -> Table:
                 str(run.files),
                 str(run.batch_size),
                 str(run.faces) + (f" ({run.errors} errors)" if run.errors else ""),
-                _spread(run.images_per_s[1]),
-                _spread(run.images_per_s[2]),
-                _spread(run.ratios, 2),
+                median_and_range(run.images_per_s[1]),
+                median_and_range(run.images_per_s[2]),
+                median_and_range(run.ratios, 2),
                 busy,
                 cpu,
             ]
@@ -442,47 +370,6 @@ def throughput_table(backend_label: str, runs: list[Throughput]) -> Table:
                 "or the work was too short to share; rerun on an idle machine."
             )
     return table
-
-
-def render(tables: list[Table], fmt: str) -> None:
-    if fmt == "rich":
-        from rich.console import Console
-        from rich.table import Table as RichTable
-
-        console = Console(width=max(160, Console().width))
-        for table in tables:
-            rich_table = RichTable(title=table.title, title_justify="left", caption_justify="left")
-            for index, column in enumerate(table.columns):
-                rich_table.add_column(column, justify="left" if index < table.left else "right")
-            for row in table.rows:
-                rich_table.add_row(*row)
-            if table.notes:
-                rich_table.caption = "\n".join(table.notes)
-            console.print(rich_table)
-            console.print()
-        return
-    for table in tables:
-        if fmt == "markdown":
-            print(f"**{table.title}**\n")
-            print("| " + " | ".join(table.columns) + " |")
-            print("|" + "|".join(["---"] * table.left + ["---:"] * (len(table.columns) - table.left)) + "|")
-            for row in table.rows:
-                print("| " + " | ".join(row) + " |")
-            print()
-            for note in table.notes:
-                print(note)
-        else:
-            widths = [max(len(str(cell)) for cell in column) for column in zip(table.columns, *table.rows)]
-            print(table.title)
-            for row in [table.columns, *table.rows]:
-                cells = [
-                    cell.ljust(width) if i < table.left else cell.rjust(width)
-                    for i, (cell, width) in enumerate(zip(row, widths))
-                ]
-                print("  " + "  ".join(cells))
-            for note in table.notes:
-                print("  " + note)
-        print()
 
 
 def goal_note(portraits: Throughput) -> str:
@@ -559,7 +446,7 @@ def run(args: argparse.Namespace) -> list[Table]:
                 tables[-1].notes.append(goal_note(runs[0]))
                 overheads.rows += [[label, item, value] for item, value in dlib_checks(analyzer, portraits, repeats)]
             start_ms = worker_startup_ms(analyzer, repeats)
-            method = "fork" if is_dlib else "spawn"
+            method = analyzer.worker_start_method
             overheads.rows.append([label, f"start 2 workers ({method}) and get a reply", f"{_ms(start_ms)} ms"])
             print(f"[{label}: done]", file=sys.stderr)
         overheads.notes.append(
@@ -583,15 +470,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--format", choices=("rich", "plain", "markdown"), default="rich")
     args = parser.parse_args(argv)
 
-    info = machine_info()
+    info = machine_info(["dlib", "onnxruntime", "opencv"])
+    info["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "unset")
     busy_before = cpu_busy_fraction()
     start = time.perf_counter()
     tables = run(args)
     elapsed = time.perf_counter() - start
     busy_after = cpu_busy_fraction()
-    header = Table("machine", ["", ""], left=2)
     command = "python -m benchmarks.faces " + " ".join(argv if argv is not None else sys.argv[1:])
-    header.rows = [["command", command.strip()], *([key, value] for key, value in info.items())]
+    header = key_value_table({"command": command.strip(), **info}, title="machine")
     busy = " / ".join("n/a" if value is None else f"{value:.0%}" for value in (busy_before, busy_after))
     header.rows.append(["CPU used by other processes, 2-s samples before / after", busy])
     header.rows.append(["benchmark wall time", f"{elapsed:.0f} s"])
@@ -599,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "If other processes used more than a few percent of the CPU, expect lower, noisier figures; the "
         "'cores busy' column below tells whether workers=2 really had both cores."
     )
-    render([header, *tables], args.format)
+    print_tables([header, *tables], args.format)
     return 0
 
 

@@ -66,20 +66,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks._machine import run_child
-from benchmarks.adapters import (
+from benchmarks._harness import (
     CpuShare,
     Table,
-    load_diffusers_faceid,
+    key_value_table,
     machine_info,
+    measure_in_children,
+    min_max,
+    progress_log,
     quiet_libraries,
-    random_unet,
     render,
     rss_mib,
-    sharing_copy,
 )
+from benchmarks._models import SD15_TEXT_ENCODER, SD15_VAE, load_diffusers_faceid, random_unet, sharing_copy
 
-#: The issue's goals.
+#: The targets this benchmark checks.
 GOAL_RATIO_TO_NONE = 1.02  # faceprompt's seconds per image <= 1.02x the plain pipeline's
 GOAL_FASTER_THAN_DIFFUSERS_AT = 4  # ... and faster than diffusers' own FaceID path at this batch size
 
@@ -91,31 +92,6 @@ PROMPTS = (
     "portrait of a person wearing a hat in the light",
     "a person in the background of a city street at night",
     "close-up face of a person with short hair",
-)
-
-#: SD1.5's ``text_encoder/config.json`` (CLIP ViT-L/14 text tower).
-SD15_TEXT_ENCODER = dict(
-    vocab_size=49408,
-    hidden_size=768,
-    intermediate_size=3072,
-    projection_dim=768,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    max_position_embeddings=77,
-    hidden_act="quick_gelu",
-)
-#: SD1.5's ``vae/config.json``.
-SD15_VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2,
-    latent_channels=4,
-    norm_num_groups=32,
-    sample_size=512,
-    scaling_factor=0.18215,
 )
 
 #: (key, label); ``none`` first: the reference of every ratio.
@@ -158,7 +134,7 @@ def build_models(seed: int = 0) -> SharedModels:
 def sd15_pipeline(unet: nn.Module, models: SharedModels):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    from faceprompt.pipelines.sources import MODEL_CARD_DDIM
+    from faceprompt.adapters.registry import MODEL_CARD_DDIM
 
     pipe = StableDiffusionPipeline(
         vae=models.vae,
@@ -271,7 +247,7 @@ def diffusers_ip_inputs(request: Request) -> dict[str, Any]:
 
 def build_config(key: str, models: SharedModels, checkpoint: Path, shared: bool = True) -> Config:
     """The configuration ``key``; ``shared``: its own UNet object sharing ``models.unet``'s weights."""
-    from faceprompt.pipelines.face_pipeline import FacePipeline
+    from faceprompt import FacePipeline
 
     fused = key in ("faceprompt", "diffusers-fused")
     unet = sharing_copy(models.unet, private_attention=fused) if shared and key != "none" else models.unet
@@ -418,14 +394,10 @@ def memory_child(key: str, checkpoint: Path, size: int, batches: Sequence[int]) 
 
 
 def measure_memory(keys: Sequence[str], checkpoint: Path, size: int, batches: Sequence[int], log) -> dict[str, Any]:
-    results: dict[str, dict[str, float] | str] = {}
-    for key in keys:
-        arguments = ["--memory-child", key, "--checkpoint", str(checkpoint), "--size", str(size),
-                     "--batch-sizes", ",".join(map(str, batches))]  # fmt: skip
-        start = time.perf_counter()
-        results[key] = run_child("benchmarks.generate", arguments)
-        log(f"  memory {key}: {time.perf_counter() - start:.0f} s")
-    return results
+    runs = {key: ["--memory-child", key, "--checkpoint", str(checkpoint), "--size", str(size),
+                  "--batch-sizes", ",".join(map(str, batches))]
+            for key in keys}  # fmt: skip
+    return measure_in_children("benchmarks.generate", runs, log)
 
 
 # --- profile ----------------------------------------------------------------------------------------------
@@ -511,10 +483,6 @@ def _median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def _spread(values: Sequence[float], fmt: str = "{:.2f}") -> str:
-    return f"{fmt.format(min(values))}-{fmt.format(max(values))}" if values else "-"
-
-
 def _batch_title(result: BatchResult | Request, size: int) -> str:
     identities = "one prompt, one identity" if result.batch == 1 else f"{result.batch} prompts x per-sample identities"
     return f"batch {result.batch} ({identities}), {size} px, {result.steps} steps"
@@ -531,9 +499,9 @@ def speed_table(result: BatchResult, size: int) -> Table:
         rows.append([
             LABELS[key],
             f"{_median(per_image):.2f}",
-            _spread(per_image),
+            min_max(per_image),
             f"{_median(ratios):.3f}",
-            _spread(ratios, "{:.3f}"),
+            min_max(ratios, "{:.3f}"),
             f"{_median(result.ratios(key, cpu=True)):.3f}",
             f"{fastest / batch:.2f}",
             f"{fastest / result.fastest_parts('none'):.3f}",
@@ -600,7 +568,7 @@ def goals_table(results: list[BatchResult]) -> Table:
             goal, met = f"faceprompt <= {GOAL_RATIO_TO_NONE:.2f}x no adapter", _median(ratios) <= GOAL_RATIO_TO_NONE
         else:
             goal, met = f"faceprompt faster than {LABELS[reference]}", _median(ratios) < 1.0
-        rows.append([goal, str(result.batch), f"{_median(ratios):.3f} ({_spread(ratios, '{:.3f}')})",
+        rows.append([goal, str(result.batch), f"{_median(ratios):.3f} ({min_max(ratios, '{:.3f}')})",
                      f"{fastest:.3f}", "yes" if met else "no"])  # fmt: skip
     return Table(
         "Goals: faceprompt's call time / the reference's",
@@ -674,10 +642,7 @@ def run(args: argparse.Namespace) -> str:
     started = time.perf_counter()
     share = CpuShare()
     share.start()
-
-    def log(message: str) -> None:
-        print(f"[{time.perf_counter() - started:6.0f} s] {message}", file=sys.stderr, flush=True)
-
+    log = progress_log(started)
     keys = [key for key, _ in CONFIGS]
     tables: list[Table] = []
     with tempfile.TemporaryDirectory(prefix="faceprompt-bench-") as folder:
@@ -715,7 +680,7 @@ def run(args: argparse.Namespace) -> str:
         if memory is not None:
             tables.append(memory_table(memory, args.batch_sizes, args.size))
     others = share.stop()
-    info = machine_info()
+    info = machine_info(["torch", "diffusers", "peft"])
     info["command"] = " ".join(["python -m benchmarks.generate", *args.argv])
     info["other load"] = (
         f"other processes used {others:.0%} of the machine's CPU time during the run"
@@ -724,7 +689,7 @@ def run(args: argparse.Namespace) -> str:
         else "unknown"
     )
     info["wall time"] = f"{time.perf_counter() - started:.0f} s"
-    return render(tables, info, args.format)
+    return render([key_value_table(info), *tables], args.format)
 
 
 def _batch_sizes(text: str) -> list[int]:

@@ -36,19 +36,12 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.adapters import CpuShare, machine_info, quiet_libraries, random_unet
+from benchmarks._harness import CpuShare, machine_info, quiet_libraries
+from benchmarks._models import SD15_TEXT_ENCODER, SD15_VAE, random_model, random_unet
 
 GOAL_CACHED_RATIO = 0.75
 RESOLUTION = 256
 LORA_RANK = 128
-#: SD1.5's VAE (``AutoencoderKL`` of runwayml/stable-diffusion-v1-5) and text encoder (CLIP ViT-L/14) configs.
-SD15_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, block_out_channels=(128, 256, 512, 512),
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32,
-    sample_size=512, scaling_factor=0.18215,
-)
-SD15_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                 num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
 
 
 def full_size_model(seed: int = 0):
@@ -57,40 +50,20 @@ def full_size_model(seed: int = 0):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from faceprompt.adapters import get_variant
+    from faceprompt.adapters.registry import MODEL_CARD_DDIM
     from faceprompt.testing import tiny_clip_tokenizer
     from faceprompt.training.model import AdapterTrainingModel, BaseComponents
 
     torch.manual_seed(seed)
-    with torch.device("meta"):
-        vae = AutoencoderKL(**SD15_VAE)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**SD15_TEXT))
-    for module in (vae, text_encoder):
-        module.to_empty(device="cpu")
-        _fill(module, seed)
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
+    vae = random_model(lambda: AutoencoderKL(**SD15_VAE), seed)
+    text_encoder = random_model(lambda: CLIPTextModel(CLIPTextConfig(**SD15_TEXT_ENCODER)), seed)
+    scheduler = DDIMScheduler(**MODEL_CARD_DDIM)
     pipeline = StableDiffusionPipeline(
-        vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tiny_clip_tokenizer(), unet=random_unet(seed),
+        vae=vae, text_encoder=text_encoder, tokenizer=tiny_clip_tokenizer(), unet=random_unet(seed),
         scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     components = BaseComponents(pipeline, DDPMScheduler.from_config(scheduler.config))
     return AdapterTrainingModel.create(components, get_variant("faceid-sd15"), lora_rank=LORA_RANK, seed=seed)
-
-
-@torch.no_grad()
-def _fill(module: torch.nn.Module, seed: int) -> None:
-    """N(0, 1/fan_in) matrices, unit norms, zero biases: a few seconds instead of the default initialisation."""
-    generator = torch.Generator().manual_seed(seed)
-    for name, parameter in module.named_parameters():
-        if parameter.ndim >= 2:
-            parameter.normal_(0.0, parameter[0].numel() ** -0.5, generator=generator)
-        elif name.endswith("weight") and "norm" in name:
-            parameter.fill_(1.0)
-        else:
-            parameter.zero_()
-    for name, buffer in module.named_buffers():
-        if "position_ids" in name:
-            buffer.copy_(torch.arange(buffer.shape[-1]).expand_as(buffer))
 
 
 def batches(model) -> dict[str, dict]:
@@ -137,7 +110,7 @@ def peak_memory(name: str) -> float:
     (done once per run) do not count.
     """
     code = (
-        "import json, gc, torch; from pathlib import Path; from benchmarks.adapters import rss_mib, quiet_libraries; "
+        "import json, gc, torch; from pathlib import Path; from benchmarks._harness import rss_mib, quiet_libraries; "
         "from benchmarks.train import batches, full_size_model, train_step; quiet_libraries(); model = full_size_model(); "
         "optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4); "
         f"batch = batches(model)[{name!r}]; gc.collect(); Path('/proc/self/clear_refs').write_text('5'); "
@@ -191,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{min(cpu):.2f}-{max(cpu):.2f}", f"{statistics.median(wall):.2f}",
                      f"{memory[name]:.0f}" if memory else "-"))
     ratio = statistics.median(ratios)
-    info = machine_info()
+    info = machine_info(["torch", "diffusers"])
     lines = [f"machine: {info['cpu']}; torch {info['torch']}; diffusers {info['diffusers']}; {info['date']}",
              f"other processes used {others:.0%} of the CPU during the run" if others is not None else "",
              f"SD1.5 architecture, random weights, fp32, {RESOLUTION} px, batch 1, {repeats} interleaved repeats", ""]

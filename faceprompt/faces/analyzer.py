@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -230,8 +231,8 @@ class FaceAnalyzer:
 
     def worker_pool(self, workers: int) -> ProcessPoolExecutor:
         """A pool of ``workers`` processes, each holding its own analyzer built with this one's settings: what
-        :meth:`analyze_files` runs its batches on when it uses several workers. Exposed so that callers can time
-        or reuse the start-up; use it as a context manager."""
+        :meth:`analyze_files` runs its batches on when it uses several workers. Public so that the start-up cost
+        can be measured on its own; use it as a context manager."""
         return ProcessPoolExecutor(
             max_workers=workers,
             mp_context=multiprocessing.get_context(self.worker_start_method),
@@ -318,12 +319,12 @@ def parse_selection(select: Selection) -> int | Literal["largest", "all"]:
         index = select
     elif select in ("largest", "all"):
         return select  # type: ignore[return-value]
-    elif isinstance(select, str) and select.startswith("index:") and select[6:].lstrip("-").isdigit():
+    elif isinstance(select, str) and re.fullmatch(r"index:-?[0-9]{1,9}", select):
         index = int(select[6:])
     else:
         raise FaceSelectionError(f"unknown face selection {select!r}; use 'largest', 'all' or 'index:N'")
     if index < 0:
-        raise FaceSelectionError(f"face index must be >= 0, got {index}")
+        raise FaceSelectionError(f"face index must be >= 0 (index:0 is the largest face), got {index}")
     return index
 
 
