@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from faceprompt.errors import AnalysisOptionError, FacepromptError
-from faceprompt.faces import FaceAnalyzer, resolve_workers, usable_cores
+from faceprompt.faces import FaceAnalyzer, check_workers, resolve_workers, usable_cores
 
 
 @pytest.fixture
@@ -54,6 +54,12 @@ def test_bad_worker_counts_are_refused_with_the_rule_and_the_fix(workers):
     message = str(caught.value)
     assert f"got {workers!r}" in message
     assert "integer >= 1 or 'auto'" in message and "use 'auto'" in message
+
+
+def test_check_workers_validates_without_resolving(four_cores):
+    assert check_workers("auto") == "auto" and check_workers(3) == 3
+    with pytest.raises(AnalysisOptionError, match="got 0"):
+        check_workers(0)
 
 
 def test_analyze_files_refuses_bad_options_when_called_before_reading_any_file(dlib_analyzer, tmp_path):
