@@ -9,7 +9,6 @@ naming the file and what was wrong.
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
 import warnings
 from collections.abc import Iterator
@@ -323,44 +322,3 @@ def list_image_files(paths: list[str | Path]) -> list[Path]:
         else:
             files.append(path)
     return files
-
-
-def free_path(path: str | Path) -> Path:
-    """``path`` if nothing is there yet, else the first free ``stem-1.ext``, ``stem-2.ext``, ... beside it.
-
-    Outputs never replace what a user already has. A symbolic link counts as taken even when it points nowhere:
-    writing to it would put the bytes wherever it points.
-    """
-    path = Path(path)
-    candidate, counter = path, 0
-    while os.path.lexists(candidate):
-        counter += 1
-        candidate = path.with_name(f"{path.stem}-{counter}{path.suffix}")
-    return candidate
-
-
-def save_png(rgb: np.ndarray, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    """Write an RGB array as PNG with ``metadata`` as text chunks, at :func:`free_path` of ``path``.
-
-    The file is created exclusively (never through a link or over a file that appeared meanwhile) and removed
-    again if writing it fails, so no half-written PNG is left.
-    """
-    from PIL import PngImagePlugin
-
-    info = PngImagePlugin.PngInfo()
-    for key, value in (metadata or {}).items():
-        info.add_text(key, value)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        target = free_path(path)
-        try:
-            handle = target.open("xb")
-        except FileExistsError:  # taken between the check and the open: try the next free name
-            continue
-        try:
-            with handle:
-                Image.fromarray(rgb).save(handle, format="PNG", pnginfo=info)
-        except BaseException:
-            target.unlink(missing_ok=True)
-            raise
-        return target

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from faceprompt.errors import ImageDecodeError, ImageFormatError, ImageNotFoundError, ImageTooLargeError
-from faceprompt.images import downscale_for_analysis, free_path, list_image_files, load_image, save_png
+from faceprompt.images import downscale_for_analysis, list_image_files, load_image
 
 
 def _gradient(width=40, height=30) -> np.ndarray:
@@ -133,38 +133,6 @@ def test_downscale_maps_coordinates_back():
     assert scale == pytest.approx(3.0)
     same, one = downscale_for_analysis(rgb, 4000)
     assert same is rgb and one == 1.0
-
-
-def test_free_path_and_save_png_never_overwrite(tmp_path):
-    first = save_png(_gradient(), tmp_path / "out.png", {"seed": "7"})
-    second = save_png(_gradient(), tmp_path / "out.png", {"seed": "8"})
-    assert (first.name, second.name) == ("out.png", "out-1.png")
-    assert Image.open(first).text["seed"] == "7" and Image.open(second).text["seed"] == "8"
-    assert free_path(tmp_path / "out.png").name == "out-2.png"
-
-
-def test_outputs_never_go_through_symbolic_links(tmp_path):
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "image.png").symlink_to(outside / "stolen.png")  # dangling: points at a file that does not exist yet
-    (out / "image-1.png").symlink_to(outside)
-    written = save_png(_gradient(), out / "image.png")
-    assert written == out / "image-2.png" and written.is_file() and not written.is_symlink()
-    assert list(outside.iterdir()) == []
-    assert free_path(out / "image.png") == out / "image-3.png"
-
-
-def test_a_failed_png_write_leaves_no_file(tmp_path, monkeypatch):
-    def disk_full(image, handle, filename, *args, **kwargs):
-        handle.write(b"\x89PNG\r\n\x1a\n")  # half a file, then the disk is full
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setitem(Image.SAVE, "PNG", disk_full)
-    with pytest.raises(OSError, match="No space left"):
-        save_png(_gradient(), tmp_path / "broken.png")
-    assert list(tmp_path.iterdir()) == []
 
 
 def test_list_image_files_expands_folders(tmp_path, monkeypatch):

@@ -23,7 +23,8 @@ from ..adapters.registry import (
 )
 from ..errors import RequestError
 from .fast import FAST_MODES, get_fast_mode
-from .schedulers import SCHEDULERS, apply_scheduler
+from .request import FastModeName, SchedulerName
+from .schedulers import apply_scheduler
 from .sources import FAMILY_DEFAULTS, Source, load_base_pipeline, load_component, raise_if_missing
 
 if TYPE_CHECKING:
@@ -48,8 +49,8 @@ class ModelOptions(BaseModel):
     motion_adapter: str | None = Field(None, description=f"AnimateDiff motion adapter (video; default {MOTION_ADAPTER})")
     style_adapter: str | None = Field(None, description="a plain IP-Adapter for style images")
     model: Literal["tiny"] | None = Field(None, description="tiny: the offline random test models (images are noise)")
-    fast: str | None = Field(None, description="lcm-lora, lightning (SDXL) or hyper-sd")
-    scheduler: str | None = Field(None, description="a scheduler name (SD1.5 default: the model card's DDIM)")
+    fast: FastModeName | None = Field(None, description="lcm-lora, lightning (SDXL) or hyper-sd")
+    scheduler: SchedulerName | None = Field(None, description="a scheduler name (SD1.5 default: the model card's DDIM)")
     lora: Literal["fused", "unfused", "off"] = Field("fused", description="how the adapter's LoRA is applied")
     dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="weights' precision")
     device: str = Field("cpu", description="cpu, cuda, cuda:1, mps, ...")
@@ -80,20 +81,6 @@ class ModelOptions(BaseModel):
     def _known_variant(cls, value: str | None) -> str | None:
         if value is not None and value not in VARIANTS:
             raise ValueError(f"unknown variant; choose one of {', '.join(VARIANTS)}")
-        return value
-
-    @field_validator("fast")
-    @classmethod
-    def _known_fast_mode(cls, value: str | None) -> str | None:
-        if value is not None and value not in FAST_MODES:
-            raise ValueError(f"unknown fast mode; choose one of {', '.join(FAST_MODES)}")
-        return value
-
-    @field_validator("scheduler")
-    @classmethod
-    def _known_scheduler(cls, value: str | None) -> str | None:
-        if value is not None and value not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler; choose one of {', '.join(SCHEDULERS)}")
         return value
 
     @field_validator("device")

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -32,6 +33,8 @@ from pydantic import (
 
 from ..errors import RequestError
 from ..identity import Identity
+from .fast import FAST_MODES
+from .schedulers import SCHEDULERS
 
 TASKS = ("txt2img", "img2img", "inpaint", "controlnet", "video")
 Task = Literal["txt2img", "img2img", "inpaint", "controlnet", "video"]
@@ -58,6 +61,22 @@ MAX_SEED = 2**64 - 1
 
 #: A placeholder of the text-space identity encoder: one word of the prompt.
 PLACEHOLDER_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+
+
+# --- names checked against what exists ---------------------------------------------------------------------
+
+
+def _known_name(kind: str, known: dict[str, Any]):
+    def check(value: str) -> str:
+        if value not in known:
+            raise ValueError(f"unknown {kind}; choose one of {', '.join(known)}")
+        return value
+
+    return AfterValidator(check)
+
+
+SchedulerName = Annotated[str, _known_name("scheduler", SCHEDULERS)]
+FastModeName = Annotated[str, _known_name("fast mode", FAST_MODES)]
 
 
 # --- inputs that are a file or an in-memory object ------------------------------------------------
@@ -284,8 +303,8 @@ class GenerateRequest(BaseModel):
     strength: float | None = Field(
         None, gt=0, le=1, allow_inf_nan=False, description="img2img/inpaint: how much of the image changes, (0, 1]"
     )
-    scheduler: str | None = Field(None, description="a scheduler name (default: the pipeline's)")
-    fast: str | None = Field(None, description="a fast mode the pipeline was loaded with: lcm-lora, lightning, hyper-sd")
+    scheduler: SchedulerName | None = Field(None, description="a scheduler name (default: the pipeline's)")
+    fast: FastModeName | None = Field(None, description="a fast mode the pipeline was loaded with: lcm-lora, lightning, hyper-sd")
     image: ImageInput = Field(None, description="init image (img2img, inpaint)")
     mask_image: ImageInput = Field(None, description="inpainting mask (white = repaint), the size of `image`")
     control_image: ImageInput = Field(None, description="pose/depth/edge image for the controlnet task")
@@ -343,24 +362,6 @@ class GenerateRequest(BaseModel):
     @classmethod
     def _s_scale_in_range(cls, value: float) -> float:
         _check_in(value, S_SCALE_RANGE)
-        return value
-
-    @field_validator("scheduler")
-    @classmethod
-    def _known_scheduler(cls, value: str | None) -> str | None:
-        from .schedulers import SCHEDULERS
-
-        if value is not None and value not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler; choose one of {', '.join(SCHEDULERS)}")
-        return value
-
-    @field_validator("fast")
-    @classmethod
-    def _known_fast_mode(cls, value: str | None) -> str | None:
-        from .fast import FAST_MODES
-
-        if value is not None and value not in FAST_MODES:
-            raise ValueError(f"unknown fast mode; choose one of {', '.join(FAST_MODES)}")
         return value
 
     @field_validator("image", "mask_image", "control_image", "style_image")

@@ -39,7 +39,7 @@ from PIL import Image
 
 from ..adapters.attach import base_unet, copy_adapters, unet_of
 from ..errors import AdapterError, ImageError, ImageFormatError
-from ..images import free_path
+from ..files import free_file_name
 
 #: File types :func:`save_video` writes.
 VIDEO_SUFFIXES = (".gif", ".mp4")
@@ -134,7 +134,7 @@ def save_video(
             or one array ``[F, H, W, 3]``: ``uint8``, or float in ``[0, 1]`` (``output_type="np"``'s
             ``.frames[0]``).
         path: the file to write. An existing file is never replaced: the video goes to the first free
-            ``name-1.gif``, ``name-2.gif``, ... instead (:func:`faceprompt.images.free_path`).
+            ``name-1.gif``, ``name-2.gif``, ... instead (:func:`faceprompt.files.free_file_name`).
         fps: frames per second.
         metadata: for GIF, stored as a JSON comment (``Image.open(path).info["comment"]``); MP4 files written
             with OpenCV carry no metadata, so it is not stored there.
@@ -213,7 +213,7 @@ def _uint8_frame(frame: Any, index: int) -> np.ndarray:
 def _reserve(path: Path) -> tuple[Path, IO[bytes]]:
     """Create the first free name for ``path`` exclusively, so that no concurrent writer is overwritten either."""
     while True:
-        target = free_path(path)
+        target = free_file_name(path)
         try:
             return target, open(target, "xb")  # noqa: SIM115 - returned to the caller, who closes it
         except FileExistsError:

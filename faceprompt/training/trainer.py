@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from ..adapters import AdapterVariant, ImagePrompt, clip_pixel_values, get_runtime
 from ..errors import TrainingError
+from ..files import free_file_name, write_file
 from .config import TINY_BASES, TrainConfig
 from .data import (
     BucketBatchSampler,
@@ -504,8 +505,8 @@ class Trainer:
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
         for (label, prompt_index), image in images.items():
-            path = _free_path(folder / f"{_safe_name(label)}-prompt{prompt_index}.png")
-            image.save(path)
+            path = free_file_name(folder / f"{_safe_name(label)}-prompt{prompt_index}.png")
+            write_file(path, image.save)
             paths.append(path)
         self._log_validation_images(images, step)
         return paths
@@ -635,13 +636,4 @@ def _flat_config(config: TrainConfig) -> dict[str, Any]:
 
 def _safe_name(label: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label) or "identity"
-
-
-def _free_path(path: Path) -> Path:
-    """``path``, or ``stem-1``, ``stem-2``, ... when it exists (nothing is overwritten)."""
-    candidate, number = path, 0
-    while candidate.exists():
-        number += 1
-        candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
-    return candidate
 

@@ -224,7 +224,7 @@ def test_controlnet_pipeline_sees_text_only_and_identity_reaches_the_unet(adapte
     """Processors go on the UNet only: the ControlNet attends to the prompt alone (as the base IP-Adapter's
     CNAttnProcessor arranges), its own attention processors are left untouched, and the whole call equals diffusers'
     ControlNet pipeline with the adapter loaded by ``load_ip_adapter``."""
-    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+    from diffusers import StableDiffusionControlNetPipeline
 
     from faceprompt.testing import tiny_controlnet
 
