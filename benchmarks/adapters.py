@@ -357,48 +357,6 @@ def measure_steps(configs: list[Config], plan: list[tuple[int, int, int]], log) 
 
 # --- 2. attach time ------------------------------------------------------------------------------------
 
-#: The functions attach_adapter calls, in order; the rest (strict load_state_dict of the layers, the cast to the
-#: UNet's dtype, registration in the processors) is reported as the remainder.
-ATTACH_PIECES = (
-    ("_install_runtime", "install processors + timestep hook"),
-    ("load_checkpoint", "read the file (load_checkpoint)"),
-    ("detect_layout", "detect layout"),
-    ("resolve_variant", "resolve variant"),
-    ("validate_for_unet", "validate against the UNet"),
-    ("load_projection", "projection model (load + cast)"),
-    ("build_adapter_layers", "build layers on meta"),
-    ("_fuse", "fuse LoRA into the UNet weights"),
-)
-REST_PIECE = "rest: load layers, cast fp16->fp32, register"
-
-
-@contextlib.contextmanager
-def timed_pieces(totals: dict[str, float]):
-    """Wrap the functions ``attach_adapter`` looks up in its module so that each one's time adds to ``totals``."""
-    from faceprompt.adapters import attach as attach_module
-
-    originals = {}
-    for name, _ in ATTACH_PIECES:
-        original = getattr(attach_module, name, None)
-        if original is None:  # renamed since this benchmark was written: counted in the remainder
-            continue
-        originals[name] = original
-
-        def wrapper(*args, _original=original, _name=name, **kwargs):
-            start = time.perf_counter()
-            try:
-                return _original(*args, **kwargs)
-            finally:
-                totals[_name] = totals.get(_name, 0.0) + time.perf_counter() - start
-
-        setattr(attach_module, name, wrapper)
-    try:
-        yield
-    finally:
-        for name, original in originals.items():
-            setattr(attach_module, name, original)
-
-
 @dataclass
 class AttachResult:
     totals: dict[str, list[float]]  # row label -> seconds per repeat
@@ -419,10 +377,8 @@ def time_attach(base, checkpoints: Checkpoints, repeats: int, diffusers_repeats:
         for fmt, path in order:
             parts: dict[str, float] = {}
             start = time.perf_counter()
-            with timed_pieces(parts):
-                attach_adapter(base, path, lora="fused")
+            attach_adapter(base, path, lora="fused", timings=parts)  # each step's seconds, as attach_adapter reports
             total = time.perf_counter() - start
-            parts[REST_PIECE] = total - sum(parts.values())
             totals.setdefault(f"attach_adapter({fmt}, lora='fused')", []).append(total)
             for name, value in parts.items():
                 pieces.setdefault(fmt, {}).setdefault(name, []).append(value)
@@ -589,13 +545,12 @@ def attach_tables(result: AttachResult, parameters: int) -> list[Table]:
         rows,
     )
     formats = list(result.pieces)
-    names = [name for name, _ in ATTACH_PIECES] + [REST_PIECE]
-    labels = dict(ATTACH_PIECES)
+    names = list(dict.fromkeys(name for fmt in formats for name in result.pieces[fmt]))  # in attach_adapter's order
     piece_rows = []
     for name in names:
         cells = [f"{statistics.median(result.pieces[fmt][name]):.3f}" if name in result.pieces[fmt] else "-"
                  for fmt in formats]  # fmt: skip
-        piece_rows.append([labels.get(name, name), *cells])
+        piece_rows.append([name, *cells])
     pieces = Table(
         "Where attach_adapter's time goes (median s per piece, lora='fused')",
         ["piece", *formats],

@@ -7,8 +7,10 @@ touching LoRAs the user loaded through diffusers (whose ``set_adapters`` deactiv
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -58,6 +60,7 @@ def attach_adapter(
     block_scales: BlockScales | None = None,
     cache_dir: str | None = None,
     local_files_only: bool | None = None,
+    timings: dict[str, float] | None = None,
 ) -> AttachedAdapter:
     """Load a FaceID checkpoint and attach it to a pipeline's UNet under ``name``.
 
@@ -69,45 +72,73 @@ def attach_adapter(
         lora_scale: LoRA strength.
         block_scales: a float, or diffusers' InstantStyle dict (``{"down": {"block_2": [0.0, 1.0]}, "mid": 1.0}``):
             named layers get their scale, every other cross-attention layer 0.
+        timings: when given, the seconds of each step (read, detect, validate, build, fuse, ...) are added to it
+            under the step's name: what ``benchmarks/adapters.py`` reports.
     """
     unet = unet_of(target)
     if not _NAME_PATTERN.match(name):
         raise AdapterError(f"adapter name {name!r} must be letters, digits, '_' or '-' (no dots)")
     _check_lora(lora, lora_scale)
-    runtime = _install_runtime(unet, _num_train_timesteps(target))
+    step = _Steps(timings)
+    with step("install processors + timestep hook"):
+        runtime = _install_runtime(unet, _num_train_timesteps(target))
     if name in runtime.adapters:
         raise AdapterError(f"an adapter named {name!r} is already attached; detach it first or choose another name")
 
-    loaded = load_checkpoint(checkpoint, cache_dir=cache_dir, local_files_only=local_files_only)
-    layout = detect_layout(loaded)
-    resolved = resolve_variant(loaded, layout, variant)
-    sites = validate_for_unet(loaded, layout, unet)
+    with step("read the file (load_checkpoint)"):
+        loaded = load_checkpoint(checkpoint, cache_dir=cache_dir, local_files_only=local_files_only)
+    with step("detect layout"):
+        layout = detect_layout(loaded)
+    with step("resolve variant"):
+        resolved = resolve_variant(loaded, layout, variant)
+    with step("validate against the UNet"):
+        sites = validate_for_unet(loaded, layout, unet)
     dtype, device = unet.dtype, unet.device
-    projection = load_projection(loaded, layout).to(device=device, dtype=dtype).eval()
-    with torch.device("meta"):  # no time spent on random initialisation: every weight comes from the file
+    with step("projection model (load + cast)"):
+        projection = load_projection(loaded, layout).to(device=device, dtype=dtype).eval()
+    with step("build layers on meta"), torch.device("meta"):  # no random initialisation: every weight is in the file
         layers = build_adapter_layers(sites, layout.lora_rank)
-    layers.load_state_dict(loaded.ip_adapter, strict=True, assign=True)
-    layers.to(device=device, dtype=dtype).requires_grad_(False)
-
-    adapter = AttachedAdapter(
-        name=name,
-        projection=projection,
-        layers=layers,
-        sites=sites,
-        lora_mode=lora if layout.lora_rank else "off",
-        lora_scale=lora_scale,
-        layer_scales=resolve_block_scales(block_scales, sites),
-        source=loaded.source,
-        layout=layout,
-        variant=resolved,
-    )
-    processors = _processors(unet)
-    for site in sites:
-        processors[site.processor_name].adapter_layers[name] = layers[site.index]
-    runtime.adapters[name] = adapter
+    with step("load layers, cast, register"):
+        layers.load_state_dict(loaded.ip_adapter, strict=True, assign=True)
+        layers.to(device=device, dtype=dtype).requires_grad_(False)
+        adapter = AttachedAdapter(
+            name=name,
+            projection=projection,
+            layers=layers,
+            sites=sites,
+            lora_mode=lora if layout.lora_rank else "off",
+            lora_scale=lora_scale,
+            layer_scales=resolve_block_scales(block_scales, sites),
+            source=loaded.source,
+            layout=layout,
+            variant=resolved,
+        )
+        processors = _processors(unet)
+        for site in sites:
+            processors[site.processor_name].adapter_layers[name] = layers[site.index]
+        runtime.adapters[name] = adapter
     if adapter.lora_mode == "fused":
-        _fuse(unet, adapter, +1.0)
+        with step("fuse LoRA into the UNet weights"):
+            _fuse(unet, adapter, +1.0)
     return adapter
+
+
+class _Steps:
+    """Adds each step's seconds to ``timings`` under the step's name (when given): the seam benchmarks read."""
+
+    def __init__(self, timings: dict[str, float] | None):
+        self.timings = timings
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        if self.timings is None:
+            yield
+            return
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
 
 def detach_adapter(target: Any, name: str | None = None) -> None:
