@@ -138,6 +138,14 @@ class AdapterError(FacepromptError, ValueError):
     """An adapter was used with inputs or settings it cannot take (missing face crop, out-of-range scale, ...)."""
 
 
+# --- adaface --------------------------------------------------------------------------------------
+
+
+class AdaFaceError(FacepromptError, ValueError):
+    """The text-space identity encoder (AdaFace) got input it cannot use: a placeholder missing from the prompt,
+    split into several tokens or a common word, token vectors of the wrong width, a prompt too long for them."""
+
+
 # --- training data --------------------------------------------------------------------------------
 
 
