@@ -91,12 +91,15 @@ def _plain(text_encoder, tokenizer, text: str) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def test_encode_prompt_in_place_equals_manual_surgery(sd15):
-    z = _tokens(3, SD15_WIDTH, 0)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_encode_prompt_in_place_equals_manual_surgery(sd15, dtype):
+    sd15.text_encoder.to(dtype)
+    z = _tokens(3, SD15_WIDTH, 0)  # float32 vectors: written in the text encoder's dtype
     embeds = encode_prompt(sd15, "a photo of z smiling", {"z": z}, "blurry", mode="in_place")
 
     assert set(embeds) == {"prompt_embeds", "negative_prompt_embeds"}
     expected = _surgery(sd15.text_encoder, sd15.tokenizer, ["a photo of", z, "smiling"])
+    assert embeds["prompt_embeds"].dtype == dtype
     torch.testing.assert_close(embeds["prompt_embeds"], expected)
     # The negative prompt stays plain text.
     torch.testing.assert_close(embeds["negative_prompt_embeds"], _plain(sd15.text_encoder, sd15.tokenizer, "blurry"))
