@@ -104,6 +104,22 @@ def load_encoder(
     )
 
 
+def resolve_encoder_file(
+    source: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None, local_files_only: bool | None = None
+) -> Path:
+    """The local path of an encoder file given as a path or a Hub file ``"owner/repo/path/file.pt"``.
+
+    Raises:
+        ModelFilesMissingError: not on disk, and not downloadable now.
+    """
+    found = _encoder_source(source)
+    offline = require_hub_files(
+        list(found.hub), cache_dir=cache_dir, local_files_only=local_files_only,
+        local_problems=[found.problem] if found.problem else [],
+    )
+    return found.local or hub_file(found.hub[0], cache_dir=cache_dir, local_files_only=offline)
+
+
 def _is_whole(path: Path, source: str) -> bool:
     if path.suffix.lower() != ".safetensors" or not path.is_file():
         return False

@@ -1,4 +1,5 @@
-"""``faceprompt convert IN OUT``: an IP-Adapter-FaceID checkpoint as .bin or .safetensors, with what it holds."""
+"""``faceprompt convert IN OUT``: an IP-Adapter-FaceID checkpoint as .bin or .safetensors, with what it holds; or a
+released AdaFace encoder ``.pt`` (read without running its pickle) as ``.safetensors``."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from .common import stderr, stdout
 
 
 def add_parser(subparsers) -> None:
-    convert = subparsers.add_parser("convert", help="convert an IP-Adapter-FaceID checkpoint (.bin <-> .safetensors)")
+    convert = subparsers.add_parser(
+        "convert", help="convert an IP-Adapter-FaceID checkpoint (.bin <-> .safetensors) or an AdaFace .pt")
     convert.add_argument("input", metavar="IN",
-                         help="adapter file, registry name (e.g. faceid-plusv2-sd15) or Hub file owner/repo/file.bin")
+                         help="adapter file, registry name (e.g. faceid-plusv2-sd15) or Hub file owner/repo/file.bin; "
+                              "or an AdaFace encoder release (.pt, local or owner/repo/path/file.pt)")
     convert.add_argument("output", metavar="OUT", help="file to write; the suffix picks the format (.safetensors/.bin)")
     convert.add_argument("--variant", help="registry variant of IN when its name cannot tell (e.g. PlusV2 renamed)")
     convert.add_argument("--cache-dir", help="Hugging Face cache folder for registry names and Hub files")
@@ -20,6 +23,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if Path(args.input).suffix.lower() == ".pt":
+        return _convert_adaface(args)
     from ..adapters.checkpoint import (
         SAVE_SUFFIXES,
         compatible_variants,
@@ -63,4 +68,36 @@ def run(args: argparse.Namespace) -> int:
     if variant is not None and ambiguous and output.suffix.lower() == ".bin" and output.name != variant.weight_name:
         stderr.print(f"note: a .bin keeps no metadata; load it with variant={variant.name!r} (or --variant) to keep "
                      f"it {variant.name}", highlight=False, markup=False)
+    return 0
+
+
+def _convert_adaface(args: argparse.Namespace) -> int:
+    """A released AdaFace ``.pt`` -> ``.safetensors`` holding its prompt translator (loads without the reader)."""
+    from ..adaface.checkpoint import read_encoder_file, save_encoder
+    from ..adaface.loading import resolve_encoder_file
+    from ..errors import CheckpointError
+    from ..files import check_output_file
+
+    output = Path(args.output)
+    if output.suffix.lower() != ".safetensors":
+        raise CheckpointError(f"{output}: an AdaFace encoder is converted to .safetensors")
+    if args.variant:
+        raise CheckpointError("--variant is for adapter checkpoints; an AdaFace encoder has none")
+    check_output_file(output, option="OUT", overwrite=args.force)
+    content = read_encoder_file(resolve_encoder_file(args.input, cache_dir=args.cache_dir), args.input)
+    config = content.translator_config
+    lines = [
+        ("encoder", f"AdaFace prompt translator, {content.num_tokens} tokens of width {content.hidden_size}"),
+        ("layers", f"{config.num_hidden_layers} ({config.num_attention_heads} heads), key/value multipliers "
+                   f"{content.kv_multipliers}"),
+        ("reads", f"{content.id_embeddings_dim}-value identity vectors ({content.face_model})"),
+        *(("note", note) for note in content.notes),
+    ]
+    stdout.print(f"read {args.input}", highlight=False, markup=False)
+    for label, value in lines:
+        stdout.print(f"  {label:<11}{value}", highlight=False, markup=False)
+    save_encoder(content, output, overwrite=args.force)
+    tensors = len(content.translator) + 1
+    stdout.print(f"wrote {output} (safetensors, {tensors} tensors, {output.stat().st_size / 1e6:.1f} MB); load it "
+                 "with the Arc2Face encoder and the CLIP tokenizer", highlight=False, markup=False)
     return 0

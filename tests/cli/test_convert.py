@@ -182,3 +182,27 @@ def test_convert_anonymous_file_lists_candidates_or_takes_variant(portrait_sd15_
 
     assert main(["convert", str(source), str(tmp_path / "c.safetensors"), "--variant", "faceid-sd15"]) == 2
     assert "16 tokens" in capsys.readouterr().err
+
+
+def test_convert_adaface_release_to_safetensors(tmp_path, capsys):
+    from faceprompt.adaface import read_encoder_file
+    from faceprompt.testing.adaface import write_standin_release
+
+    expected = write_standin_release(tmp_path / "release.pt", num_tokens=3, kv_multipliers=(2, 1))
+    target = tmp_path / "encoder.safetensors"
+    assert main(["convert", str(tmp_path / "release.pt"), str(target)]) == 0
+    out = capsys.readouterr().out
+    assert "3 tokens of width 32" in out and "multipliers [2, 1]" in out and "wrote" in out
+    content = read_encoder_file(target, "encoder.safetensors")
+    assert all(torch.equal(tensor, expected[key]) for key, tensor in content.translator.items())
+    assert set(content.translator) | {"layer_weights"} == set(expected)
+    assert main(["convert", str(tmp_path / "release.pt"), str(target)]) == 2  # exists, no --force
+    assert main(["convert", str(tmp_path / "release.pt"), str(tmp_path / "encoder.bin")]) == 2
+
+
+def test_convert_refuses_an_adaface_pickle_payload(tmp_path, capsys):
+    evil = tmp_path / "evil.pt"
+    torch.save({"string_to_subj_basis_generator_dict": {}, "x": print}, evil)
+    assert main(["convert", str(evil), str(tmp_path / "encoder.safetensors")]) == 2
+    assert "builtins.print" in capsys.readouterr().err
+    assert not (tmp_path / "encoder.safetensors").exists()
