@@ -4,6 +4,13 @@ Anything produced with them is labelled: diffusion components carry :data:`TINY_
 insightface stand-in packs carry :data:`STANDIN_NOTICE`.
 """
 
+from .adaface import (
+    TinyAdaFaceEncoder,
+    tiny_adaface_encoder,
+    tiny_adaface_tokenizer,
+    write_standin_arc2face,
+    write_standin_release,
+)
 from .diffusion import (
     TINY_MODEL_CONFIG_KEY,
     TINY_MODEL_NOTICE,
@@ -33,6 +40,11 @@ from .full_size import FULL_SIZE_UNET_CONFIGS, full_size_unet
 from .insightface_models import STANDIN_NOTICE, write_standin_insightface_pack
 
 __all__ = [
+    "TinyAdaFaceEncoder",
+    "tiny_adaface_encoder",
+    "tiny_adaface_tokenizer",
+    "write_standin_arc2face",
+    "write_standin_release",
     "FULL_SIZE_UNET_CONFIGS",
     "full_size_unet",
     "STANDIN_NOTICE",
