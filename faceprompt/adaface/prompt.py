@@ -364,8 +364,10 @@ def placeholder_tokens(
     if patched.convert_tokens_to_ids(flat_strings) != list(range(first_id, first_id + len(flat_strings))):
         raise AdaFaceError("the tokenizer did not give the identity tokens consecutive new ids; it cannot take them")
     weight = original_embedding.weight
-    rows = torch.cat([group for name_groups in groups.values() for group in name_groups])
-    embedding = IdentityTokenEmbedding(original_embedding, first_id, rows.to(device=weight.device, dtype=weight.dtype))
+    rows = torch.cat([group for name_groups in groups.values() for group in name_groups]).to(weight.dtype)
+    if weight.device.type != "meta":  # under sequential offload the weights live elsewhere until the forward
+        rows = rows.to(weight.device)
+    embedding = IdentityTokenEmbedding(original_embedding, first_id, rows)
 
     pipe.tokenizer = patched
     text_encoder.set_input_embeddings(embedding)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from accelerate import cpu_offload
 from diffusers import AutoPipelineForImage2Image
 from PIL import Image
 
@@ -173,6 +174,16 @@ def test_sdxl_injects_into_clip_l_only(sdxl):
     with placeholder_tokens(sdxl, {"z": z}) as rewrite:
         assert sdxl.tokenizer_2 is tokenizer_2 and text_encoder_2.get_input_embeddings() is embedding_2
         assert rewrite.pipeline_kwargs("a photo of z")["prompt_2"] == "a photo of"
+
+
+def test_sequential_offload_keeps_the_identity_rows(sd15):
+    """accelerate's sequential offload leaves the embedding weight on the meta device until its forward."""
+    z = _tokens(3, SD15_WIDTH, 15)
+    expected = _surgery(sd15.text_encoder, sd15.tokenizer, ["a photo of", z])
+    cpu_offload(sd15.text_encoder, execution_device=torch.device("cpu"))
+    assert sd15.text_encoder.get_input_embeddings().weight.device.type == "meta"
+    embeds = encode_prompt(sd15, "a photo of z", {"z": z}, device="cpu", do_classifier_free_guidance=False)
+    torch.testing.assert_close(embeds["prompt_embeds"], expected)
 
 
 def test_gradients_reach_the_identity_tokens(sd15):
