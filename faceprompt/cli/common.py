@@ -146,8 +146,9 @@ def say_workers(workers: int | str, backend_name: str) -> None:
     stderr.print(f"workers: {count} process{'es' if count > 1 else ''} ({how})", highlight=False, markup=False)
 
 
-def model_options(args: argparse.Namespace):
-    """The :class:`~faceprompt.pipelines.ModelOptions` of a command's model options, validated (nothing loads)."""
+def model_options(args: argparse.Namespace, *, video: bool = False):
+    """The :class:`~faceprompt.pipelines.ModelOptions` of a command's model options, validated (nothing loads);
+    ``video``: the request is a video (a motion adapter loads, and the base must be SD1.5)."""
     from ..pipelines import ModelOptions
 
     return ModelOptions(
@@ -156,15 +157,8 @@ def model_options(args: argparse.Namespace):
         style_adapter=args.style_adapter if getattr(args, "style_image", None) else None, model=args.model,
         fast=args.fast, scheduler=args.scheduler, dtype=args.dtype, device=args.device, offload=args.offload,
         vae_tiling=args.vae_tiling, vae_slicing=args.vae_slicing, compile=args.compile,
-        video=getattr(args, "task", None) == "video",
+        video=video,
     )
-
-
-def load_face_pipeline(args: argparse.Namespace, identity):
-    """The pipeline of a command's model options; ``identity`` sizes the tiny models' adapter."""
-    from ..pipelines import load_face_pipeline as load
-
-    return load(model_options(args), id_embeddings_dim=identity.embedding_dim)
 
 
 def check_device(device: str, option: str = "--device") -> None:
@@ -185,13 +179,3 @@ def parse_size(size: str | None) -> tuple[int | None, int | None]:
     except ValueError:
         raise FacepromptError(f"--size must look like 512x768, got {size!r}") from None
     return width, height
-
-
-def open_image(path: str | None, mode: str = "RGB"):
-    if path is None:
-        return None
-    from PIL import Image
-
-    from ..images import load_image
-
-    return Image.fromarray(load_image(path).rgb).convert(mode)

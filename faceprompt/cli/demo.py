@@ -121,6 +121,14 @@ class DemoFolder:
         from ..errors import OutputExistsError
 
         target = self.root / relative
+        for folder in [*reversed(Path(relative).parents[:-1])]:  # every sub-folder between the root and the file
+            if (self.root / folder).is_symlink():
+                from ..errors import OutputPathError
+
+                raise OutputPathError(
+                    f"{self.root / folder} is a symbolic link; the demo never writes or deletes through links: remove "
+                    "it or choose another --out"
+                )
         if os.path.lexists(target) and relative not in self.previous:
             raise OutputExistsError(
                 f"{target} was not written by the demo and is left as is; move it away or choose another --out"
@@ -134,6 +142,8 @@ class DemoFolder:
         """Delete the files an earlier demo run wrote under ``prefix`` (and only those)."""
         for relative in sorted(self.previous):
             if relative.startswith(prefix) and relative not in self.written:
+                if any((self.root / folder).is_symlink() for folder in Path(relative).parents[:-1]):
+                    continue  # behind a link: not the demo's file any more
                 (self.root / relative).unlink(missing_ok=True)
 
     def write_image(self, relative: str, image: Image.Image) -> Path:

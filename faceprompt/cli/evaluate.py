@@ -123,7 +123,7 @@ def run_eval_run(args: argparse.Namespace) -> int:
         if not photos or missing:
             where = f" ({missing[0]} is not a file)" if missing else ""
             raise EvaluationError(f"--person {name}: give the person's photos (files or folders) after the name{where}")
-    width, height = _checked_size(args.size)
+    width, height = parse_size(args.size)
     generation = dict(steps=args.steps, guidance=args.guidance, width=width, height=height, scale=args.scale,
                       s_scale=args.s_scale)
     generation = {key: value for key, value in generation.items() if value is not None}
@@ -173,18 +173,8 @@ def _check_generation(prompts: list[str], photos_of: dict, generation: dict) -> 
     from ..pipelines import GenerateRequest, IdentityRef
 
     photos = [str(photo) for photo in next(iter(photos_of.values()))]
-    GenerateRequest(prompt=prompts, identity=IdentityRef(photos=photos), seed=0,
-                    **generation)
-
-
-def _checked_size(size: str | None) -> tuple[int | None, int | None]:
-    """``--size WxH`` with both sides positive multiples of 8 (what the diffusion models need)."""
-    width, height = parse_size(size)
-    for name, value in (("width", width), ("height", height)):
-        if value is not None and (value < 8 or value % 8):
-            raise EvaluationError(f"--size {size}: the {name} must be a positive multiple of 8, got {value}")
-    return width, height
-
+    for prompt in dict.fromkeys(prompts):  # one prompt per request: the protocol batches them itself
+        GenerateRequest(prompt=prompt, identity=IdentityRef(photos=photos), seed=0, **generation)
 
 def _read_prompts(path: str) -> list[str]:
     try:

@@ -70,12 +70,14 @@ def run(args: argparse.Namespace) -> int:
     if args.from_metadata:
         request, options, index = _replay(args)
     else:
-        request, options, index = _request(args), model_options(args), None
+        request = _request(args)
+        options, index = model_options(args, video=request.resolved_task == "video"), None
     check_output_folder(args.out)  # inputs are single files, never replaced: outputs may sit beside them
 
-    # 2. The identity (face analysis of --face photos reports bad photos here, still before the models)
-    first = request.identity if request.identity is not None else request.regions[0].identity
-    identity = resolve_identity(first)
+    # 2. The identities (bad identity files and photos are reported here, still before the models)
+    who = [request.identity] if request.identity is not None else [region.identity for region in request.regions]
+    flat = [item for reference in who for item in (reference if isinstance(reference, list) else [reference])]
+    identity = [resolve_identity(reference) for reference in flat][0]
     if args.face:
         stderr.print(f"face backend: {identity.face_model} ({len(identity)} photo(s))", highlight=False, markup=False)
 
@@ -107,7 +109,8 @@ def _request(args: argparse.Namespace):
     elif args.identity:
         who = {"identity": IdentityRef(file=args.identity)}
     elif args.face:
-        who = {"identity": IdentityRef(photos=args.face, backend=args.backend, min_face_size=args.min_face_size)}
+        who = {"identity": IdentityRef(photos=args.face, backend=args.backend, model_root=args.model_root,
+                                       min_face_size=args.min_face_size)}
     else:
         raise FacepromptError("say who: --face PHOTO..., --identity FILE or --region IDENTITY MASK (repeatable)")
     given = dict(
@@ -126,8 +129,12 @@ def _replay(args: argparse.Namespace):
     from ..pipelines import GenerateRequest, ModelOptions
     from ..pipelines.outputs import read_metadata
 
-    if args.prompt or args.model or args.base:
-        raise FacepromptError("--from-metadata takes the prompt and models from the image; drop --prompt/--model/--base")
+    given = _options_given(args)
+    if given:
+        raise FacepromptError(
+            f"--from-metadata takes every setting from the image's record; drop {' '.join(given)} (only --out, "
+            "--device and --video-format may be given with it)"
+        )
     record = read_metadata(args.from_metadata)
     if "request" not in record or "model" not in record:
         raise FacepromptError(
@@ -146,11 +153,24 @@ def _replay(args: argparse.Namespace):
     return request, options, index
 
 
+#: Options that may accompany --from-metadata: where the outputs go and where the models run.
+REPLAY_OPTIONS = ("from_metadata", "out", "device", "video_format", "handler")
+
+
+def _options_given(args: argparse.Namespace) -> list[str]:
+    """The command-line options set to something other than their default (besides those of REPLAY_OPTIONS)."""
+    from . import build_parser
+
+    defaults = vars(build_parser().parse_args(["generate", "--from-metadata", "-"]))
+    return [f"--{name.replace('_', '-')}" for name, value in vars(args).items()
+            if name not in REPLAY_OPTIONS and value != defaults.get(name)]
+
+
 def _generate(face, request):
     """One pipeline call for the whole request, with a progress bar over the denoising steps."""
     from rich.progress import Progress
 
-    with Progress(console=stderr) as progress:
+    with Progress(console=stderr, transient=True) as progress:  # gone once done: errors stay one line
         what = "videos" if request.resolved_task == "video" else "images"
         task = progress.add_task(f"{request.num_outputs} {what}", total=None)
 

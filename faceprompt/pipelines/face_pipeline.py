@@ -8,6 +8,7 @@ which it can be reproduced.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +42,7 @@ from .request import (
     TASKS,
     GenerateRequest,
     Region,
+    check_strength_steps,
 )
 from .schedulers import apply_scheduler
 from .tasks import accepts, batch_options, derived_pipeline, images_of, recordable, task_options
@@ -376,6 +378,7 @@ class FacePipeline:
         do_cfg = guidance > 1.0 and getattr(self.pipeline.unet.config, "time_cond_proj_dim", None) is None
         batch = batch_options(task, request.prompts, request.negative_prompt, request.num_images)
         with self._scheduler(pipeline, request.scheduler), get_runtime(pipeline).conditioning(prompts_by_adapter, do_cfg):
+            scheduler = type(pipeline.scheduler).__name__
             output = pipeline(
                 generator=generators, guidance_scale=guidance, num_inference_steps=steps, output_type=output_type,
                 **batch, **call_options,
@@ -383,7 +386,7 @@ class FacePipeline:
 
         # 7. A record per image, from which it can be made again
         recorded = request.model_copy(update={"seed": base_seed})
-        settings = self._settings(recorded, task, pipeline, steps, guidance, pipeline_kwargs)
+        settings = self._settings(recorded, task, scheduler, steps, guidance, pipeline_kwargs)
         metadata = [
             self._metadata(recorded, index, seeds[index], [used[index // request.num_images] for used in identities],
                            settings)
@@ -406,6 +409,7 @@ class FacePipeline:
                 options[name] = options.pop(alias)
         fields = set(GenerateRequest.model_fields)
         pipeline_kwargs = {key: value for key, value in options.items() if key not in fields}
+        _check_pipeline_keywords(pipeline_kwargs)
         request_options = {key: value for key, value in options.items() if key in fields}
         if options.get("task") is None:
             native = {key: request_options[key] for key in NATIVE_INPUTS if request_options.get(key) is not None}
@@ -434,10 +438,15 @@ class FacePipeline:
         guidance = request.guidance
         if guidance is None:
             guidance = self.fast_mode.guidance_scale if self.fast_mode else DEFAULT_GUIDANCE_SCALE
-        if request.strength is not None and int(steps * request.strength) < 1:
+        if request.scheduler is not None and self.fast_mode is not None:
             raise GenerationError(
-                f"strength={request.strength} x {steps} steps leaves no denoising step; raise strength or steps"
+                f"this pipeline runs fast mode {self.fast_mode.name}, which brings its own scheduler; leave scheduler unset"
             )
+        if request.strength is not None:
+            try:
+                check_strength_steps(request.strength, steps)
+            except ValueError as error:
+                raise GenerationError(str(error)) from None
         return steps, guidance
 
     def _task_inputs(self, request: GenerateRequest, task: str) -> dict[str, Any]:
@@ -555,7 +564,7 @@ class FacePipeline:
     # --- 7. the record ----------------------------------------------------------------------------
 
     def _settings(
-        self, request: GenerateRequest, task: str, pipeline: Any, steps: int, guidance: float, pipeline_kwargs: dict
+        self, request: GenerateRequest, task: str, scheduler: str, steps: int, guidance: float, pipeline_kwargs: dict
     ) -> dict[str, Any]:
         """What every image of the call shares: the request as given and what it resolved to."""
         settings = dict(
@@ -563,7 +572,7 @@ class FacePipeline:
             shortcut=request.shortcut if request.shortcut is not None else bool(self.variant and self.variant.shortcut),
             start=request.start, end=request.end, guidance_scale=guidance, num_inference_steps=steps,
             width=request.width, height=request.height, regions=len(request.regions or []), task=task,
-            fast=self.fast_mode.name if self.fast_mode else None, scheduler=type(pipeline.scheduler).__name__,
+            fast=self.fast_mode.name if self.fast_mode else None, scheduler=scheduler,
             **recordable({"strength": request.strength, **pipeline_kwargs}),
             request=request.to_dict(),
         )
@@ -602,6 +611,22 @@ class FacePipeline:
         if notice:
             record["notice"] = notice  # outputs of faceprompt.testing's tiny random models say so
         return record
+
+
+#: diffusers keywords FacePipeline sets itself, and the request field that sets each.
+RESERVED_KEYWORDS = {
+    "generator": "seed", "num_images_per_prompt": "num_images", "num_videos_per_prompt": "num_images",
+    "prompt_embeds": "prompt", "negative_prompt_embeds": "negative_prompt",
+}
+
+
+def _check_pipeline_keywords(pipeline_kwargs: dict[str, Any]) -> None:
+    """Keywords passed through to diffusers: none that FacePipeline sets itself, and no NaN or infinite number."""
+    for name, value in pipeline_kwargs.items():
+        if name in RESERVED_KEYWORDS:
+            raise GenerationError(f"{name} is set by FacePipeline from {RESERVED_KEYWORDS[name]}=; pass that instead")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise GenerationError(f"{name}={value}: must be a finite number")
 
 
 def _adapter_settings(pipeline: Any) -> tuple:

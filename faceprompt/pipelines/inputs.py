@@ -56,7 +56,10 @@ def _load_identity(reference: IdentityRef, lookup: IdentityLookup | None) -> Ide
     if reference.photos is not None:
         from ..faces import FaceAnalyzer, QualityFilter
 
-        analyzer = FaceAnalyzer(reference.backend, quality=QualityFilter(min_face_size=reference.min_face_size))
+        analyzer = FaceAnalyzer(
+            reference.backend, model_root=reference.model_root,
+            quality=QualityFilter(min_face_size=reference.min_face_size),
+        )
         return Identity.from_images([Path(photo) for photo in reference.photos], analyzer)
     if lookup is None:
         raise GenerationError(

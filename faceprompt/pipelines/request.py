@@ -126,7 +126,17 @@ def _check_image_input(value: Any) -> Any:
         if not path.is_file():
             raise ValueError(f"{path} is not a file; give the path of an image")
         return str(path)
-    if hasattr(value, "size") or hasattr(value, "shape"):
+    if isinstance(value, (list, tuple)):  # a batch of images, as diffusers takes them
+        if not value:
+            raise ValueError("an empty list of images")
+        return [_check_image_input(item) for item in value]
+    if hasattr(value, "shape"):
+        if len(value.shape) not in (2, 3, 4) or 0 in tuple(value.shape):
+            raise ValueError(f"an image array must be [H, W], [H, W, C] or [B, ...] and not empty, got {list(value.shape)}")
+        return value
+    if hasattr(value, "size") and isinstance(value.size, tuple):
+        if 0 in value.size:
+            raise ValueError(f"an empty image ({value.size[0]}x{value.size[1]})")
         return value
     raise ValueError(f"expected an image file path or an image, got {type(value).__name__}")
 
@@ -147,6 +157,7 @@ class IdentityRef(BaseModel):
     photos: list[str] | None = Field(None, description="photos of the person (the largest face of each)")
     id: str | None = Field(None, description="the id of an identity stored by the service")
     backend: Literal["auto", "insightface", "dlib"] = Field("auto", description="face backend for `photos`")
+    model_root: str | None = Field(None, description="insightface model root for `photos` (the folder holding models/)")
     min_face_size: float = Field(64.0, ge=0, allow_inf_nan=False, description="smallest usable face in `photos`, px")
     #: The Identity once resolved (photos are analysed once, however often the reference is used).
     _resolved: Identity | None = PrivateAttr(None)
@@ -195,6 +206,8 @@ def _check_array_input(value: Any) -> Any:
         raise ValueError(f"face embeddings must be [d], [B, d] or [B, n, d] with d > 0, got shape {list(array.shape)}")
     if not np.isfinite(array).all():
         raise ValueError("face embeddings hold NaN or infinite values")
+    if (np.linalg.norm(array, axis=-1) == 0).any():
+        raise ValueError("a face embedding is all zeros: it has no direction; give the embedding of a face")
     return value
 
 
@@ -299,7 +312,10 @@ class GenerateRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="seed of the first image (default: random)")
     num_images: int = Field(1, ge=1, le=MAX_OUTPUTS, description="images (or videos) per prompt")
     num_frames: int | None = Field(None, ge=1, le=MAX_FRAMES, description="frames per video (video task; default 16)")
-    fps: float = Field(8.0, gt=0, le=240, allow_inf_nan=False, description="video frames per second")
+    fps: float = Field(
+        8.0, ge=0.1, le=240, allow_inf_nan=False, description="video frames per second, 0.1-240 (a GIF frame lasts "
+        "at most 655 s)"
+    )
     strength: float | None = Field(
         None, gt=0, le=1, allow_inf_nan=False, description="img2img/inpaint: how much of the image changes, (0, 1]"
     )
@@ -327,6 +343,12 @@ class GenerateRequest(BaseModel):
     def __init__(self, **data: Any):
         try:
             super().__init__(**data)
+        except ValidationError as error:
+            raise RequestError.from_validation(error) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:  # assignments are validated too, with the same errors
+            super().__setattr__(name, value)
         except ValidationError as error:
             raise RequestError.from_validation(error) from None
 
@@ -482,10 +504,10 @@ class GenerateRequest(BaseModel):
             raise ValueError(f"image is for img2img and inpaint, not {task}")
         if self.num_frames is not None and task != "video":
             raise ValueError(f"num_frames is for the video task, not {task}")
-        if self.strength is not None and self.steps is not None and int(self.steps * self.strength) < 1:
-            raise ValueError(
-                f"strength={self.strength} x steps={self.steps} leaves no denoising step; raise strength or steps"
-            )
+        if self.strength is not None and self.steps is not None:
+            check_strength_steps(self.strength, self.steps)
+        if self.fast is not None and self.scheduler is not None:
+            raise ValueError(f"fast={self.fast} brings its own scheduler; leave scheduler unset with a fast mode")
 
     # --- derived values ---------------------------------------------------------------------------
 
@@ -523,5 +545,15 @@ class GenerateRequest(BaseModel):
         """The request a :meth:`to_dict` record describes; unknown keys are refused (a typo is never ignored)."""
         if not isinstance(record, dict):
             raise RequestError(f"a request record must be a JSON object, got {type(record).__name__}")
-        return cls(**record)
+        if not all(isinstance(key, str) for key in record):
+            raise RequestError(f"a request record's keys must be field names, got {sorted(map(repr, record))}")
+        try:
+            return cls.model_validate(record)
+        except ValidationError as error:
+            raise RequestError.from_validation(error) from None
 
+
+def check_strength_steps(strength: float, steps: int) -> None:
+    """img2img/inpaint run ``int(steps * strength)`` steps: refuse a pair that leaves none (diffusers fails on it)."""
+    if int(steps * strength) < 1:
+        raise ValueError(f"strength={strength} x steps={steps} leaves no denoising step; raise strength or steps")

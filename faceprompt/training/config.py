@@ -171,7 +171,10 @@ def load_config(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
     try:
         content = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise TrainingError(f"{path}: not a valid YAML file: {error}") from None
+        where = getattr(error, "problem_mark", None)
+        line = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        reason = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise TrainingError(f"{path}: not a valid YAML file{line}: {reason}; fix the syntax there") from None
     if not isinstance(content, dict):
         raise TrainingError(f"{path}: expected a mapping of settings (key: value), got {type(content).__name__}")
     content = {**content, **{key: value for key, value in overrides.items() if value is not None}}

@@ -35,3 +35,19 @@ def test_demo_writes_crops_identity_and_contact_sheet(tmp_path, capsys):
     assert (out / "notes.txt").read_text() == "mine" and (out / "generated" / "keep.jpg").read_bytes() == b"mine too"
     marker = json.loads((out / ".faceprompt-demo.json").read_text())
     assert "index.html" in marker["files"] and "notes.txt" not in marker["files"]
+
+
+def test_demo_never_writes_or_deletes_through_a_linked_folder(tmp_path, capsys):
+    out, outside = tmp_path / "demo", tmp_path / "outside"
+    assert main(["demo", "--out", str(out), "--backend", "dlib"]) == 0
+    outside.mkdir()
+    (outside / "demo-0.json").write_text("precious")
+    for path in (out / "generated").iterdir():
+        path.unlink()
+    (out / "generated").rmdir()
+    (out / "generated").symlink_to(outside)
+    capsys.readouterr()
+    assert main(["demo", "--out", str(out), "--backend", "dlib"]) == 2
+    assert "is a symbolic link" in capsys.readouterr().err
+    assert sorted(path.name for path in outside.iterdir()) == ["demo-0.json"]
+    assert (outside / "demo-0.json").read_text() == "precious"

@@ -57,7 +57,7 @@ def test_img2img_from_the_cli(tmp_path, astronaut_path):
     (["--guidance", "inf"], "guidance=inf: input should be a finite number"),
     (["--num-images", "0"], "num_images=0: input should be greater than or equal to 1"),
     (["--num-frames", "0"], "num_frames=0: input should be greater than or equal to 1"),
-    (["--fps", "0", "--task", "video"], "fps=0.0: input should be greater than 0"),
+    (["--fps", "0", "--task", "video"], "fps=0.0: input should be greater than or equal to 0.1"),
     (["--seed", str(2**64)], "seed=18446744073709551616: input should be less than or equal to 18446744073709551615"),
     (["--seed", str(2**64 - 1), "--num-images", "2"], "passes the largest seed 2**64-1"),
     (["--adapter", "no-such-name"], "adapter='no-such-name': not a registry name"),
@@ -70,6 +70,10 @@ def test_img2img_from_the_cli(tmp_path, astronaut_path):
     (["--device", "quantum"], "device='quantum': not a device name"),
     (["--task", "video", "--adapter", "faceid-sdxl"], "the video task runs AnimateDiff, which is for SD1.5 bases"),
     (["--base", "some/model"], "model=tiny builds its own random models; drop base"),
+    (["--fps", "0.001", "--task", "video"], "fps=0.001: input should be greater than or equal to 0.1"),
+    (["--num-frames", "2", "--adapter", "faceid-sdxl"], "the video task runs AnimateDiff, which is for SD1.5 bases"),
+    (["--fast", "--scheduler", "euler"], "fast=lcm-lora brings its own scheduler"),
+    (["--model-root", "/nowhere", "--backend", "insightface"], "/nowhere"),
 ])
 def test_bad_options_exit_2_with_one_line(tmp_path, astronaut_path, extra, message, capsys):
     extra = [str(astronaut_path) if item == "IMAGE" else item for item in extra]
@@ -104,6 +108,41 @@ def test_from_metadata_makes_the_same_image_again(tmp_path, astronaut_path, dlib
     assert list(Image.open(again[0]).getdata()) == list(Image.open(third).getdata())
     original, replayed = read_metadata(third), read_metadata(again[0])
     assert {k: v for k, v in original.items()} == replayed and original["request"]["scale"] == 0.7
+
+
+def test_from_metadata_refuses_other_settings(tmp_path, capsys):
+    code = main(["generate", "--from-metadata", "image.png", "--steps", "9", "--seed", "3", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "drop --steps --seed" in err[0]
+
+
+def test_errors_after_loading_stay_one_line(tmp_path, astronaut_path, dlib_analyzer, capsys):
+    identity_file = Identity.from_images(astronaut_path, dlib_analyzer).save(tmp_path / "id.safetensors")
+    wide = tmp_path / "wide.png"
+    Image.new("L", (64, 32), 255).save(wide)  # the image is 64x64: the mask's aspect ratio cannot fit
+    code = main(["generate", "--region", str(identity_file), str(wide), "--prompt", "x", "--out", str(tmp_path / "o"),
+                 *TINY])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == ["error: region mask is 64x32 but the image is 64x64: give masks with the image's "
+                                 "aspect ratio"]
+
+
+def test_every_region_identity_is_read_before_the_models(tmp_path, astronaut_path, dlib_analyzer, capsys, monkeypatch):
+    import faceprompt.pipelines
+
+    def no_models(*args, **kwargs):
+        raise AssertionError("models were loaded")
+
+    monkeypatch.setattr(faceprompt.pipelines, "load_face_pipeline", no_models)
+    good = Identity.from_images(astronaut_path, dlib_analyzer).save(tmp_path / "id.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    mask = tmp_path / "m.png"
+    Image.new("L", (64, 64), 255).save(mask)
+    code = main(["generate", "--region", str(good), str(mask), "--region", str(bad), str(mask), "--prompt", "x",
+                 "--out", str(tmp_path / "o"), *TINY])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "bad.safetensors" in err[0]
 
 
 def test_from_metadata_refuses_images_without_a_record(tmp_path, astronaut_path, capsys):

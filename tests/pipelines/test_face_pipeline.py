@@ -199,11 +199,19 @@ def test_portrait_warns_when_the_face_count_differs_from_training(sd15, monkeypa
         (dict(faceid_embeds=random_id_embeds(3)), "3 identities for 1 prompts"),
         (dict(faceid_embeds=torch.full((1, 512), float("nan"))), "NaN"),
         (dict(faceid_embeds=None), "no identity given"),
+        (dict(eta=float("nan")), "eta=nan: must be a finite number"),
+        (dict(generator=torch.Generator()), "generator is set by FacePipeline from seed="),
+        (dict(num_images_per_prompt=2), "num_images_per_prompt is set by FacePipeline from num_images="),
+        (dict(scheduler="euler"), None),
     ],
 )
 def test_bad_inputs(adapter_file, kwargs, message):
     pipe = FacePipeline(tiny_sd15_pipeline(), str(adapter_file))
     arguments = {"faceid_embeds": random_id_embeds(1), **STEPS, **kwargs}
+    if message is None:  # a control: a per-call scheduler runs, and is what the record names
+        assert pipe("a photo", **arguments).metadata[0]["scheduler"] == "EulerDiscreteScheduler"
+        assert type(pipe.pipeline.scheduler).__name__ == "DDIMScheduler"  # and the pipeline's own is back
+        return
     with pytest.raises((AdapterError, RequestError), match=message):
         pipe("a photo", **arguments)
 

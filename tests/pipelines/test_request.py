@@ -144,6 +144,37 @@ def test_each_rule_names_the_value_and_the_fix(identity_file, photo, options, me
     assert isinstance(caught.value, ValueError) and caught.value.errors  # a ValueError, with the problems listed
 
 
+def test_assignments_and_records_are_checked_the_same_way(identity_file):
+    request = GenerateRequest(prompt="x", identity=identity_file)
+    with pytest.raises(RequestError, match="steps=0: input should be greater than or equal to 1"):
+        request.steps = 0
+    request.steps = 12
+    assert request.steps == 12
+    with pytest.raises(RequestError):
+        GenerateRequest.from_dict({1: 2, "prompt": "x", "identity": identity_file})
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(image=np.zeros((0, 0, 3), np.uint8)), "not empty"),
+    (dict(image=[]), "an empty list of images"),
+    (dict(identity=None, faceid_embeds=np.zeros((1, 512))), "a face embedding is all zeros"),
+    (dict(fast="lcm-lora", scheduler="euler"), "fast=lcm-lora brings its own scheduler"),
+    (dict(fps=0.05), "fps=0.05: input should be greater than or equal to 0.1"),
+])
+def test_in_memory_inputs_are_checked(identity_file, options, message):
+    with pytest.raises(RequestError) as caught:
+        GenerateRequest(**{"prompt": "x", "identity": identity_file, **options})
+    assert message in str(caught.value)
+
+
+def test_lists_of_images_as_diffusers_takes_them(identity_file, astronaut_rgb):
+    from PIL import Image
+
+    image = Image.fromarray(astronaut_rgb)
+    request = GenerateRequest(prompt=["a", "b"], identity=identity_file, image=[image, image], strength=0.5)
+    assert len(request.image) == 2 and request.resolved_task == "img2img"
+
+
 def test_placeholders_in_the_prompt(identity_file):
     request = GenerateRequest(prompt="a z hugging a y", identities={"z": identity_file, "y": identity_file})
     assert sorted(request.identities) == ["y", "z"]

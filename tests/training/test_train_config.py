@@ -134,6 +134,14 @@ def test_yaml_infinities_and_nans_are_refused_with_the_file_name(tmp_path):
             load_config(path)
 
 
+def test_yaml_syntax_errors_are_one_line_with_the_place(tmp_path):
+    path = write_yaml(tmp_path, "variant: faceid-sd15\nbase_model: [tiny\n")
+    with pytest.raises(TrainingError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert "\n" not in message and "not a valid YAML file (line 3, column 1)" in message, message
+
+
 def test_values_at_the_edges_of_their_ranges_are_accepted():
     config = config_from_dict({**REQUIRED, "seed": 2**64 - 1, "validation_seed": 0, "adam_beta1": 0.0,
                                "weight_decay": 0.0, "drop_clip": 1.0, "max_aspect_ratio": 4, "resolution": 4096,
