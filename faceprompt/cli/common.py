@@ -90,7 +90,8 @@ def _finite_float(text: str, rule: str) -> float:
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """The pipeline (base, adapter, devices, memory options) and per-call settings of generate and eval-run."""
-    parser.add_argument("--adapter", default="faceid-plusv2-sd15", help="registry name, file or owner/repo/file")
+    parser.add_argument("--adapter", help="registry name, file or owner/repo/file (default faceid-plusv2-sd15; none "
+                                          "with --adaface and only placeholder identities)")
     parser.add_argument("--variant", help="registry variant when the adapter file's name cannot tell")
     parser.add_argument("--base", help="base model: Hub id, diffusers folder or single .safetensors/.ckpt file")
     parser.add_argument("--vae", help="VAE to use instead of the base model's")
@@ -146,13 +147,17 @@ def say_workers(workers: int | str, backend_name: str) -> None:
     stderr.print(f"workers: {count} process{'es' if count > 1 else ''} ({how})", highlight=False, markup=False)
 
 
-def model_options(args: argparse.Namespace, *, video: bool = False):
+def model_options(args: argparse.Namespace, *, video: bool = False, image_prompt: bool = True):
     """The :class:`~faceprompt.pipelines.ModelOptions` of a command's model options, validated (nothing loads);
-    ``video``: the request is a video (a motion adapter loads, and the base must be SD1.5)."""
+    ``video``: the request is a video (a motion adapter loads, and the base must be SD1.5); ``image_prompt``: an
+    identity goes through the image-prompt adapter (without one and without ``--adapter``, none loads)."""
     from ..pipelines import ModelOptions
+    from ..pipelines.loading import DEFAULT_ADAPTER
 
+    adaface = getattr(args, "adaface", None)
+    adapter = args.adapter or (DEFAULT_ADAPTER if image_prompt or adaface is None else None)
     return ModelOptions(
-        adapter=args.adapter, variant=args.variant, base=args.base, vae=args.vae, image_encoder=args.image_encoder,
+        adapter=adapter, adaface=adaface, variant=args.variant, base=args.base, vae=args.vae, image_encoder=args.image_encoder,
         controlnet=getattr(args, "controlnet", None), motion_adapter=getattr(args, "motion_adapter", None),
         style_adapter=args.style_adapter if getattr(args, "style_image", None) else None, model=args.model,
         fast=args.fast, scheduler=args.scheduler, dtype=args.dtype, device=args.device, offload=args.offload,

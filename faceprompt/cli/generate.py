@@ -22,8 +22,11 @@ def add_parser(subparsers) -> None:
 
     generate = subparsers.add_parser("generate", help="images of a person from photos (or an identity file) + prompts")
     who = generate.add_mutually_exclusive_group()
-    who.add_argument("--face", nargs="+", metavar="PHOTO", help="photos of the person (largest face of each)")
-    who.add_argument("--identity", metavar="FILE", help="an identity file from `faceprompt identity create`")
+    who.add_argument("--face", nargs="+", metavar="[NAME=]PHOTO",
+                     help="photos of the person (largest face of each); NAME=PHOTO for a placeholder of --adaface")
+    who.add_argument("--identity", action="append", metavar="[NAME=]FILE",
+                     help="an identity file from `faceprompt identity create`; NAME=FILE puts the person into the prompt "
+                          "as the word NAME (--adaface; repeat for several people: --identity z=me.st --identity y=you.st)")
     who.add_argument(
         "--region", nargs=2, action="append", metavar=("IDENTITY", "MASK"),
         help="an identity file and the mask of where that person goes (white); repeat for several people",
@@ -33,6 +36,11 @@ def add_parser(subparsers) -> None:
     generate.add_argument("--prompt", action="append", help="a prompt; repeat for several")
     generate.add_argument("--negative", help="negative prompt (for every prompt)")
     add_model_options(generate)
+    generate.add_argument("--adaface", metavar="PATH|tiny",
+                          help="AdaFace encoder for placeholder identities: a released .pt, a converted .safetensors "
+                               "(local or owner/repo/path), or tiny (the offline random test encoder, with --model tiny)")
+    generate.add_argument("--adaface-scale", type=float, default=1.0,
+                          help="strength of placeholder identities (default 1.0)")
     generate.add_argument("--controlnet", help="ControlNet for --task controlnet")
     generate.add_argument(
         "--task", choices=["txt2img", "img2img", "inpaint", "controlnet", "video"], help="default: inferred"
@@ -71,18 +79,21 @@ def run(args: argparse.Namespace) -> int:
         request, options, index = _replay(args)
     else:
         request = _request(args)
-        options, index = model_options(args, video=request.resolved_task == "video"), None
+        image_prompt = request.identity is not None or bool(request.regions)
+        options = model_options(args, video=request.resolved_task == "video", image_prompt=image_prompt)
+        index = None
     check_output_folder(args.out)  # inputs are single files, never replaced: outputs may sit beside them
 
     # 2. The identities (bad identity files and photos are reported here, still before the models)
-    who = [request.identity] if request.identity is not None else [region.identity for region in request.regions]
+    who = [request.identity] if request.identity is not None else [region.identity for region in request.regions or []]
+    who += list((request.identities or {}).values())
     flat = [item for reference in who for item in (reference if isinstance(reference, list) else [reference])]
     identity = [resolve_identity(reference) for reference in flat][0]
     if args.face:
         stderr.print(f"face backend: {identity.face_model} ({len(identity)} photo(s))", highlight=False, markup=False)
 
     # 3. The models, then one call for every image of the request
-    face = load_face_pipeline(options, id_embeddings_dim=identity.embedding_dim)
+    face = load_face_pipeline(options, id_embeddings_dim=identity.embedding_dim, face_model=identity.face_model)
     face.pipeline.set_progress_bar_config(disable=True)
     result = _generate(face, request)
 
@@ -103,25 +114,57 @@ def _request(args: argparse.Namespace):
     if not args.prompt:
         raise FacepromptError("give a prompt: --prompt TEXT (repeat for several), or --from-metadata IMAGE")
     width, height = parse_size(args.size)
-    who: dict[str, Any]
+    who: dict[str, Any] = {}
     if args.region:
         who = {"regions": [Region(mask, identity=IdentityRef(file=file)) for file, mask in args.region]}
     elif args.identity:
-        who = {"identity": IdentityRef(file=args.identity)}
+        named, plain = _named(args.identity, "--identity")
+        if len(plain) > 1:
+            raise FacepromptError("--identity FILE is given twice; give one person (or NAME=FILE for --adaface)")
+        who = {"identity": IdentityRef(file=plain[0])} if plain else {}
+        if named:
+            who["identities"] = {name: IdentityRef(file=files[0]) for name, files in named.items()}
+            _one_file_each(named)
     elif args.face:
-        who = {"identity": IdentityRef(photos=args.face, backend=args.backend, model_root=args.model_root,
-                                       min_face_size=args.min_face_size)}
+        named, plain = _named(args.face, "--face")
+        photos = dict(backend=args.backend, model_root=args.model_root, min_face_size=args.min_face_size)
+        who = {"identity": IdentityRef(photos=plain, **photos)} if plain else {}
+        if named:
+            who["identities"] = {name: IdentityRef(photos=files, **photos) for name, files in named.items()}
     else:
         raise FacepromptError("say who: --face PHOTO..., --identity FILE or --region IDENTITY MASK (repeatable)")
+    if "identities" in who and not args.adaface:
+        raise FacepromptError("NAME=... identities are words of the prompt: give the encoder with --adaface PATH|tiny")
     given = dict(
         prompt=args.prompt if len(args.prompt) > 1 else args.prompt[0], negative_prompt=args.negative, task=args.task,
         width=width, height=height, max_pixels=args.max_pixels, steps=args.steps, guidance=args.guidance,
         scale=args.scale, s_scale=args.s_scale, seed=args.seed, num_images=args.num_images, num_frames=args.num_frames,
         fps=args.fps, strength=args.strength, scheduler=args.scheduler, fast=args.fast, image=args.image,
         mask_image=args.mask, control_image=args.control_image, style_image=args.style_image,
-        style_scale=args.style_scale if args.style_image else None, **who,
+        style_scale=args.style_scale if args.style_image else None, adaface_scale=args.adaface_scale, **who,
     )
     return GenerateRequest(**{key: value for key, value in given.items() if value is not None})
+
+
+def _named(items: list[str], option: str) -> tuple[dict[str, list[str]], list[str]]:
+    """``NAME=PATH`` items by placeholder name (in order), and the plain paths."""
+    from ..pipelines.request import PLACEHOLDER_PATTERN
+
+    named: dict[str, list[str]] = {}
+    plain = []
+    for item in items:
+        name, separator, path = item.partition("=")
+        if separator and PLACEHOLDER_PATTERN.match(name) and not Path(item).exists():
+            named.setdefault(name, []).append(path)
+        else:
+            plain.append(item)
+    return named, plain
+
+
+def _one_file_each(named: dict[str, list[str]]) -> None:
+    for name, files in named.items():
+        if len(files) > 1:
+            raise FacepromptError(f"--identity {name}= is given {len(files)} times; give each placeholder one identity")
 
 
 def _replay(args: argparse.Namespace):

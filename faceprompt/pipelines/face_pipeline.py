@@ -8,16 +8,16 @@ which it can be reproduced.
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from .. import __version__
+from ..adaface import AdaFaceEncoder
 from ..adapters.attach import attach_adapter, attached_adapters, detach_adapter, get_runtime, set_lora
 from ..adapters.attention import AttachedAdapter, ImagePrompt
 from ..adapters.registry import AdapterVariant
@@ -45,7 +45,21 @@ from .request import (
     check_strength_steps,
 )
 from .schedulers import apply_scheduler
-from .tasks import accepts, batch_options, derived_pipeline, images_of, recordable, task_options
+from .text_identities import (
+    describe_text_identities,
+    identity_token_embeddings,
+    text_identities,
+    words_for_identities,
+)
+from .tasks import (
+    accepts,
+    batch_options,
+    check_pipeline_keywords,
+    derived_pipeline,
+    images_of,
+    recordable,
+    task_options,
+)
 
 __all__ = ["FacePipeline", "FaceResult", "GenerateRequest", "Region"]
 
@@ -74,13 +88,15 @@ class FacePipeline:
         lora: ``"fused"`` (default), ``"unfused"`` (reference math at run time) or ``"off"``.
         image_encoder: CLIP vision model for FaceID-Plus (default: ``pipeline.image_encoder``).
         name: name of the attached adapter (to attach several adapters to one pipeline).
+        adaface: an :class:`~faceprompt.adaface.AdaFaceEncoder`: identities as words of the prompt
+            (``identities={"z": me}`` with "a photo of z"), with or without the image-prompt adapter.
         identity_lookup: finds an identity by the id a service stored it under (``{"id": ...}`` references).
     """
 
     def __init__(
         self,
         pipeline: Any,
-        adapter: Any,
+        adapter: Any = None,
         variant: str | None = None,
         lora: str = "fused",
         image_encoder: torch.nn.Module | None = None,
@@ -88,11 +104,15 @@ class FacePipeline:
         name: str = "faceid",
         lora_scale: float = 1.0,
         identity_lookup: IdentityLookup | None = None,
+        adaface: AdaFaceEncoder | None = None,
     ):
+        if adapter is None and adaface is None:
+            raise GenerationError("give an image-prompt adapter (adapter=...), an AdaFace encoder (adaface=...), or both")
         self.pipeline = pipeline
-        self.adapter: AttachedAdapter = attach_adapter(
-            pipeline, adapter, name=name, variant=variant, lora=lora, lora_scale=lora_scale
-        )
+        self.adapter: AttachedAdapter | None = None
+        if adapter is not None:
+            self.adapter = attach_adapter(pipeline, adapter, name=name, variant=variant, lora=lora, lora_scale=lora_scale)
+        self.adaface = adaface
         self.image_encoder = image_encoder if image_encoder is not None else getattr(pipeline, "image_encoder", None)
         self.controlnet: torch.nn.Module | None = getattr(pipeline, "controlnet", None)
         self.motion_adapter: torch.nn.Module | None = None
@@ -123,6 +143,7 @@ class FacePipeline:
         fast: str | None = None,
         cache_dir: str | None = None,
         local_files_only: bool | None = None,
+        adaface: str | AdaFaceEncoder | None = None,
     ) -> FacePipeline:
         """Load a base model and an adapter the way the model card does, from the Hub, folders or single files.
 
@@ -139,41 +160,47 @@ class FacePipeline:
             scheduler: a scheduler name (see :data:`~faceprompt.pipelines.schedulers.SCHEDULERS`); SD1.5's
                 default is the model card's DDIM.
             fast: a fast mode (``"lcm-lora"``, ``"lightning"``, ``"hyper-sd"``: see :meth:`enable_fast_mode`).
+            adaface: an AdaFace encoder (or its file: a released ``.pt`` or a converted ``.safetensors``, local or
+                ``owner/repo/path``): identities as words of the prompt. ``adapter=None`` loads no FaceID adapter.
         """
         from .loading import from_pretrained
 
         return from_pretrained(
             cls, base, adapter, vae=vae, image_encoder=image_encoder, controlnet=controlnet,
             motion_adapter=motion_adapter, torch_dtype=torch_dtype, device=device, variant=variant, lora=lora,
-            scheduler=scheduler, fast=fast, cache_dir=cache_dir, local_files_only=local_files_only,
+            scheduler=scheduler, fast=fast, cache_dir=cache_dir, local_files_only=local_files_only, adaface=adaface,
         )
 
     @classmethod
     def tiny(
         cls,
         family: str = "sd15",
-        projection: str = "mlp",
+        projection: str | None = "mlp",
         *,
         id_embeddings_dim: int = 512,
         fast: str | None = None,
         style_adapter: bool = False,
+        adaface: bool = False,
+        face_model: str | None = None,
         seed: int = 0,
     ) -> FacePipeline:
         """Tiny random offline models (labelled in every output): for tests, demos and CI, not for pictures.
 
-        ``fast`` enables a fast mode with a random tiny LoRA in place of the published one; ``style_adapter``
-        attaches a random tiny IP-Adapter Plus (with a tiny CLIP encoder) for ``style_image``.
+        ``projection=None`` attaches no FaceID adapter. ``fast`` enables a fast mode with a random tiny LoRA in place
+        of the published one; ``style_adapter`` attaches a random tiny IP-Adapter Plus (with a tiny CLIP encoder) for
+        ``style_image``; ``adaface`` adds a tiny AdaFace encoder reading ``id_embeddings_dim``-wide identities of
+        ``face_model``.
         """
         from .loading import tiny
 
         return tiny(
             cls, family, projection, id_embeddings_dim=id_embeddings_dim, fast=fast, style_adapter=style_adapter,
-            seed=seed,
+            adaface=adaface, face_model=face_model, seed=seed,
         )
 
     @property
     def variant(self) -> AdapterVariant | None:
-        return self.adapter.variant
+        return self.adapter.variant if self.adapter is not None else None
 
     def enable_fast_mode(
         self,
@@ -245,7 +272,7 @@ class FacePipeline:
         batch of comparisons, not once per image.
         """
         adapter = self.adapter
-        mode = adapter.lora_mode
+        mode = adapter.lora_mode if adapter is not None else "off"
         if mode != "off":
             set_lora(self.pipeline, adapter.name, mode="off")
         try:
@@ -324,7 +351,8 @@ class FacePipeline:
 
     def detach(self) -> None:
         """Remove the adapter: the pipeline is back to what it was."""
-        detach_adapter(self.pipeline, self.adapter.name)
+        if self.adapter is not None:
+            detach_adapter(self.pipeline, self.adapter.name)
         self._video_pipeline = None
 
     def __call__(
@@ -361,11 +389,15 @@ class FacePipeline:
         inputs = self._task_inputs(request, task)
         call_options = task_options(pipeline, task, request.width, request.height, {**inputs, **pipeline_kwargs})
 
-        # 3. Identity -> image prompts (once per call, not per step)
+        people = text_identities(request, self.adaface, pipeline, self.identity_lookup)
+
+        # 3. Identity -> image prompts, and placeholder identities -> token embeddings (once per call, not per step)
         image_prompts, identities = self._identity_prompts(request)
+        words = identity_token_embeddings(self.adaface, people, request.adaface_scale) if people else {}
 
         # 4. Style image -> its adapter's image prompts
-        prompts_by_adapter = {self.adapter.name: image_prompts, **self._style_prompts(request)}
+        prompts_by_adapter = {self.adapter.name: image_prompts} if self.adapter is not None else {}
+        prompts_by_adapter.update(self._style_prompts(request))
         for hook in self._encoder_hooks:
             hook.offload()  # the CLIP encoders are done for this call
 
@@ -377,16 +409,22 @@ class FacePipeline:
         # 6. Denoise with the image prompts active
         do_cfg = guidance > 1.0 and getattr(self.pipeline.unet.config, "time_cond_proj_dim", None) is None
         batch = batch_options(task, request.prompts, request.negative_prompt, request.num_images)
-        with self._scheduler(pipeline, request.scheduler), get_runtime(pipeline).conditioning(prompts_by_adapter, do_cfg):
+        runtime = get_runtime(pipeline)
+        conditioning = runtime.conditioning(prompts_by_adapter, do_cfg) if runtime is not None else nullcontext()
+        with self._scheduler(pipeline, request.scheduler), conditioning, words_for_identities(
+            pipeline, words, batch
+        ) as prompt_options:
             scheduler = type(pipeline.scheduler).__name__
             output = pipeline(
                 generator=generators, guidance_scale=guidance, num_inference_steps=steps, output_type=output_type,
-                **batch, **call_options,
+                **prompt_options, **call_options,
             )
 
         # 7. A record per image, from which it can be made again
         recorded = request.model_copy(update={"seed": base_seed})
         settings = self._settings(recorded, task, scheduler, steps, guidance, pipeline_kwargs)
+        if people:
+            settings["adaface"] = describe_text_identities(self.adaface, people, request.adaface_scale)
         metadata = [
             self._metadata(recorded, index, seeds[index], [used[index // request.num_images] for used in identities],
                            settings)
@@ -409,7 +447,7 @@ class FacePipeline:
                 options[name] = options.pop(alias)
         fields = set(GenerateRequest.model_fields)
         pipeline_kwargs = {key: value for key, value in options.items() if key not in fields}
-        _check_pipeline_keywords(pipeline_kwargs)
+        check_pipeline_keywords(pipeline_kwargs)
         request_options = {key: value for key, value in options.items() if key in fields}
         if options.get("task") is None:
             native = {key: request_options[key] for key in NATIVE_INPUTS if request_options.get(key) is not None}
@@ -484,10 +522,12 @@ class FacePipeline:
 
     def _identity_prompts(self, request: GenerateRequest) -> tuple[list[ImagePrompt], list[list[Identity | None]]]:
         """One image prompt per identity group (the whole image, or one per region), repeated per image."""
-        if request.identities is not None:
+        if request.identity is None and request.faceid_embeds is None and not request.regions:
+            return [], []  # the identities are words of the prompt only
+        if self.adapter is None:
             raise GenerationError(
-                "identities={placeholder: ...} is for the text-space identity encoder; this pipeline conditions "
-                "through an image-prompt adapter: pass identity= (or regions=)"
+                "identity=/regions= condition through an image-prompt adapter, and this pipeline has none: load one "
+                "(adapter=...), or write the person into the prompt with identities={placeholder: ...}"
             )
         if request.regions:
             groups = [(region.identity, region.faceid_embeds, region.face_image, region.scale, region.mask)
@@ -592,10 +632,10 @@ class FacePipeline:
             "seed": seed,
             "index": index,
             **settings,
-            "adapter": self.adapter.source,
+            "adapter": self.adapter.source if self.adapter is not None else None,
             "variant": self.variant.name if self.variant else None,
-            "lora": self.adapter.lora_mode,
-            "lora_scale": self.adapter.lora_scale,
+            "lora": self.adapter.lora_mode if self.adapter is not None else None,
+            "lora_scale": self.adapter.lora_scale if self.adapter is not None else None,
             "base_model": getattr(self.pipeline, "name_or_path", None) or self.pipeline.config.get("_name_or_path"),
             "pipeline": type(self.pipeline).__name__,
             "faceprompt_version": __version__,
@@ -611,22 +651,6 @@ class FacePipeline:
         if notice:
             record["notice"] = notice  # outputs of faceprompt.testing's tiny random models say so
         return record
-
-
-#: diffusers keywords FacePipeline sets itself, and the request field that sets each.
-RESERVED_KEYWORDS = {
-    "generator": "seed", "num_images_per_prompt": "num_images", "num_videos_per_prompt": "num_images",
-    "prompt_embeds": "prompt", "negative_prompt_embeds": "negative_prompt",
-}
-
-
-def _check_pipeline_keywords(pipeline_kwargs: dict[str, Any]) -> None:
-    """Keywords passed through to diffusers: none that FacePipeline sets itself, and no NaN or infinite number."""
-    for name, value in pipeline_kwargs.items():
-        if name in RESERVED_KEYWORDS:
-            raise GenerationError(f"{name} is set by FacePipeline from {RESERVED_KEYWORDS[name]}=; pass that instead")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise GenerationError(f"{name}={value}: must be a finite number")
 
 
 def _adapter_settings(pipeline: Any) -> tuple:

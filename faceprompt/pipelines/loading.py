@@ -40,7 +40,10 @@ class ModelOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    adapter: str = Field(DEFAULT_ADAPTER, description="registry name, adapter file, or Hub file owner/repo/file")
+    adapter: str | None = Field(
+        DEFAULT_ADAPTER, description="registry name, adapter file, or Hub file owner/repo/file (none: AdaFace only)"
+    )
+    adaface: str | None = Field(None, description="AdaFace encoder: a .pt/.safetensors file, owner/repo/path, or tiny")
     variant: str | None = Field(None, description="registry variant when the adapter file's name cannot tell")
     base: str | None = Field(None, description="base model: Hub id, diffusers folder or single checkpoint file")
     vae: str | None = Field(None, description="a VAE instead of the base model's")
@@ -68,8 +71,8 @@ class ModelOptions(BaseModel):
 
     @field_validator("adapter")
     @classmethod
-    def _known_adapter(cls, value: str) -> str:
-        if value in VARIANTS or Path(value).expanduser().is_file() or _looks_like_hub_file(value):
+    def _known_adapter(cls, value: str | None) -> str | None:
+        if value is None or value in VARIANTS or Path(value).expanduser().is_file() or _looks_like_hub_file(value):
             return value
         raise ValueError(
             f"not a registry name ({', '.join(name for name in VARIANTS if VARIANTS[name].kind == 'faceid')}), "
@@ -102,8 +105,14 @@ class ModelOptions(BaseModel):
             given = [name for name in ("base", "vae", "image_encoder", "controlnet", "motion_adapter") if getattr(self, name)]
             if given:
                 raise ValueError(f"model=tiny builds its own random models; drop {', '.join(given)}")
-            if self.adapter not in VARIANTS:
+            if self.adapter is not None and self.adapter not in VARIANTS:
                 raise ValueError("model=tiny builds a random adapter of a registry variant: give a registry name")
+            if self.adaface not in (None, "tiny"):
+                raise ValueError("model=tiny runs the tiny AdaFace encoder: give adaface=tiny")
+        elif self.adaface == "tiny":
+            raise ValueError("adaface=tiny is the random test encoder of the tiny models: give model=tiny too")
+        if self.adapter is None and self.adaface is None:
+            raise ValueError("give an adapter, an AdaFace encoder (adaface), or both")
         return self
 
     @property
@@ -111,7 +120,7 @@ class ModelOptions(BaseModel):
         """The registry variant the options name, if any (``variant``, else a registry ``adapter``)."""
         if self.variant:
             return get_variant(self.variant)
-        return get_variant(self.adapter) if self.adapter in VARIANTS else None
+        return get_variant(self.adapter) if self.adapter is not None and self.adapter in VARIANTS else None
 
     @property
     def family(self) -> str:
@@ -119,7 +128,7 @@ class ModelOptions(BaseModel):
         return variant.base if variant else "sd15"
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_unset=True, exclude_none=True)
+        return self.model_dump(mode="json", exclude_unset=True)  # an explicit None (no adapter) is kept
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> ModelOptions:
@@ -156,18 +165,22 @@ def check_device(device: str) -> torch.device:
     return parsed
 
 
-def load_face_pipeline(options: ModelOptions, *, id_embeddings_dim: int = 512) -> FacePipeline:
+def load_face_pipeline(
+    options: ModelOptions, *, id_embeddings_dim: int = 512, face_model: str | None = None
+) -> FacePipeline:
     """The FacePipeline ``options`` describe, with its memory options applied (offload last, after every adapter).
 
-    ``id_embeddings_dim`` sizes the tiny models' adapter (the identity's face model: 512 insightface, 128 dlib).
+    ``id_embeddings_dim`` and ``face_model`` size the tiny models' adapter and AdaFace encoder (the identity's face
+    model: 512-d insightface, 128-d dlib).
     """
     from .face_pipeline import FacePipeline
 
     if options.model == "tiny":
-        variant = get_variant(options.adapter)
+        variant = get_variant(options.adapter) if options.adapter is not None else None
         face = FacePipeline.tiny(
-            family=variant.base, projection=variant.projection, id_embeddings_dim=id_embeddings_dim, fast=options.fast,
-            style_adapter=options.style_adapter is not None,
+            family=variant.base if variant else "sd15", projection=variant.projection if variant else None,
+            id_embeddings_dim=id_embeddings_dim, fast=options.fast, style_adapter=options.style_adapter is not None,
+            adaface=options.adaface == "tiny", face_model=face_model,
         )
     else:
         face = FacePipeline.from_pretrained(
@@ -175,6 +188,7 @@ def load_face_pipeline(options: ModelOptions, *, id_embeddings_dim: int = 512) -
             controlnet=options.controlnet, motion_adapter=options.motion_adapter or (MOTION_ADAPTER if options.video else None),
             torch_dtype=getattr(torch, options.dtype), device="cpu" if options.offload else options.device,
             variant=options.variant, lora=options.lora, scheduler=options.scheduler, fast=options.fast,
+            adaface=options.adaface,
         )
         if options.style_adapter:
             face.add_style_adapter(options.style_adapter)
@@ -207,6 +221,7 @@ def from_pretrained(
     fast: str | None,
     cache_dir: str | None,
     local_files_only: bool | None,
+    adaface: Any = None,
 ) -> FacePipeline:
     """The body of :meth:`FacePipeline.from_pretrained` (documented there)."""
     known = get_variant(adapter) if isinstance(adapter, str) and adapter in VARIANTS else None
@@ -256,7 +271,13 @@ def from_pretrained(
     pipeline.to(device)
     if encoder is not None:
         encoder.to(device)
-    face = cls(pipeline, adapter, variant=variant, lora=lora, image_encoder=encoder)
+    if isinstance(adaface, (str, Path)):
+        from ..adaface import load_encoder
+
+        adaface = load_encoder(adaface, cache_dir=cache_dir, local_files_only=local_files_only)
+    if adaface is not None:
+        adaface = adaface.to(device)
+    face = cls(pipeline, adapter, variant=variant, lora=lora, image_encoder=encoder, adaface=adaface)
     face.controlnet = controlnet_model.to(device) if controlnet_model is not None else None
     face.motion_adapter = motion_model.to(device) if motion_model is not None else None
     if fast is not None:
@@ -267,11 +288,13 @@ def from_pretrained(
 def tiny(
     cls: type[FacePipeline],
     family: str,
-    projection: str,
+    projection: str | None,
     *,
     id_embeddings_dim: int,
     fast: str | None,
     style_adapter: bool,
+    adaface: bool,
+    face_model: str | None,
     seed: int,
 ) -> FacePipeline:
     """The body of :meth:`FacePipeline.tiny` (documented there)."""
@@ -287,14 +310,22 @@ def tiny(
     from ..testing.adapters import random_faceid_state_dict, random_ip_adapter_state_dict
 
     pipeline = tiny_sd15_pipeline(seed) if family == "sd15" else tiny_sdxl_pipeline(seed)
-    state = random_faceid_state_dict(
+    state = None if projection is None else random_faceid_state_dict(
         pipeline.unet, projection, lora_rank=None if projection == "resampler" else 4,
         id_embeddings_dim=id_embeddings_dim, num_tokens=16 if projection == "resampler" else 4, seed=seed,
     )
     encoder = tiny_clip_vision_model(seed=seed) if projection == "plus" else None
     controlnet_from = tiny_controlnet if family == "sd15" else tiny_sdxl_controlnet
     controlnet = controlnet_from(pipeline.unet, seed=seed)  # from the UNet before the adapter is attached
-    face = cls(pipeline, state, image_encoder=encoder)
+    text_encoder = None
+    if adaface:
+        from ..testing.adaface import tiny_adaface_encoder
+
+        text_encoder = tiny_adaface_encoder(
+            id_embeddings_dim, hidden_size=pipeline.text_encoder.config.hidden_size, seed=seed,
+            **({"face_model": face_model} if face_model else {}),
+        )
+    face = cls(pipeline, state, image_encoder=encoder, adaface=text_encoder)
     face.controlnet = controlnet
     face.motion_adapter = tiny_motion_adapter(seed) if family == "sd15" else None
     if fast is not None:

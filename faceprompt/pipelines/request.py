@@ -339,6 +339,10 @@ class GenerateRequest(BaseModel):
     identities: dict[str, IdentityInput] | None = Field(
         None, description="placeholder word -> identity, for the text-space encoder (`a photo of z and y`)"
     )
+    adaface_scale: float = Field(
+        1.0, ge=0, le=10, allow_inf_nan=False,
+        description="text-space identity strength: s * identity tokens + (1 - s) * padding tokens (0-10)",
+    )
 
     def __init__(self, **data: Any):
         try:
@@ -471,12 +475,13 @@ class GenerateRequest(BaseModel):
             )
 
     def _check_who(self, prompts: list[str]) -> None:
-        given = [name for name in ("identity", "faceid_embeds", "regions", "identities") if getattr(self, name) is not None]
+        given = [name for name in ("identity", "faceid_embeds", "regions") if getattr(self, name) is not None]
         if len(given) > 1:
             raise ValueError(
-                f"give one of identity, faceid_embeds, regions or identities, not {' and '.join(given)} (with regions, "
-                "give each region its identity)"
+                f"give one of identity, faceid_embeds or regions, not {' and '.join(given)} (with regions, give each "
+                "region its identity)"
             )
+        given += ["identities"] if self.identities else []
         if not given:
             raise ValueError("no identity given: pass identity (a file, photos or an Identity), regions or identities")
         if self.identities:

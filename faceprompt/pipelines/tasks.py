@@ -7,6 +7,7 @@ attached to its UNet conditions them all.
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 from ..errors import GenerationError
@@ -99,3 +100,19 @@ def derived_pipeline(pipeline: Any, task: str, controlnet: Any) -> Any:
 def images_of(output: Any) -> Any:
     """A diffusers output's images, or its videos' frames."""
     return output.frames if hasattr(output, "frames") else output.images
+
+
+#: diffusers keywords FacePipeline sets itself, and the request field that sets each.
+RESERVED_KEYWORDS = {
+    "generator": "seed", "num_images_per_prompt": "num_images", "num_videos_per_prompt": "num_images",
+    "prompt_embeds": "prompt", "negative_prompt_embeds": "negative_prompt",
+}
+
+
+def check_pipeline_keywords(pipeline_kwargs: dict[str, Any]) -> None:
+    """Keywords passed through to diffusers: none that FacePipeline sets itself, and no NaN or infinite number."""
+    for name, value in pipeline_kwargs.items():
+        if name in RESERVED_KEYWORDS:
+            raise GenerationError(f"{name} is set by FacePipeline from {RESERVED_KEYWORDS[name]}=; pass that instead")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise GenerationError(f"{name}={value}: must be a finite number")

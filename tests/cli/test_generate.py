@@ -274,3 +274,33 @@ def test_two_people_with_regions_from_the_cli(tmp_path, astronaut_path, dlib_ana
     regions = [Region(mask=Image.open(m).convert("L"), identity=Identity.load(f)) for f, m in zip(files, masks)]
     expected = face("two people", regions=regions, seed=9, num_inference_steps=2, width=64, height=64).images[0]
     assert list(Image.open(tmp_path / "o" / "faceprompt-9.png").getdata()) == list(expected.getdata())
+
+
+def test_placeholder_identities_with_the_tiny_adaface_encoder(tmp_path, astronaut_path, dlib_analyzer):
+    identity_file = Identity.from_images(astronaut_path, dlib_analyzer).save(tmp_path / "me.safetensors")
+    args = ["generate", "--adaface", "tiny", "--identity", f"z={identity_file}", "--prompt", "a photo of z on the moon",
+            "--seed", "3", "--out", str(tmp_path / "o"), *TINY]
+    assert main(args) == 0
+    record = read_metadata(tmp_path / "o" / "faceprompt-3.png")
+    assert record["adaface"]["identities"]["z"]["face_model"] == "dlib/resnet_v1"
+    assert record["model"]["adapter"] is None and record["adapter"] is None  # words only: no FaceID adapter loaded
+    assert record["request"]["identities"]["z"]["file"] == str(identity_file)
+    assert main(["generate", "--from-metadata", str(tmp_path / "o" / "faceprompt-3.png"), "--out",
+                 str(tmp_path / "again")]) == 0
+    first, again = Image.open(tmp_path / "o" / "faceprompt-3.png"), Image.open(tmp_path / "again" / "faceprompt-3.png")
+    assert list(first.getdata()) == list(again.getdata())
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--identity", "z=ID", "--identity", "z=ID", "--adaface", "tiny"], "--identity z= is given 2 times"),
+    (["--identity", "z=ID"], "give the encoder with --adaface"),
+    (["--identity", "q=ID", "--adaface", "tiny"], "placeholder 'q' does not appear in the prompt"),
+    (["--identity", "z=ID", "--adaface", "tiny", "--adaface-scale", "nan"], "adaface_scale=nan"),
+    (["--identity", "z=ID", "--adaface", "/nowhere.pt", "--model", "tiny"], "model=tiny runs the tiny AdaFace encoder"),
+])
+def test_placeholder_identity_mistakes(tmp_path, astronaut_path, dlib_analyzer, extra, message, capsys):
+    identity_file = Identity.from_images(astronaut_path, dlib_analyzer).save(tmp_path / "me.safetensors")
+    extra = [item.replace("ID", str(identity_file)) for item in extra]
+    code = main(["generate", "--prompt", "a photo of z", "--out", str(tmp_path / "o"), *TINY, *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err

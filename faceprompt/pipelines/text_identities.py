@@ -1,0 +1,74 @@
+"""Identities as words of the prompt: a call's ``identities={placeholder: identity}`` through an AdaFace encoder.
+
+The encoder turns each identity into token embeddings once per call; :func:`~faceprompt.adaface.placeholder_tokens`
+puts them into the called pipeline's text encoder for the duration of the call, so the stock prompt encoding of any
+task pipeline (img2img, inpaint, ControlNet, AnimateDiff) carries the person, and the UNet call is the plain one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from ..adaface import AdaFaceEncoder, check_placeholders, placeholder_tokens
+from ..errors import GenerationError
+from ..identity import Identity
+from .inputs import IdentityLookup, resolve_identity
+from .request import GenerateRequest
+
+
+def text_identities(
+    request: GenerateRequest, encoder: AdaFaceEncoder | None, pipeline: Any, lookup: IdentityLookup | None
+) -> dict[str, Identity]:
+    """The request's placeholder identities, checked against the encoder and the pipeline's tokenizer (no model runs)."""
+    if not request.identities:
+        return {}
+    if encoder is None:
+        raise GenerationError(
+            "identities={placeholder: ...} need a text-space identity encoder: FacePipeline(..., adaface=...) or "
+            "--adaface NAME|PATH|tiny"
+        )
+    check_placeholders(request.prompts, list(request.identities), pipeline.tokenizer)
+    people = {name: resolve_identity(reference, lookup) for name, reference in request.identities.items()}
+    for person in people.values():
+        encoder.id_embeds_from_identity(person)  # refuses another face model's embeddings, naming both
+    return people
+
+
+@torch.no_grad()
+def identity_token_embeddings(encoder: AdaFaceEncoder, people: dict[str, Identity], scale: float) -> dict[str, Any]:
+    """Each person's token embeddings ``[N, C]``, computed once per call."""
+    parameter = next(encoder.parameters())
+    tokens = {}
+    for name, person in people.items():
+        id_embeds = encoder.id_embeds_from_identity(person).to(device=parameter.device, dtype=parameter.dtype)
+        tokens[name] = encoder(id_embeds, scale=scale)[0]
+    return tokens
+
+
+@contextmanager
+def words_for_identities(pipeline: Any, tokens: dict[str, Any], batch: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """``batch`` (the call's prompt keywords) with each placeholder written as its identity's tokens, while the
+    pipeline's text encoder knows them; the pipeline is as it was afterwards."""
+    if not tokens:
+        yield batch
+        return
+    with placeholder_tokens(pipeline, tokens) as rewrite:
+        yield {**batch, **rewrite.pipeline_kwargs(batch["prompt"])}
+
+
+def describe_text_identities(encoder: AdaFaceEncoder, people: dict[str, Identity], scale: float) -> dict[str, Any]:
+    """The record of a call's placeholder identities: the encoder and who each placeholder stood for."""
+    return {
+        "encoder": getattr(encoder, "source", None) or type(encoder).__name__,
+        "face_model": encoder.face_model,
+        "scale": scale,
+        "identities": {
+            name: {"name": person.name, "face_model": person.face_model,
+                   "sources": [source.get("sha256") for source in person.sources]}
+            for name, person in people.items()
+        },
+    }

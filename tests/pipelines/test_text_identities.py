@@ -1,0 +1,97 @@
+"""FacePipeline with identities as words of the prompt (AdaFace): every task, with or without a FaceID adapter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from faceprompt import FacePipeline
+from faceprompt.adaface import encode_prompt
+from faceprompt.errors import AdaFaceError, FacepromptError, GenerationError
+from faceprompt.identity import Identity
+
+DLIB = "dlib/resnet_v1"
+RUN = dict(steps=2, width=64, height=64, output_type="pt")
+
+
+def _person(seed: int, width: int = 128, face_model: str = DLIB) -> Identity:
+    embedding = np.random.default_rng(seed).normal(size=(1, width)).astype(np.float32)
+    return Identity(embeddings=embedding, face_model=face_model, name=f"p{seed}")
+
+
+@pytest.fixture()
+def face():
+    face = FacePipeline.tiny(projection=None, id_embeddings_dim=128, adaface=True, face_model=DLIB)
+    face.pipeline.set_progress_bar_config(disable=True)
+    return face
+
+
+def _tokens(face, person, scale=1.0):
+    with torch.no_grad():
+        return face.adaface(face.adaface.id_embeds_from_identity(person), scale=scale)[0]
+
+
+def test_call_equals_the_plain_pipeline_with_the_identity_prompt_embeds(face):
+    me = _person(1)
+    ours = face("a photo of z on the moon", identities={"z": me}, seed=4, adaface_scale=0.7, **RUN)
+    embeds = encode_prompt(face.pipeline, ["a photo of z on the moon"], {"z": _tokens(face, me, 0.7)},
+                           negative_prompt=[""])
+    plain = face.pipeline(**embeds, generator=[torch.Generator().manual_seed(4)], num_inference_steps=2, width=64,
+                          height=64, guidance_scale=7.5, output_type="pt").images
+    assert torch.allclose(ours.images, plain, atol=1e-6)
+    record = ours.metadata[0]
+    assert record["adaface"]["identities"]["z"]["name"] == "p1" and record["adaface"]["scale"] == 0.7
+    assert record["prompt"] == "a photo of z on the moon"  # the prompt as written, not the rewritten one
+
+
+def test_each_placeholder_carries_its_own_person_and_the_pipeline_is_left_as_it_was(face):
+    me, you = _person(1), _person(2)
+    tokenizer, embedding = face.pipeline.tokenizer, face.pipeline.text_encoder.get_input_embeddings()
+    vocabulary = len(tokenizer)
+    both = face("z hugging y", identities={"z": me, "y": you}, seed=1, **RUN).images
+    swapped = face("z hugging y", identities={"z": you, "y": me}, seed=1, **RUN).images
+    again = face("z hugging y", identities={"z": me, "y": you}, seed=1, **RUN).images
+    assert not torch.allclose(both, swapped, atol=1e-4) and torch.equal(both, again)
+    assert face.pipeline.tokenizer is tokenizer and len(tokenizer) == vocabulary
+    assert face.pipeline.text_encoder.get_input_embeddings() is embedding
+    plain = face.pipeline("z hugging y", generator=torch.Generator().manual_seed(1), num_inference_steps=2, width=64,
+                          height=64, output_type="pt").images
+    assert not torch.allclose(plain, both, atol=1e-4)  # the plain call after it sees plain words
+
+
+@pytest.mark.parametrize("task_options", [
+    dict(image=Image.new("RGB", (64, 64), "gray"), strength=0.8),
+    dict(control_image=Image.new("RGB", (64, 64), "white")),
+    dict(num_frames=2),
+])
+def test_every_task_takes_the_identity_words(face, task_options):
+    me, you = _person(1), _person(2)
+    first = face("a photo of z", identities={"z": me}, seed=2, **RUN, **task_options)
+    second = face("a photo of z", identities={"z": you}, seed=2, **RUN, **task_options)
+    images = torch.stack(list(first.images)) if isinstance(first.images, list) else first.images
+    others = torch.stack(list(second.images)) if isinstance(second.images, list) else second.images
+    assert not torch.allclose(images, others, atol=1e-4)  # the person reaches every task's image
+    assert first.metadata[0]["task"] == {"image": "img2img", "control_image": "controlnet", "num_frames": "video"}[
+        next(iter(task_options))]
+
+
+def test_with_a_faceid_adapter_as_well():
+    face = FacePipeline.tiny(projection="mlp", id_embeddings_dim=128, adaface=True, face_model=DLIB)
+    me = _person(1)
+    words_only = face("a photo of z", identities={"z": me}, seed=3, **RUN).images
+    both = face("a photo of z", identities={"z": me}, identity=me, seed=3, **RUN).images
+    assert not torch.allclose(words_only, both, atol=1e-4)  # the image-prompt branch adds to the words
+
+
+def test_identity_words_need_an_encoder_and_the_right_face_model(face):
+    plain = FacePipeline.tiny(projection="mlp", id_embeddings_dim=128)
+    with pytest.raises(GenerationError, match="need a text-space identity encoder"):
+        plain("a photo of z", identities={"z": _person(1)}, **RUN)
+    with pytest.raises(FacepromptError, match="insightface"):
+        face("a photo of z", identities={"z": _person(1, width=512, face_model="insightface/buffalo_l")}, **RUN)
+    with pytest.raises(AdaFaceError, match="'x'"):
+        face("a photo of z and x", identities={"z": _person(1)}, **RUN)
+    with pytest.raises(GenerationError, match="this pipeline has none"):
+        face("a photo", identity=_person(1), **RUN)
