@@ -95,3 +95,18 @@ def test_identity_words_need_an_encoder_and_the_right_face_model(face):
         face("a photo of z and x", identities={"z": _person(1)}, **RUN)
     with pytest.raises(GenerationError, match="this pipeline has none"):
         face("a photo", identity=_person(1), **RUN)
+
+
+def test_from_pretrained_with_an_encoder_file_and_no_faceid_adapter(tmp_path):
+    from faceprompt.adaface import save_encoder
+    from faceprompt.testing import save_tiny_sd15
+    from faceprompt.testing.adaface import tiny_adaface_encoder
+
+    encoder = tiny_adaface_encoder(64, face_model="test/64", seed=5)  # 64 wide: zero-padded like the released one
+    encoder_file = save_encoder(encoder, tmp_path / "encoder.safetensors")
+    face = FacePipeline.from_pretrained(str(save_tiny_sd15(tmp_path / "base")), adapter=None, adaface=str(encoder_file))
+    assert face.adapter is None and face.adaface.face_model == "test/64"
+    person = _person(7, width=64, face_model="test/64")
+    loaded = face("a photo of z", identities={"z": person}, seed=1, **RUN).images
+    in_memory = FacePipeline(face.pipeline, adaface=encoder)("a photo of z", identities={"z": person}, seed=1, **RUN)
+    assert torch.allclose(loaded, in_memory.images, atol=1e-6)
