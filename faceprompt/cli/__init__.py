@@ -13,10 +13,10 @@ import os
 
 from .. import __version__
 from ..errors import FacepromptError
-from . import analyze, convert, demo, evaluate, generate, identity, prepare, train
+from . import adaface, analyze, convert, demo, evaluate, generate, identity, prepare, train
 from .common import EXIT_BAD_INPUT, ArgumentParser, print_error, stderr
 
-COMMANDS = (analyze, identity, generate, convert, prepare, train, evaluate, demo)
+COMMANDS = (analyze, identity, generate, convert, prepare, train, evaluate, demo, adaface)
 
 
 def main(argv: list[str] | None = None) -> int:

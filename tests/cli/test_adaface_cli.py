@@ -1,0 +1,67 @@
+"""`faceprompt adaface invert`: a subject embedding from photos; bad input exits 2 with one error line and no file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from faceprompt.adaface.inversion import load_subject_embedding
+from faceprompt.cli import main
+
+
+def _invert(photos, out, *extra: str) -> list[str]:
+    return ["adaface", "invert", *map(str, photos), "--subject", "z", "--class-words", "young woman",
+            "--model", "tiny", "--steps", "2", "--out", str(out), *extra]
+
+
+def test_invert_writes_a_subject_embedding(photo_dir, tmp_path, capsys):
+    out = tmp_path / "z.safetensors"
+    code = main(_invert([photo_dir / "astronaut.png"], out, "--class-weights", "1", "2", "--num-vectors", "3"))
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "face backend: dlib" in captured.err  # --model tiny analyses faces with dlib
+    assert f"wrote {out}" in captured.out and "3 token vectors of width 64" in captured.out
+    name, tokens = load_subject_embedding(out, text_width=64)
+    assert name == "z" and tokens.shape == (3, 64) and torch.isfinite(tokens).all()
+    with safe_open(str(out), framework="pt") as handle:
+        metadata = handle.metadata()
+    assert metadata["base_model"] == "tiny" and metadata["steps"] == "2"
+    assert json.loads(metadata["class_words"]) == ["young", "woman"]
+    assert json.loads(metadata["class_weights"]) == [1.0, 2.0]
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("no face", "wall.png: no face found"),
+        ("weights", "1 class weight(s) for 2 class word(s) (young woman)"),
+        ("exists", "already exists"),
+        ("suffix", "written as .safetensors"),
+        ("subject", "placeholder 'woman'"),
+        ("steps", "--steps: must be a whole number >= 1"),
+    ],
+)
+def test_bad_input_exits_2_with_one_error_line_and_writes_nothing(photo_dir, tmp_path, capsys, case, message):
+    out = tmp_path / ("z.bin" if case == "suffix" else "z.safetensors")
+    photos = [photo_dir / "astronaut.png"] + ([photo_dir / "wall.png"] if case == "no face" else [])
+    argv = _invert(photos, out)
+    if case == "weights":
+        argv += ["--class-weights", "1"]
+    elif case == "exists":
+        out.write_bytes(b"keep me")
+    elif case == "subject":
+        argv[argv.index("--subject") + 1] = "woman"
+    elif case == "steps":
+        argv[argv.index("--steps") + 1] = "0"
+    before = sorted(tmp_path.rglob("*"))
+
+    code = main(argv)
+    err_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 2
+    assert len(err_lines) == 1 and message in err_lines[0], err_lines
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written, no temporary file left
+    if case == "exists":
+        assert out.read_bytes() == b"keep me"
