@@ -304,15 +304,19 @@ class SubjectInversion:
     def _encode(self, crops: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """The VAE's latent distribution (mean, std, fp32 on the CPU) of every crop and of its mirror image."""
         size = model_resolution(self.pipe)
-        bad = [index for index, crop in enumerate(crops) if np.shape(crop) != (size, size, 3)]
+        bad = [index for index, crop in enumerate(crops) if np.shape(crop) != (size, size, 3) or crop.dtype != np.uint8]
         if not crops or bad:
-            raise AdaFaceError(f"inversion needs RGB face crops of {size}x{size} pixels (the model's resolution); "
-                               f"{'none given' if not crops else f'crops {bad} have another shape'}")
-        pixels = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 127.5 - 1
-        pixels = torch.cat([pixels, pixels.flip(-1)])
+            raise AdaFaceError(f"inversion needs uint8 RGB face crops of {size}x{size} pixels (the model's "
+                               f"resolution); {'none given' if not crops else f'crops {bad} are not'}")
         vae = self.pipe.vae
-        distribution = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist
-        return distribution.mean.float().cpu(), distribution.std.float().cpu()
+        means, stds = [], []
+        for crop in crops:  # one at a time: at 512 pixels the encoder's activations are large
+            pixels = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float() / 127.5 - 1
+            pixels = torch.stack([pixels, pixels.flip(-1)])
+            distribution = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist
+            means.append(distribution.mean.float().cpu())
+            stds.append(distribution.std.float().cpu())
+        return torch.cat(means), torch.cat(stds)
 
     def sample_batch(self) -> InversionBatch:
         """A random batch, drawn from the inversion's own seeded generator."""

@@ -283,7 +283,7 @@ def test_bad_settings_are_refused_before_training(sd15, sdxl, crops):
         SubjectInversion(sd15, crops, "woman", "woman")
     with pytest.raises(AdaFaceError, match="rank must be larger than"):
         _inversion(sd15, crops, rank=1)
-    with pytest.raises(AdaFaceError, match="64x64 pixels"):
+    with pytest.raises(AdaFaceError, match="uint8 RGB face crops of 64x64 pixels"):
         _inversion(sd15, [crop[:32] for crop in crops])
     with pytest.raises(AdaFaceError, match="one text encoder"):
         SubjectInversion(sdxl, crops, "z", "woman")
