@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-from .. import __version__
 from ..adaface import AdaFaceEncoder
 from ..adapters.attach import attach_adapter, attached_adapters, detach_adapter, get_runtime, set_lora
 from ..adapters.attention import AttachedAdapter, ImagePrompt
@@ -24,7 +23,6 @@ from ..adapters.registry import AdapterVariant
 from ..adapters.tokens import clip_image_embeds, clip_pixel_values, identity_tokens, image_prompt_tokens
 from ..errors import GenerationError
 from ..identity import Identity
-from ..testing.diffusion import tiny_model_notice
 from .fast import FastMode, apply_fast_mode, get_fast_mode
 from .inputs import (
     IdentityLookup,
@@ -35,6 +33,7 @@ from .inputs import (
     warn_on_face_count,
 )
 from .loading import ModelOptions, shared_or_loaded_encoder
+from .records import call_settings, image_record
 from .request import (
     DEFAULT_GUIDANCE_SCALE,
     DEFAULT_NUM_FRAMES,
@@ -57,7 +56,6 @@ from .tasks import (
     check_pipeline_keywords,
     derived_pipeline,
     images_of,
-    recordable,
     task_options,
 )
 
@@ -422,11 +420,11 @@ class FacePipeline:
 
         # 7. A record per image, from which it can be made again
         recorded = request.model_copy(update={"seed": base_seed})
-        settings = self._settings(recorded, task, scheduler, steps, guidance, pipeline_kwargs)
+        settings = call_settings(self, recorded, task, scheduler, steps, guidance, pipeline_kwargs)
         if people:
             settings["adaface"] = describe_text_identities(self.adaface, people, request.adaface_scale)
         metadata = [
-            self._metadata(recorded, index, seeds[index], [used[index // request.num_images] for used in identities],
+            image_record(self, recorded, index, seeds[index], [used[index // request.num_images] for used in identities],
                            settings)
             for index in range(len(seeds))
         ]
@@ -600,57 +598,6 @@ class FacePipeline:
         image = open_image(request.style_image)
         cond, uncond = image_prompt_tokens(self.style_adapter, self.style_image_encoder, image)
         return {self.style_adapter.name: [ImagePrompt(cond=cond, uncond=uncond, scale=request.style_scale)]}
-
-    # --- 7. the record ----------------------------------------------------------------------------
-
-    def _settings(
-        self, request: GenerateRequest, task: str, scheduler: str, steps: int, guidance: float, pipeline_kwargs: dict
-    ) -> dict[str, Any]:
-        """What every image of the call shares: the request as given and what it resolved to."""
-        settings = dict(
-            negative_prompt=request.negative_prompt, scale=request.scale, s_scale=request.s_scale,
-            shortcut=request.shortcut if request.shortcut is not None else bool(self.variant and self.variant.shortcut),
-            start=request.start, end=request.end, guidance_scale=guidance, num_inference_steps=steps,
-            width=request.width, height=request.height, regions=len(request.regions or []), task=task,
-            fast=self.fast_mode.name if self.fast_mode else None, scheduler=scheduler,
-            **recordable({"strength": request.strength, **pipeline_kwargs}),
-            request=request.to_dict(),
-        )
-        if task == "video":
-            settings.update(num_frames=request.num_frames or DEFAULT_NUM_FRAMES, fps=request.fps)
-        if request.style_image is not None:
-            settings.update(style_scale=request.style_scale, style_adapter=self.style_adapter.source)
-        if self.model_options is not None:
-            settings["model"] = self.model_options.to_dict()
-        return settings
-
-    def _metadata(
-        self, request: GenerateRequest, index: int, seed: int, identities: list[Identity | None], settings: dict
-    ) -> dict[str, Any]:
-        record = {
-            "prompt": request.prompts[index // request.num_images],
-            "seed": seed,
-            "index": index,
-            **settings,
-            "adapter": self.adapter.source if self.adapter is not None else None,
-            "variant": self.variant.name if self.variant else None,
-            "lora": self.adapter.lora_mode if self.adapter is not None else None,
-            "lora_scale": self.adapter.lora_scale if self.adapter is not None else None,
-            "base_model": getattr(self.pipeline, "name_or_path", None) or self.pipeline.config.get("_name_or_path"),
-            "pipeline": type(self.pipeline).__name__,
-            "faceprompt_version": __version__,
-        }
-        described = [
-            {"name": item.name, "face_model": item.face_model, "sources": [s.get("sha256") for s in item.sources]}
-            for item in identities
-            if item is not None
-        ]
-        if described:
-            record["identity"] = described[0] if len(described) == 1 else described
-        notice = tiny_model_notice(self.pipeline)
-        if notice:
-            record["notice"] = notice  # outputs of faceprompt.testing's tiny random models say so
-        return record
 
 
 def _adapter_settings(pipeline: Any) -> tuple:

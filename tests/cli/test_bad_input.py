@@ -40,7 +40,7 @@ NUMBERS = [
     (["eval-run", "--person", "a", "PHOTO", "--out", "OUT/run", "--seeds", "-1"], "argument --seeds"),
     (["eval-run", "--person", "a", "PHOTO", "--out", "OUT/run", "--batch-size", "0"], "argument --batch-size"),
     (["eval-run", "--person", "a", "PHOTO", "--out", "OUT/run", "--model", "tiny", "--size", "0x64"],
-     "--size 0x64: the width must be a positive multiple of 8, got 0"),
+     "width=0: input should be greater than 0"),
     (["eval-run", "--person", "a", "PHOTO", "--out", "OUT/run", "--max-faces", "nan"], "argument --max-faces"),
     (["prepare", "PHOTO", "--out", "OUT/data", "--min-face-size", "nan"], "argument --min-face-size"),
     (["prepare", "PHOTO", "--out", "OUT/data", "--blur-threshold", "inf"], "argument --blur-threshold"),
