@@ -36,13 +36,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..errors import (
-    AdaFaceError,
-    CheckpointError,
-    CheckpointNotFoundError,
-    FaceError,
-    NoFaceFoundError,
-)
+from ..errors import AdaFaceError, CheckpointError, CheckpointNotFoundError, FaceError, NoFaceFoundError
 from ..faces import Face, FaceAnalyzer, alignment_matrix, select_faces
 from ..files import write_file
 from ..weights import check_tensors, read_safetensors
@@ -304,13 +298,14 @@ class SubjectInversion:
     def _encode(self, crops: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """The VAE's latent distribution (mean, std, fp32 on the CPU) of every crop and of its mirror image."""
         size = model_resolution(self.pipe)
-        bad = [index for index, crop in enumerate(crops) if np.shape(crop) != (size, size, 3) or crop.dtype != np.uint8]
-        if not crops or bad:
+        arrays = [np.asarray(crop) for crop in crops]
+        bad = [index for index, crop in enumerate(arrays) if crop.shape != (size, size, 3) or crop.dtype != np.uint8]
+        if not arrays or bad:
             raise AdaFaceError(f"inversion needs uint8 RGB face crops of {size}x{size} pixels (the model's "
-                               f"resolution); {'none given' if not crops else f'crops {bad} are not'}")
+                               f"resolution); {'none given' if not arrays else f'crops {bad} are not'}")
         vae = self.pipe.vae
         means, stds = [], []
-        for crop in crops:  # one at a time: at 512 pixels the encoder's activations are large
+        for crop in arrays:  # one at a time: at 512 pixels the encoder's activations are large
             pixels = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float() / 127.5 - 1
             pixels = torch.stack([pixels, pixels.flip(-1)])
             distribution = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist

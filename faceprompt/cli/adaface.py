@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import torch
@@ -42,7 +43,7 @@ def add_parser(subparsers) -> None:
                         help="token vectors of the subject, i.e. prompt tokens it takes (default 4)")
     invert.add_argument("--rank", type=positive_int, default=10,
                         help="size of the basis the vectors are mixed from (default 10; more than the class tokens)")
-    invert.add_argument("--lr", type=float, default=2e-2, help="AdamW learning rate (default 0.02)")
+    invert.add_argument("--lr", type=_positive_float, default=2e-2, help="AdamW learning rate (default 0.02)")
     invert.add_argument("--batch-size", type=positive_int, default=2, help="crops per step (default 2)")
     invert.add_argument("--seed", type=int, default=0, help="seeds the start and every batch (default 0)")
     invert.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
@@ -50,6 +51,16 @@ def add_parser(subparsers) -> None:
                         help="precision of the frozen base model (the embedding trains in float32)")
     add_analyzer_options(invert)
     invert.set_defaults(handler=run_invert)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
 
 
 def run_invert(args: argparse.Namespace) -> int:

@@ -10,11 +10,12 @@ from safetensors import safe_open
 
 from faceprompt.adaface.inversion import load_subject_embedding
 from faceprompt.cli import main
+from faceprompt.testing import save_tiny_sd15, save_tiny_sdxl
 
 
 def _invert(photos, out, *extra: str) -> list[str]:
     return ["adaface", "invert", *map(str, photos), "--subject", "z", "--class-words", "young woman",
-            "--model", "tiny", "--steps", "2", "--out", str(out), *extra]
+            "--model", "tiny", "--steps", "1", "--out", str(out), *extra]
 
 
 def test_invert_writes_a_subject_embedding(photo_dir, tmp_path, capsys):
@@ -28,9 +29,27 @@ def test_invert_writes_a_subject_embedding(photo_dir, tmp_path, capsys):
     assert name == "z" and tokens.shape == (3, 64) and torch.isfinite(tokens).all()
     with safe_open(str(out), framework="pt") as handle:
         metadata = handle.metadata()
-    assert metadata["base_model"] == "tiny" and metadata["steps"] == "2"
+    assert metadata["base_model"] == "tiny" and metadata["steps"] == "1"
     assert json.loads(metadata["class_words"]) == ["young", "woman"]
     assert json.loads(metadata["class_weights"]) == [1.0, 2.0]
+
+
+def test_invert_on_a_base_model_folder(photo_dir, tmp_path, capsys):
+    base = save_tiny_sd15(tmp_path / "sd15")
+    out = tmp_path / "z.safetensors"
+    argv = _invert([photo_dir / "astronaut.png"], out)
+    argv[argv.index("--model") + 1] = str(base)
+    assert main(argv) == 0, capsys.readouterr().err
+    with safe_open(str(out), framework="pt") as handle:
+        assert handle.metadata()["base_model"] == str(base)
+
+    sdxl = save_tiny_sdxl(tmp_path / "sdxl")
+    argv[argv.index("--model") + 1] = str(sdxl)
+    argv[argv.index("--out") + 1] = str(tmp_path / "y.safetensors")
+    assert main(argv) == 2
+    err_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err_lines) == 1 and "one text encoder" in err_lines[0]
+    assert not (tmp_path / "y.safetensors").exists()
 
 
 @pytest.mark.parametrize(
@@ -42,6 +61,7 @@ def test_invert_writes_a_subject_embedding(photo_dir, tmp_path, capsys):
         ("suffix", "written as .safetensors"),
         ("subject", "placeholder 'woman'"),
         ("steps", "--steps: must be a whole number >= 1"),
+        ("lr", "--lr: must be a finite number > 0"),
     ],
 )
 def test_bad_input_exits_2_with_one_error_line_and_writes_nothing(photo_dir, tmp_path, capsys, case, message):
@@ -56,6 +76,8 @@ def test_bad_input_exits_2_with_one_error_line_and_writes_nothing(photo_dir, tmp
         argv[argv.index("--subject") + 1] = "woman"
     elif case == "steps":
         argv[argv.index("--steps") + 1] = "0"
+    elif case == "lr":
+        argv += ["--lr", "nan"]
     before = sorted(tmp_path.rglob("*"))
 
     code = main(argv)
