@@ -279,7 +279,7 @@ def test_class_weights_rules():
 
 
 def test_bad_settings_are_refused_before_training(sd15, sdxl, crops):
-    with pytest.raises(AdaFaceError, match="placeholder 'woman' is a common word|placeholder 'woman'"):
+    with pytest.raises(AdaFaceError, match="placeholder .woman. is a common word"):
         SubjectInversion(sd15, crops, "woman", "woman")
     with pytest.raises(AdaFaceError, match="rank must be larger than"):
         _inversion(sd15, crops, rank=1)
