@@ -19,6 +19,7 @@ no identity declares is refused, because a forgotten identity would otherwise si
 from __future__ import annotations
 
 import copy
+import weakref
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -357,10 +358,9 @@ def placeholder_tokens(
         name: [[_TOKEN_FORMAT.format(i, g, k) for k in range(len(group))] for g, group in enumerate(name_groups)]
         for i, (name, name_groups) in enumerate(groups.items())
     }
-    patched = copy.deepcopy(tokenizer)
-    first_id = len(patched)
+    first_id = len(tokenizer)
     flat_strings = [token for strings in token_strings.values() for group in strings for token in group]
-    patched.add_tokens(flat_strings)
+    patched = _patched_tokenizer(tokenizer, flat_strings)
     if patched.convert_tokens_to_ids(flat_strings) != list(range(first_id, first_id + len(flat_strings))):
         raise AdaFaceError("the tokenizer did not give the identity tokens consecutive new ids; it cannot take them")
     weight = original_embedding.weight
@@ -376,6 +376,22 @@ def placeholder_tokens(
     finally:
         text_encoder.set_input_embeddings(original_embedding)
         pipe.tokenizer = tokenizer
+
+
+#: Copies of each tokenizer that know a set of identity tokens. Copying a full CLIP tokenizer takes ~0.1 s, about a
+#: prompt encoding; the token strings depend only on how many placeholders and tokens a call has, so calls reuse them.
+_PATCHED_TOKENIZERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _patched_tokenizer(tokenizer: Any, token_strings: list[str]) -> Any:
+    """A copy of ``tokenizer`` that also knows ``token_strings`` (made once per tokenizer, size and token set)."""
+    copies = _PATCHED_TOKENIZERS.setdefault(tokenizer, {})
+    key = (len(tokenizer), tuple(token_strings))
+    if key not in copies:
+        patched = copy.deepcopy(tokenizer)
+        patched.add_tokens(token_strings)
+        copies[key] = patched
+    return copies[key]
 
 
 def _has_second_encoder(pipe: Any) -> bool:

@@ -150,12 +150,13 @@ def say_workers(workers: int | str, backend_name: str) -> None:
 def model_options(args: argparse.Namespace, *, video: bool = False, image_prompt: bool = True):
     """The :class:`~faceprompt.pipelines.ModelOptions` of a command's model options, validated (nothing loads);
     ``video``: the request is a video (a motion adapter loads, and the base must be SD1.5); ``image_prompt``: an
-    identity goes through the image-prompt adapter (without one and without ``--adapter``, none loads)."""
+    identity goes through the image-prompt adapter (without one and without ``--adapter``, none loads: the people
+    are words of the prompt only)."""
     from ..pipelines import ModelOptions
     from ..pipelines.loading import DEFAULT_ADAPTER
 
     adaface = getattr(args, "adaface", None)
-    adapter = args.adapter or (DEFAULT_ADAPTER if image_prompt or adaface is None else None)
+    adapter = args.adapter or (DEFAULT_ADAPTER if image_prompt else None)
     return ModelOptions(
         adapter=adapter, adaface=adaface, variant=args.variant, base=args.base, vae=args.vae, image_encoder=args.image_encoder,
         controlnet=getattr(args, "controlnet", None), motion_adapter=getattr(args, "motion_adapter", None),

@@ -39,6 +39,9 @@ def add_parser(subparsers) -> None:
     generate.add_argument("--adaface", metavar="PATH|tiny",
                           help="AdaFace encoder for placeholder identities: a released .pt, a converted .safetensors "
                                "(local or owner/repo/path), or tiny (the offline random test encoder, with --model tiny)")
+    generate.add_argument("--embedding", action="append", metavar="FILE[:z=w]",
+                          help="a subject embedding from `faceprompt adaface invert` (its placeholder is a word of the "
+                               "prompt; FILE:z=w renames it); repeat for several people")
     generate.add_argument("--adaface-scale", type=float, default=1.0,
                           help="strength of placeholder identities (default 1.0)")
     generate.add_argument("--controlnet", help="ControlNet for --task controlnet")
@@ -88,12 +91,13 @@ def run(args: argparse.Namespace) -> int:
     who = [request.identity] if request.identity is not None else [region.identity for region in request.regions or []]
     who += list((request.identities or {}).values())
     flat = [item for reference in who for item in (reference if isinstance(reference, list) else [reference])]
-    identity = [resolve_identity(reference) for reference in flat][0]
+    people = [resolve_identity(reference) for reference in flat]
     if args.face:
-        stderr.print(f"face backend: {identity.face_model} ({len(identity)} photo(s))", highlight=False, markup=False)
+        stderr.print(f"face backend: {people[0].face_model} ({len(people[0])} photo(s))", highlight=False, markup=False)
 
-    # 3. The models, then one call for every image of the request
-    face = load_face_pipeline(options, id_embeddings_dim=identity.embedding_dim, face_model=identity.face_model)
+    # 3. The models (the tiny ones sized for the first person's face model), then one call for every image
+    sizes = dict(id_embeddings_dim=people[0].embedding_dim, face_model=people[0].face_model) if people else {}
+    face = load_face_pipeline(options, **sizes)
     face.pipeline.set_progress_bar_config(disable=True)
     result = _generate(face, request)
 
@@ -131,8 +135,12 @@ def _request(args: argparse.Namespace):
         who = {"identity": IdentityRef(photos=plain, **photos)} if plain else {}
         if named:
             who["identities"] = {name: IdentityRef(photos=files, **photos) for name, files in named.items()}
-    else:
-        raise FacepromptError("say who: --face PHOTO..., --identity FILE or --region IDENTITY MASK (repeatable)")
+    elif not args.embedding:
+        raise FacepromptError(
+            "say who: --face PHOTO..., --identity FILE, --region IDENTITY MASK (repeatable) or --embedding FILE"
+        )
+    if args.embedding:
+        who["embeddings"] = args.embedding
     if "identities" in who and not args.adaface:
         raise FacepromptError("NAME=... identities are words of the prompt: give the encoder with --adaface PATH|tiny")
     given = dict(

@@ -47,6 +47,7 @@ from .schedulers import apply_scheduler
 from .text_identities import (
     describe_text_identities,
     identity_token_embeddings,
+    subject_embeddings,
     text_identities,
     words_for_identities,
 )
@@ -104,8 +105,6 @@ class FacePipeline:
         identity_lookup: IdentityLookup | None = None,
         adaface: AdaFaceEncoder | None = None,
     ):
-        if adapter is None and adaface is None:
-            raise GenerationError("give an image-prompt adapter (adapter=...), an AdaFace encoder (adaface=...), or both")
         self.pipeline = pipeline
         self.adapter: AttachedAdapter | None = None
         if adapter is not None:
@@ -387,11 +386,13 @@ class FacePipeline:
         inputs = self._task_inputs(request, task)
         call_options = task_options(pipeline, task, request.width, request.height, {**inputs, **pipeline_kwargs})
 
-        people = text_identities(request, self.adaface, pipeline, self.identity_lookup)
+        subjects = subject_embeddings(request, pipeline)
+        people = text_identities(request, self.adaface, pipeline, self.identity_lookup, subjects)
 
         # 3. Identity -> image prompts, and placeholder identities -> token embeddings (once per call, not per step)
         image_prompts, identities = self._identity_prompts(request)
         words = identity_token_embeddings(self.adaface, people, request.adaface_scale) if people else {}
+        words.update(subjects)
 
         # 4. Style image -> its adapter's image prompts
         prompts_by_adapter = {self.adapter.name: image_prompts} if self.adapter is not None else {}

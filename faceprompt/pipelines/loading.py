@@ -111,8 +111,6 @@ class ModelOptions(BaseModel):
                 raise ValueError("model=tiny runs the tiny AdaFace encoder: give adaface=tiny")
         elif self.adaface == "tiny":
             raise ValueError("adaface=tiny is the random test encoder of the tiny models: give model=tiny too")
-        if self.adapter is None and self.adaface is None:
-            raise ValueError("give an adapter, an AdaFace encoder (adaface), or both")
         return self
 
     @property

@@ -339,6 +339,9 @@ class GenerateRequest(BaseModel):
     identities: dict[str, IdentityInput] | None = Field(
         None, description="placeholder word -> identity, for the text-space encoder (`a photo of z and y`)"
     )
+    embeddings: list[str] | None = Field(
+        None, description="subject embedding files from `faceprompt adaface invert` (`file.safetensors:z=w` renames)"
+    )
     adaface_scale: float = Field(
         1.0, ge=0, le=10, allow_inf_nan=False,
         description="text-space identity strength: s * identity tokens + (1 - s) * padding tokens (0-10)",
@@ -423,6 +426,19 @@ class GenerateRequest(BaseModel):
             return [_check_identity_input(item) for item in value]
         return _check_identity_input(value)
 
+    @field_validator("embeddings")
+    @classmethod
+    def _embedding_files(cls, value: list[str] | None) -> list[str] | None:
+        from ..adaface.inversion import split_embedding_reference
+
+        for reference in value or []:
+            path = split_embedding_reference(reference)[0]
+            if not Path(path).is_file():
+                raise ValueError(f"{path} is not a file; make one with `faceprompt adaface invert`")
+        if value is not None and not value:
+            raise ValueError("an empty list of embedding files")
+        return value
+
     @field_validator("identities")
     @classmethod
     def _placeholder_identities(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -482,8 +498,11 @@ class GenerateRequest(BaseModel):
                 "region its identity)"
             )
         given += ["identities"] if self.identities else []
+        given += ["embeddings"] if self.embeddings else []
         if not given:
-            raise ValueError("no identity given: pass identity (a file, photos or an Identity), regions or identities")
+            raise ValueError(
+                "no identity given: pass identity (a file, photos or an Identity), regions, identities or embeddings"
+            )
         if self.identities:
             words = {word for prompt in prompts for word in re.findall(r"[A-Za-z0-9_-]+", prompt)}
             missing = [placeholder for placeholder in self.identities if placeholder not in words]

@@ -20,10 +20,32 @@ from .inputs import IdentityLookup, resolve_identity
 from .request import GenerateRequest
 
 
+def subject_embeddings(request: GenerateRequest, pipeline: Any) -> dict[str, Any]:
+    """The request's subject embedding files as ``{placeholder: tokens}``, checked against the text encoder's width."""
+    if not request.embeddings:
+        return {}
+    from ..adaface.inversion import load_subject_embeddings
+
+    width = pipeline.text_encoder.get_input_embeddings().weight.shape[1]
+    subjects = load_subject_embeddings(request.embeddings, text_width=width)
+    shared = sorted(set(subjects) & set(request.identities or {}))
+    if shared:
+        raise GenerationError(
+            f"placeholder {shared[0]!r} is given an identity and an embedding file; give it one (rename the file's "
+            f"placeholder with file.safetensors:{shared[0]}=NEW)"
+        )
+    return subjects
+
+
 def text_identities(
-    request: GenerateRequest, encoder: AdaFaceEncoder | None, pipeline: Any, lookup: IdentityLookup | None
+    request: GenerateRequest, encoder: AdaFaceEncoder | None, pipeline: Any, lookup: IdentityLookup | None,
+    subjects: dict[str, Any],
 ) -> dict[str, Identity]:
-    """The request's placeholder identities, checked against the encoder and the pipeline's tokenizer (no model runs)."""
+    """The request's placeholder identities, checked with the embeddings' placeholders against the encoder and the
+    pipeline's tokenizer (no model runs)."""
+    names = [*(request.identities or {}), *subjects]
+    if names:
+        check_placeholders(request.prompts, names, pipeline.tokenizer)
     if not request.identities:
         return {}
     if encoder is None:
@@ -31,7 +53,6 @@ def text_identities(
             "identities={placeholder: ...} need a text-space identity encoder: FacePipeline(..., adaface=...) or "
             "--adaface NAME|PATH|tiny"
         )
-    check_placeholders(request.prompts, list(request.identities), pipeline.tokenizer)
     people = {name: resolve_identity(reference, lookup) for name, reference in request.identities.items()}
     for person in people.values():
         encoder.id_embeds_from_identity(person)  # refuses another face model's embeddings, naming both

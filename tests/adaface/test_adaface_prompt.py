@@ -384,3 +384,14 @@ def test_placeholder_tokens_refuses_bad_input_before_changing_anything(sd15):
     assert sd15.tokenizer is tokenizer and sd15.text_encoder.get_input_embeddings() is embedding
     with pytest.raises(AdaFaceError, match="no CLIP tokenizer"), placeholder_tokens(object(), {"z": _tokens(2, 64, 0)}):
         pass
+
+
+def test_the_patched_tokenizer_is_made_once_per_token_layout(sd15):
+    seen = []
+    for seed in (1, 2):
+        with placeholder_tokens(sd15, {"z": _tokens(4, 64, seed)}):
+            seen.append(sd15.tokenizer)
+    with placeholder_tokens(sd15, {"z": _tokens(4, 64, 3), "y": _tokens(4, 64, 4)}):
+        seen.append(sd15.tokenizer)
+    assert seen[0] is seen[1] and seen[2] is not seen[0]  # same layout: reused; another layout: its own copy
+    assert all(tokenizer is not sd15.tokenizer for tokenizer in seen)

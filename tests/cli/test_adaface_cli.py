@@ -87,3 +87,32 @@ def test_bad_input_exits_2_with_one_error_line_and_writes_nothing(photo_dir, tmp
     assert sorted(tmp_path.rglob("*")) == before  # nothing written, no temporary file left
     if case == "exists":
         assert out.read_bytes() == b"keep me"
+
+
+def test_generate_with_subject_embeddings(photo_dir, tmp_path, capsys):
+    from faceprompt import FacePipeline
+    from faceprompt.adaface import encode_prompt
+    from faceprompt.pipelines.outputs import read_metadata
+
+    out = tmp_path / "z.safetensors"
+    assert main(_invert([photo_dir / "astronaut.png"], out)) == 0
+    generate = ["generate", "--embedding", str(out), "--embedding", f"{out}:z=y", "--prompt", "z hugging y",
+                "--model", "tiny", "--steps", "2", "--size", "64x64", "--seed", "5", "--out", str(tmp_path / "o")]
+    assert main(generate) == 0, capsys.readouterr().err
+    record = read_metadata(tmp_path / "o" / "faceprompt-5.png")
+    assert record["request"]["embeddings"] == [str(out), f"{out}:z=y"]
+    # the image is the tiny pipeline called with the two subjects' tokens in the prompt
+    face = FacePipeline.tiny(projection=None)  # words only: no FaceID adapter (its LoRA would change the UNet)
+    _, tokens = load_subject_embedding(out, text_width=64)
+    embeds = encode_prompt(face.pipeline, ["z hugging y"], {"z": tokens, "y": tokens}, negative_prompt=[""])
+    expected = face.pipeline(**embeds, generator=[torch.Generator().manual_seed(5)], num_inference_steps=2, width=64,
+                             height=64, output_type="np").images[0]
+    import numpy as np
+    from PIL import Image
+
+    written = np.asarray(Image.open(tmp_path / "o" / "faceprompt-5.png"), dtype=np.float32) / 255
+    assert np.abs(written - expected).max() <= 1 / 255 + 1e-6
+    capsys.readouterr()
+    assert main([*generate[:5], "--embedding", str(out), *generate[5:]]) == 2  # placeholder z given twice
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'z'" in err[0]
