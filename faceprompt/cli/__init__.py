@@ -1,5 +1,6 @@
 """Command line: ``faceprompt analyze | identity create | identity show | generate | convert | prepare | train | eval |
-eval-run | adaface invert | demo``, one module per command, each with ``add_parser(subparsers)`` and its ``run`` function(s).
+eval-run | adaface invert | demo``, one module per command, each with ``add_parser(subparsers)`` and its ``run``
+function(s).
 
 Exit codes: 0 success, 2 bad input (an unreadable photo, no face, a damaged file, a value that cannot work, an
 output path that cannot be written): one line ``error: ...`` on stderr names the file or option, what was wrong and
