@@ -411,7 +411,7 @@ class FacePipeline:
         runtime = get_runtime(pipeline)
         conditioning = runtime.conditioning(prompts_by_adapter, do_cfg) if runtime is not None else nullcontext()
         with self._scheduler(pipeline, request.scheduler), conditioning, words_for_identities(
-            pipeline, words, batch
+            pipeline, words, batch, request.adaface_prompt
         ) as prompt_options:
             scheduler = type(pipeline.scheduler).__name__
             output = pipeline(

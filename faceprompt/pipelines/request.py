@@ -342,6 +342,10 @@ class GenerateRequest(BaseModel):
     embeddings: list[str] | None = Field(
         None, description="subject embedding files from `faceprompt adaface invert` (`file.safetensors:z=w` renames)"
     )
+    adaface_prompt: Literal["auto", "append", "in_place"] = Field(
+        "auto", description="where identity words go: in_place (where the placeholder stands), append (after the "
+        "prompt, once per encoder branch), auto (append for one person, in place for several)",
+    )
     adaface_scale: float = Field(
         1.0, ge=0, le=10, allow_inf_nan=False,
         description="text-space identity strength: s * identity tokens + (1 - s) * padding tokens (0-10)",

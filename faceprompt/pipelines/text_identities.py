@@ -71,13 +71,15 @@ def identity_token_embeddings(encoder: AdaFaceEncoder, people: dict[str, Identit
 
 
 @contextmanager
-def words_for_identities(pipeline: Any, tokens: dict[str, Any], batch: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def words_for_identities(
+    pipeline: Any, tokens: dict[str, Any], batch: dict[str, Any], mode: str = "auto"
+) -> Iterator[dict[str, Any]]:
     """``batch`` (the call's prompt keywords) with each placeholder written as its identity's tokens, while the
     pipeline's text encoder knows them; the pipeline is as it was afterwards."""
     if not tokens:
         yield batch
         return
-    with placeholder_tokens(pipeline, tokens) as rewrite:
+    with placeholder_tokens(pipeline, tokens, mode=mode) as rewrite:
         yield {**batch, **rewrite.pipeline_kwargs(batch["prompt"])}
 
 

@@ -110,3 +110,26 @@ def test_from_pretrained_with_an_encoder_file_and_no_faceid_adapter(tmp_path):
     loaded = face("a photo of z", identities={"z": person}, seed=1, **RUN).images
     in_memory = FacePipeline(face.pipeline, adaface=encoder)("a photo of z", identities={"z": person}, seed=1, **RUN)
     assert torch.allclose(loaded, in_memory.images, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["in_place", "append"])
+def test_prompt_rewrite_modes_equal_encode_prompt_with_the_same_mode(face, mode):
+    me = _person(1)
+    ours = face("a photo of z on the moon", identities={"z": me}, adaface_prompt=mode, seed=4, **RUN).images
+    embeds = encode_prompt(face.pipeline, ["a photo of z on the moon"], {"z": _tokens(face, me)}, negative_prompt=[""],
+                           mode=mode)
+    plain = face.pipeline(**embeds, generator=[torch.Generator().manual_seed(4)], num_inference_steps=2, width=64,
+                          height=64, output_type="pt").images
+    assert torch.allclose(ours, plain, atol=1e-6)
+
+
+def test_sdxl_takes_identity_words_in_its_clip_l_encoder():
+    face = FacePipeline.tiny("sdxl", projection=None, id_embeddings_dim=128, adaface=True, face_model=DLIB)
+    tokenizers = (face.pipeline.tokenizer, face.pipeline.tokenizer_2)
+    sizes = tuple(len(tokenizer) for tokenizer in tokenizers)
+    me, you = _person(1), _person(2)
+    first = face("a photo of z", identities={"z": me}, seed=2, **RUN).images
+    second = face("a photo of z", identities={"z": you}, seed=2, **RUN).images
+    assert not torch.allclose(first, second, atol=1e-4)
+    assert (face.pipeline.tokenizer, face.pipeline.tokenizer_2) == tokenizers
+    assert tuple(len(tokenizer) for tokenizer in tokenizers) == sizes
