@@ -42,6 +42,9 @@ def add_parser(subparsers) -> None:
     generate.add_argument("--embedding", action="append", metavar="FILE[:z=w]",
                           help="a subject embedding from `faceprompt adaface invert` (its placeholder is a word of the "
                                "prompt; FILE:z=w renames it); repeat for several people")
+    generate.add_argument("--adaface-prompt", choices=["auto", "append", "in_place"], default="auto",
+                          help="where identity words go: in_place, append (after the prompt), auto (default: append "
+                               "for one person, in place for several)")
     generate.add_argument("--adaface-scale", type=float, default=1.0,
                           help="strength of placeholder identities (default 1.0)")
     generate.add_argument("--controlnet", help="ControlNet for --task controlnet")
@@ -149,7 +152,8 @@ def _request(args: argparse.Namespace):
         scale=args.scale, s_scale=args.s_scale, seed=args.seed, num_images=args.num_images, num_frames=args.num_frames,
         fps=args.fps, strength=args.strength, scheduler=args.scheduler, fast=args.fast, image=args.image,
         mask_image=args.mask, control_image=args.control_image, style_image=args.style_image,
-        style_scale=args.style_scale if args.style_image else None, adaface_scale=args.adaface_scale, **who,
+        style_scale=args.style_scale if args.style_image else None, adaface_scale=args.adaface_scale,
+        adaface_prompt=args.adaface_prompt, **who,
     )
     return GenerateRequest(**{key: value for key, value in given.items() if value is not None})
 
