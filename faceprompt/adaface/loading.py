@@ -19,6 +19,13 @@ ARC2FACE_REPO = "FoivosPar/Arc2Face"
 ARC2FACE_SUBFOLDER = "encoder"
 CLIP_TOKENIZER_REPO = "openai/clip-vit-large-patch14"
 _TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")
+
+#: The authors' released encoders by name (the joint releases: their Arc2Face branch is read, the 4-token ConsistentID
+#: branch is skipped with a note).
+RELEASES = {
+    "adaface-joint-2024-10": f"{RELEASE_REPO}/models/adaface/VGGface2_HQ_masks2024-10-14T16-09-24_zero3-ada-3500.pt",
+    "adaface-joint-2025-05": f"{RELEASE_REPO}/models/adaface/VGGface2_HQ_masks2025-05-22T17-51-19_zero3-ada-1000.pt",
+}
 _ENCODER_SUFFIXES = (".pt", ".safetensors")
 
 
@@ -130,17 +137,19 @@ def _is_whole(path: Path, source: str) -> bool:
 
 
 def _encoder_source(source: str | os.PathLike) -> _Source:
-    text = str(source)
+    text = RELEASES.get(str(source), str(source))
     local = Path(text).expanduser()
     if local.exists():
         return _Source(text, local)
     hub = split_hub_file(text, _ENCODER_SUFFIXES) if isinstance(source, str) else None
+    names = ", ".join(RELEASES)
     if hub is not None:
         return _Source(text, None, (HubFile(*hub, "AdaFace encoder", note=f"{text} is not a local file either"),))
     return _Source(
         text,
         None,
-        problem=f"AdaFace encoder: {text} (not found; give a .pt/.safetensors file or a Hub file 'owner/repo/file.pt')",
+        problem=f"AdaFace encoder: {text} (not found; give a release name ({names}), a .pt/.safetensors file or a Hub "
+        "file 'owner/repo/file.pt')",
     )
 
 

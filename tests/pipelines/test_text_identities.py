@@ -133,3 +133,23 @@ def test_sdxl_takes_identity_words_in_its_clip_l_encoder():
     assert not torch.allclose(first, second, atol=1e-4)
     assert (face.pipeline.tokenizer, face.pipeline.tokenizer_2) == tokenizers
     assert tuple(len(tokenizer) for tokenizer in tokenizers) == sizes
+
+
+def test_fast_mode_takes_identity_words():
+    face = FacePipeline.tiny(projection=None, id_embeddings_dim=128, adaface=True, face_model=DLIB, fast="lcm-lora")
+    me, you = _person(1), _person(2)
+    first = face("a photo of z", identities={"z": me}, seed=2, width=64, height=64, output_type="pt")
+    second = face("a photo of z", identities={"z": you}, seed=2, width=64, height=64, output_type="pt")
+    assert first.metadata[0]["fast"] == "lcm-lora" and first.metadata[0]["num_inference_steps"] == 4
+    assert not torch.allclose(first.images, second.images, atol=1e-4)
+
+
+def test_release_names_resolve_to_the_authors_files_offline(monkeypatch):
+    from faceprompt.adaface import load_encoder
+    from faceprompt.errors import ModelFilesMissingError
+
+    with pytest.raises(ModelFilesMissingError) as caught:
+        load_encoder("adaface-joint-2024-10", local_files_only=True)
+    message = str(caught.value)
+    assert "adaface-neurips/adaface-models models/adaface/VGGface2_HQ_masks2024-10-14T16-09-24_zero3-ada-3500.pt" in message
+    assert "FoivosPar/Arc2Face" in message and "openai/clip-vit-large-patch14" in message
