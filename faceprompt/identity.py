@@ -260,6 +260,8 @@ class Identity:
     @classmethod
     def load(cls, path: str | Path) -> Identity:
         """Read a file written by :meth:`save`; a foreign or damaged file raises :class:`IdentityFileError`."""
+        if not isinstance(path, (str, Path)):
+            raise IdentityFileError(f"an identity file is a path (str or Path), got {type(path).__name__}")
         path = Path(path)
         if not path.is_file():
             raise IdentityFileError(f"{path}: identity file not found")

@@ -412,3 +412,10 @@ def test_no_photos_and_bad_names_are_refused_before_any_model_loads(monkeypatch,
         Identity.from_images([])
     with pytest.raises(IdentityError, match="name is 500 characters long"):
         Identity.from_images([astronaut_path], name="n" * 500)
+
+
+def test_load_needs_a_path():
+    from faceprompt.errors import IdentityFileError
+
+    with pytest.raises(IdentityFileError, match="an identity file is a path"):
+        Identity.load(None)

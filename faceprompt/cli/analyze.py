@@ -41,6 +41,12 @@ def run(args: argparse.Namespace) -> int:
     if args.save_crops:
         check_output_folder(args.save_crops, option="--save-crops", inputs=args.images)
     files = list_image_files(args.images)
+    if not files:
+        from ..errors import ImageNotFoundError
+        from ..images import IMAGE_SUFFIXES
+
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise ImageNotFoundError(f"no image files in {', '.join(args.images)} (looked for {suffixes}); give photos")
     analyzer = make_analyzer(args)
     say_workers(args.workers, analyzer.backend_name)
     crops = create_output_folder(args.save_crops, option="--save-crops") if args.save_crops else None

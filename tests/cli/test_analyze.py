@@ -32,3 +32,10 @@ def test_analyze_table_and_crops(photo_dir, tmp_path, capsys):
     assert json.loads(Image.open(saved).text["face"])["index"] == 0
     main(["analyze", str(photo_dir / "astronaut.png"), "--backend", "dlib", "--save-crops", str(crops)])
     assert (crops / "astronaut_face0-1.png").exists()  # never overwritten
+
+
+def test_a_folder_without_images_is_an_error(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("no photos here")
+    assert main(["analyze", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no image files in") and ".jpg" in err[0]
