@@ -64,6 +64,7 @@ def test_each_placeholder_carries_its_own_person_and_the_pipeline_is_left_as_it_
 @pytest.mark.parametrize("task_options", [
     dict(image=Image.new("RGB", (64, 64), "gray"), strength=0.8),
     dict(control_image=Image.new("RGB", (64, 64), "white")),
+    dict(image=Image.new("RGB", (64, 64), "gray"), mask_image=Image.new("L", (64, 64), 255)),
     dict(num_frames=2),
 ])
 def test_every_task_takes_the_identity_words(face, task_options):
@@ -73,8 +74,9 @@ def test_every_task_takes_the_identity_words(face, task_options):
     images = torch.stack(list(first.images)) if isinstance(first.images, list) else first.images
     others = torch.stack(list(second.images)) if isinstance(second.images, list) else second.images
     assert not torch.allclose(images, others, atol=1e-4)  # the person reaches every task's image
-    assert first.metadata[0]["task"] == {"image": "img2img", "control_image": "controlnet", "num_frames": "video"}[
-        next(iter(task_options))]
+    expected = "inpaint" if "mask_image" in task_options else {
+        "image": "img2img", "control_image": "controlnet", "num_frames": "video"}[next(iter(task_options))]
+    assert first.metadata[0]["task"] == expected
 
 
 def test_with_a_faceid_adapter_as_well():
