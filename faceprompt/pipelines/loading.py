@@ -22,6 +22,7 @@ from ..adapters.registry import (
     get_variant,
 )
 from ..errors import RequestError
+from ..weights import split_hub_file
 from .fast import FAST_MODES, get_fast_mode
 from .request import FastModeName, SchedulerName
 from .schedulers import apply_scheduler
@@ -72,7 +73,7 @@ class ModelOptions(BaseModel):
     @field_validator("adapter")
     @classmethod
     def _known_adapter(cls, value: str | None) -> str | None:
-        if value is None or value in VARIANTS or Path(value).expanduser().is_file() or _looks_like_hub_file(value):
+        if value is None or value in VARIANTS or Path(value).expanduser().is_file() or split_hub_file(value):
             return value
         raise ValueError(
             f"not a registry name ({', '.join(name for name in VARIANTS if VARIANTS[name].kind == 'faceid')}), "
@@ -133,11 +134,6 @@ class ModelOptions(BaseModel):
         if not isinstance(record, dict):
             raise RequestError(f"model options must be a JSON object, got {type(record).__name__}")
         return cls(**record)
-
-
-def _looks_like_hub_file(value: str) -> bool:
-    parts = value.split("/")
-    return len(parts) >= 3 and all(parts) and not value.startswith((".", "/", "~")) and "." in parts[-1]
 
 
 def check_device(device: str) -> torch.device:

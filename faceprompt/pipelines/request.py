@@ -141,11 +141,13 @@ def _check_image_input(value: Any) -> Any:
     raise ValueError(f"expected an image file path or an image, got {type(value).__name__}")
 
 
+_IMAGE_SCHEMA = WithJsonSchema({"type": "string", "description": "path of an image file"})
+#: An image file or in-memory image(s), checked (:func:`_check_image_input`) and recorded by path or content hash.
 ImageInput = Annotated[
-    Any,
-    PlainSerializer(_serialize_input, when_used="always"),
-    WithJsonSchema({"type": "string", "description": "path of an image file"}),
+    Any, AfterValidator(_check_image_input), PlainSerializer(_serialize_input, when_used="always"), _IMAGE_SCHEMA
 ]
+#: A region mask: an image file, a PIL image, or an ``[H, W]`` array or tensor (checked by :class:`Region`).
+MaskInput = Annotated[Any, PlainSerializer(_serialize_input, when_used="always"), _IMAGE_SCHEMA]
 
 
 class IdentityRef(BaseModel):
@@ -213,9 +215,27 @@ def _check_array_input(value: Any) -> Any:
 
 ArrayInput = Annotated[
     Any,
+    AfterValidator(_check_array_input),
     PlainSerializer(_serialize_input, when_used="always"),
     WithJsonSchema({"type": "string", "description": "in-memory face embeddings (Python API only)"}),
 ]
+
+
+def _check_in(value: float, bounds: tuple[float, float]) -> None:
+    if not bounds[0] <= value <= bounds[1]:
+        raise ValueError(f"must lie within [{bounds[0]}, {bounds[1]}]")
+
+
+def _within(bounds: tuple[float, float]) -> AfterValidator:
+    def check(value: float) -> float:
+        _check_in(value, bounds)
+        return value
+
+    return AfterValidator(check)
+
+
+#: An identity or style weight, within :data:`SCALE_RANGE`.
+Weight = Annotated[float, _within(SCALE_RANGE)]
 
 
 class Region(BaseModel):
@@ -228,11 +248,11 @@ class Region(BaseModel):
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-    mask: ImageInput = Field(description="where this person goes: white = here; the generated image's aspect ratio")
+    mask: MaskInput = Field(description="where this person goes: white = here; the generated image's aspect ratio")
     identity: IdentityInput = Field(None, description="who goes there")
     faceid_embeds: ArrayInput = Field(None, description="in-memory face embeddings instead of an identity (Python)")
     face_image: ImageInput = Field(None, description="the aligned face crop for Plus adapters, with faceid_embeds")
-    scale: float | None = Field(None, allow_inf_nan=False, description="this region's weight (default: `scale`)")
+    scale: Weight | None = Field(None, allow_inf_nan=False, description="this region's weight (default: `scale`)")
 
     def __init__(self, mask: Any = None, /, **data: Any):
         try:
@@ -256,28 +276,11 @@ class Region(BaseModel):
     def _identity_input(cls, value: Any) -> Any:
         return _check_identity_input(value)
 
-    @field_validator("faceid_embeds")
-    @classmethod
-    def _embeds_input(cls, value: Any) -> Any:
-        return _check_array_input(value)
-
-    @field_validator("scale")
-    @classmethod
-    def _scale_in_range(cls, value: float | None) -> float | None:
-        if value is not None:
-            _check_in(value, SCALE_RANGE)
-        return value
-
     @model_validator(mode="after")
     def _one_who(self) -> Region:
         if (self.identity is None) == (self.faceid_embeds is None):
             raise ValueError("give each region exactly one of identity or faceid_embeds")
         return self
-
-
-def _check_in(value: float, bounds: tuple[float, float]) -> None:
-    if not bounds[0] <= value <= bounds[1]:
-        raise ValueError(f"must lie within [{bounds[0]}, {bounds[1]}]")
 
 
 class GenerateRequest(BaseModel):
@@ -304,8 +307,10 @@ class GenerateRequest(BaseModel):
     guidance: float | None = Field(
         None, ge=0, le=100, allow_inf_nan=False, description="classifier-free guidance (default 7.5; fast mode's own)"
     )
-    scale: float = Field(1.0, allow_inf_nan=False, description="identity weight, within [-1, 3]")
-    s_scale: float = Field(1.0, allow_inf_nan=False, description="PlusV2 face-structure weight, within [-1, 5]")
+    scale: Weight = Field(1.0, allow_inf_nan=False, description="identity weight, within [-1, 3]")
+    s_scale: Annotated[float, _within(S_SCALE_RANGE)] = Field(
+        1.0, allow_inf_nan=False, description="PlusV2 face-structure weight, within [-1, 5]"
+    )
     shortcut: bool | None = Field(None, description="PlusV2 face-structure shortcut (default: the variant's)")
     start: float = Field(0.0, ge=0, le=1, allow_inf_nan=False, description="identity from this point of denoising (0-1)")
     end: float = Field(1.0, ge=0, le=1, allow_inf_nan=False, description="identity until this point of denoising (0-1)")
@@ -325,14 +330,14 @@ class GenerateRequest(BaseModel):
     mask_image: ImageInput = Field(None, description="inpainting mask (white = repaint), the size of `image`")
     control_image: ImageInput = Field(None, description="pose/depth/edge image for the controlnet task")
     style_image: ImageInput = Field(None, description="an image whose style to follow (needs a style adapter)")
-    style_scale: float = Field(1.0, allow_inf_nan=False, description="style weight, within [-1, 3]")
+    style_scale: Weight = Field(1.0, allow_inf_nan=False, description="style weight, within [-1, 3]")
     identity: IdentityInput | list[IdentityInput] | None = Field(
         None, description="who: one identity for every prompt, or a list (prompt i gets identity i)"
     )
     faceid_embeds: ArrayInput = Field(
         None, description="in-memory face embeddings instead of an identity (Python): [d], [P, d] or Portrait [P, n, d]"
     )
-    face_image: ImageInput | list[ImageInput] | None = Field(
+    face_image: ImageInput = Field(
         None, description="aligned 224-px face crop(s) for Plus adapters (default: the identity's stored crops)"
     )
     regions: list[Region] | None = Field(None, description="several people, each within a mask")
@@ -384,35 +389,6 @@ class GenerateRequest(BaseModel):
         if len(prompts) > MAX_OUTPUTS:
             raise ValueError(f"at most {MAX_OUTPUTS} prompts per request")
         return value
-
-    @field_validator("scale", "style_scale")
-    @classmethod
-    def _weight_in_range(cls, value: float) -> float:
-        _check_in(value, SCALE_RANGE)
-        return value
-
-    @field_validator("s_scale")
-    @classmethod
-    def _s_scale_in_range(cls, value: float) -> float:
-        _check_in(value, S_SCALE_RANGE)
-        return value
-
-    @field_validator("image", "mask_image", "control_image", "style_image")
-    @classmethod
-    def _image_inputs(cls, value: Any) -> Any:
-        return _check_image_input(value)
-
-    @field_validator("face_image")
-    @classmethod
-    def _face_images(cls, value: Any) -> Any:
-        if isinstance(value, (list, tuple)):
-            return [_check_image_input(item) for item in value]
-        return _check_image_input(value)
-
-    @field_validator("faceid_embeds")
-    @classmethod
-    def _embeds_input(cls, value: Any) -> Any:
-        return _check_array_input(value)
 
     @field_validator("regions")
     @classmethod
