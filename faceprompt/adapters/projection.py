@@ -85,6 +85,38 @@ class ImageProjModel(nn.Module):
         return self.norm(tokens)
 
 
+class FullFaceImageProjection(nn.Module):
+    """IP-Adapter Full-Face: ``LayerNorm(Linear(GELU(Linear(x))))`` on every CLIP token (reference ``MLPProjModel``).
+
+    Input: the CLIP image encoder's penultimate hidden states ``[B, L, D]`` (``L = 257`` tokens of width 1280 for
+    ViT-H/14 at 224 px) -> ``[B, L, cross_attention_dim]``: one image-prompt token per CLIP token, so the token count
+    follows the encoder, not the weights. The parameters are ``proj.0`` (Linear D -> D), ``proj.2`` (Linear D -> C)
+    and ``proj.3`` (LayerNorm C), as in the published ``ip-adapter-full-face_sd15.bin``.
+    """
+
+    prompt_kind: ClassVar[str] = "image"
+    #: CLIP ViT-H/14 tokens at 224 px (16 x 16 patches + the class token): the published file's tokens per image.
+    vit_h_tokens: ClassVar[int] = 257
+
+    def __init__(self, cross_attention_dim: int, clip_embeddings_dim: int = 1280):
+        super().__init__()
+        self.cross_attention_dim = cross_attention_dim
+        self.num_tokens = self.vit_h_tokens
+        self.proj = nn.Sequential(
+            nn.Linear(clip_embeddings_dim, clip_embeddings_dim),
+            nn.GELU(),
+            nn.Linear(clip_embeddings_dim, cross_attention_dim),
+            nn.LayerNorm(cross_attention_dim),
+        )
+
+    @property
+    def input_dim(self) -> int:
+        return self.proj[0].in_features
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.proj(hidden_states)
+
+
 def perceiver_feed_forward(dim: int, mult: int = 4) -> nn.Sequential:
     """``LayerNorm -> Linear -> GELU -> Linear`` without biases (indices 0, 1, 3 hold the parameters)."""
     inner = dim * mult

@@ -4,9 +4,11 @@ FaceID names follow ``faceid[-plus|-plusv2|-portrait[-v11|-unnorm]]-<base>``; th
 Face repo ``h94/IP-Adapter-FaceID``. Plus and PlusV2 share weights (their files differ by 6 bytes): the variant
 name is the only way to know that PlusV2's shortcut must be on.
 
-The plain (image-prompt) IP-Adapters, ``ip-adapter[-plus|-plus-face]-<base>[-vit-h]``, live in ``h94/IP-Adapter``
-(under ``models/`` and ``sdxl_models/``). They read a CLIP image encoder's features of a style/content image, not
-a face embedding, and are attached next to a FaceID adapter (under another name) to add a style image.
+The plain (image-prompt) IP-Adapters, ``ip-adapter[-plus|-plus-face|-full-face]-<base>[-vit-h]``, live in
+``h94/IP-Adapter`` (under ``models/`` and ``sdxl_models/``). They read a CLIP image encoder's features of an image,
+not a face embedding. Attached next to a FaceID adapter (under another name) they add a style image; the face ones
+(Plus-Face, Full-Face: :attr:`AdapterVariant.face_input`) are also identity adapters on their own, fed the
+person's aligned face crops.
 """
 
 from __future__ import annotations
@@ -58,11 +60,13 @@ VIT_BIGG = ImageEncoderInfo("CLIP ViT-bigG/14", IMAGE_ENCODER_REPO, "sdxl_models
 TRAINING_FACE_MODEL = "insightface/buffalo_l"
 
 Base = Literal["sd15", "sdxl"]
-Projection = Literal["mlp", "plus", "resampler", "image", "image_resampler"]
+Projection = Literal["mlp", "plus", "resampler", "image", "image_resampler", "image_full"]
+#: What a face image adapter was trained on: the aligned face crop, or that crop with the background removed.
+FaceInput = Literal["crop", "segmented_crop"]
 AdapterKind = Literal["faceid", "image"]
 
 #: Projection kinds of the plain IP-Adapters: tokens from CLIP image features of a (style) image, not a face.
-IMAGE_PROJECTIONS: tuple[str, ...] = ("image", "image_resampler")
+IMAGE_PROJECTIONS: tuple[str, ...] = ("image", "image_resampler", "image_full")
 
 CROSS_ATTENTION_DIM: dict[str, int] = {"sd15": 768, "sdxl": 2048}
 
@@ -90,7 +94,8 @@ class AdapterVariant:
         projection: ``"mlp"`` (FaceID, Portrait), ``"plus"`` (ID tokens refined by CLIP features),
             ``"resampler"`` (Portrait-SDXL "unnorm": learned queries over the raw embedding), ``"image"`` (plain
             IP-Adapter: ``ImageProjModel`` over CLIP ``image_embeds``) or ``"image_resampler"`` (IP-Adapter
-            Plus / Plus-Face: learned queries over CLIP penultimate hidden states).
+            Plus / Plus-Face: learned queries over CLIP penultimate hidden states) or ``"image_full"`` (IP-Adapter
+            Full-Face: an MLP over every CLIP penultimate hidden state, one token each).
         num_tokens: image-prompt tokens per face (per image for image adapters).
         weight_name: the adapter file in :attr:`repo`, with its folder there (``"models/ip-adapter_sd15.bin"``).
         lora_weight_name: the same LoRA as a standalone file (for tools that load LoRAs separately), or ``None``.
@@ -102,6 +107,9 @@ class AdapterVariant:
         repo: the Hugging Face repo holding ``weight_name`` (:data:`HUB_REPO` for FaceID).
         clip_encoder: the CLIP image encoder it was trained with (used by Plus and image adapters only; see
             :attr:`image_encoder`).
+        face_input: image adapters trained on faces: what they read as identity adapters, the aligned face crop
+            (``"crop"``, Plus-Face) or the crop with its background removed (``"segmented_crop"``, Full-Face);
+            ``None`` for the others.
     """
 
     name: str
@@ -117,6 +125,7 @@ class AdapterVariant:
     normalized_embedding: bool = True
     repo: str = HUB_REPO
     clip_encoder: ImageEncoderInfo = VIT_H
+    face_input: FaceInput | None = None
 
     @property
     def kind(self) -> AdapterKind:
@@ -141,7 +150,7 @@ class AdapterVariant:
         """Width of the CLIP features the projection reads (``image_embeds`` or hidden states), if any."""
         if self.projection == "image":
             return self.clip_encoder.projection_dim
-        if self.projection in ("plus", "image_resampler"):
+        if self.projection in ("plus", "image_resampler", "image_full"):
             return self.clip_encoder.hidden_size
         return None
 
@@ -187,7 +196,9 @@ VARIANTS: dict[str, AdapterVariant] = {
         AdapterVariant("ip-adapter-plus-sd15", "sd15", "image_resampler", 16, "models/ip-adapter-plus_sd15.bin",
                        repo=IP_ADAPTER_REPO),
         AdapterVariant("ip-adapter-plus-face-sd15", "sd15", "image_resampler", 16,
-                       "models/ip-adapter-plus-face_sd15.bin", repo=IP_ADAPTER_REPO),
+                       "models/ip-adapter-plus-face_sd15.bin", repo=IP_ADAPTER_REPO, face_input="crop"),
+        AdapterVariant("ip-adapter-full-face-sd15", "sd15", "image_full", 257,
+                       "models/ip-adapter-full-face_sd15.bin", repo=IP_ADAPTER_REPO, face_input="segmented_crop"),
         AdapterVariant("ip-adapter-sdxl", "sdxl", "image", 4, "sdxl_models/ip-adapter_sdxl.bin", repo=IP_ADAPTER_REPO,
                        clip_encoder=VIT_BIGG),
         AdapterVariant("ip-adapter-sdxl-vit-h", "sdxl", "image", 4, "sdxl_models/ip-adapter_sdxl_vit-h.bin",
@@ -195,7 +206,7 @@ VARIANTS: dict[str, AdapterVariant] = {
         AdapterVariant("ip-adapter-plus-sdxl-vit-h", "sdxl", "image_resampler", 16,
                        "sdxl_models/ip-adapter-plus_sdxl_vit-h.bin", repo=IP_ADAPTER_REPO),
         AdapterVariant("ip-adapter-plus-face-sdxl-vit-h", "sdxl", "image_resampler", 16,
-                       "sdxl_models/ip-adapter-plus-face_sdxl_vit-h.bin", repo=IP_ADAPTER_REPO),
+                       "sdxl_models/ip-adapter-plus-face_sdxl_vit-h.bin", repo=IP_ADAPTER_REPO, face_input="crop"),
     )
 }
 

@@ -15,6 +15,7 @@ from ..adapters.layers import attention_sites, build_adapter_layers
 from ..adapters.projection import (
     FaceIDMLPProjection,
     FaceIDPlusProjection,
+    FullFaceImageProjection,
     ImageProjModel,
     ImageResampler,
     PortraitResampler,
@@ -23,7 +24,7 @@ from ..adapters.projection import (
 
 def random_faceid_state_dict(
     unet: nn.Module,
-    projection: Literal["mlp", "plus", "resampler", "image", "image_resampler"] = "mlp",
+    projection: Literal["mlp", "plus", "resampler", "image", "image_resampler", "image_full"] = "mlp",
     *,
     num_tokens: int = 4,
     lora_rank: int | None = 4,
@@ -34,11 +35,11 @@ def random_faceid_state_dict(
 ) -> dict[str, dict[str, torch.Tensor]]:
     """``{"image_proj": ..., "ip_adapter": ...}`` fitting ``unet``, with every weight drawn from N(0, std).
 
-    ``projection="image"``/``"image_resampler"`` build a plain IP-Adapter instead (see
+    ``projection="image"``/``"image_resampler"``/``"image_full"`` build a plain IP-Adapter instead (see
     :func:`random_ip_adapter_state_dict`; ``clip_embeddings_dim`` is the CLIP width it reads, ``lora_rank`` and
     ``id_embeddings_dim`` do not apply: those checkpoints have no LoRA).
     """
-    if projection in ("image", "image_resampler"):
+    if projection in ("image", "image_resampler", "image_full"):
         return random_ip_adapter_state_dict(
             unet, projection, clip_embeddings_dim=clip_embeddings_dim, num_tokens=num_tokens, seed=seed, std=std
         )
@@ -65,7 +66,7 @@ def random_faceid_state_dict(
 
 def random_ip_adapter_state_dict(
     unet: nn.Module,
-    projection: Literal["image", "image_resampler"] = "image",
+    projection: Literal["image", "image_resampler", "image_full"] = "image",
     *,
     image_encoder: nn.Module | None = None,
     clip_embeddings_dim: int | None = None,
@@ -74,16 +75,18 @@ def random_ip_adapter_state_dict(
     seed: int = 0,
     std: float = 0.05,
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """A random plain IP-Adapter (``"image"``, ``ImageProjModel``) or IP-Adapter Plus (``"image_resampler"``)
-    checkpoint fitting ``unet``: ``to_k_ip``/``to_v_ip`` on the cross-attention layers only, no LoRA.
+    """A random plain IP-Adapter (``"image"``, ``ImageProjModel``), IP-Adapter Plus (``"image_resampler"``) or
+    IP-Adapter Full-Face (``"image_full"``, ``FullFaceImageProjection``) checkpoint fitting ``unet``:
+    ``to_k_ip``/``to_v_ip`` on the cross-attention layers only, no LoRA.
 
     The CLIP width it reads comes from ``clip_embeddings_dim``, else from ``image_encoder`` (its ``projection_dim``
-    for ``"image"``, its ``hidden_size`` for ``"image_resampler"``), else from the tiny CLIP vision model of
+    for ``"image"``, its ``hidden_size`` for the other two), else from the tiny CLIP vision model of
     :func:`faceprompt.testing.tiny_clip_vision_model` (32 for both). Tokens: 4 (``"image"``) or 16 (Plus), as
-    published. The Plus resampler is ``dim = cross_attention_dim`` with 64-wide heads, as the SD1.5 one.
+    published (Full-Face: one per CLIP token). The Plus resampler is ``dim = cross_attention_dim`` with 64-wide
+    heads, as the SD1.5 one.
     """
-    if projection not in ("image", "image_resampler"):
-        raise ValueError(f"projection must be 'image' or 'image_resampler', got {projection!r}")
+    if projection not in ("image", "image_resampler", "image_full"):
+        raise ValueError(f"projection must be 'image', 'image_resampler' or 'image_full', got {projection!r}")
     cross_attention_dim = unet.config.cross_attention_dim
     if clip_embeddings_dim is None:
         if image_encoder is None:
@@ -96,6 +99,8 @@ def random_ip_adapter_state_dict(
         torch.manual_seed(seed)
         if projection == "image":
             model: nn.Module = ImageProjModel(cross_attention_dim, clip_embeddings_dim, num_tokens or 4)
+        elif projection == "image_full":
+            model = FullFaceImageProjection(cross_attention_dim, clip_embeddings_dim)
         else:
             model = ImageResampler(
                 dim=cross_attention_dim, depth=depth, heads=max(1, cross_attention_dim // 64),

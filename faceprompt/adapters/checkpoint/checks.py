@@ -10,7 +10,14 @@ from torch import nn
 
 from ...errors import CheckpointError, CheckpointMismatchError
 from ..layers import AttentionSite, attention_sites, build_adapter_layers
-from ..projection import FaceIDMLPProjection, FaceIDPlusProjection, ImageProjModel, ImageResampler, PortraitResampler
+from ..projection import (
+    FaceIDMLPProjection,
+    FaceIDPlusProjection,
+    FullFaceImageProjection,
+    ImageProjModel,
+    ImageResampler,
+    PortraitResampler,
+)
 from ..registry import VARIANTS, AdapterVariant, get_variant, variant_for_weight_name
 from .data import AdapterCheckpoint, base_label, build_on_meta, shape_diff, shapes
 
@@ -134,6 +141,8 @@ def build_projection(layout: CheckpointLayout) -> nn.Module:
             embedding_dim=layout.clip_embeddings_dim or 1280,
             output_dim=layout.cross_attention_dim,
         )
+    if layout.projection == "image_full":
+        return FullFaceImageProjection(layout.cross_attention_dim, layout.clip_embeddings_dim or 1280)
     raise CheckpointError(f"unknown projection kind {layout.projection!r}")
 
 

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import torch
 
 from ...errors import CheckpointError
+from ..projection import FullFaceImageProjection
 from ..registry import CROSS_ATTENTION_DIM, IMAGE_PROJECTIONS
 from .checks import DIM_HEAD, FACE_EMBEDDING_DIM, check_projection
 from .data import LAYER_KEY, AdapterCheckpoint, base_label, listed_names
@@ -26,14 +27,15 @@ class CheckpointLayout:
 
     Attributes:
         projection: ``"mlp"`` (FaceID, Portrait), ``"plus"`` (FaceID-Plus/PlusV2), ``"resampler"`` (Portrait
-            "unnorm"), ``"image"`` (plain IP-Adapter, ``ImageProjModel``) or ``"image_resampler"`` (IP-Adapter
-            Plus / Plus-Face).
+            "unnorm"), ``"image"`` (plain IP-Adapter, ``ImageProjModel``), ``"image_resampler"`` (IP-Adapter
+            Plus / Plus-Face) or ``"image_full"`` (IP-Adapter Full-Face: an MLP over every CLIP token).
         cross_attention_dim: width of the image tokens = the UNet's ``cross_attention_dim`` it was made for.
-        num_tokens: image tokens per face (per image for image adapters).
+        num_tokens: image tokens per face (per image for image adapters; Full-Face: the 257 tokens of CLIP ViT-H/14,
+            one per CLIP token, so an encoder with another token count gives another count).
         id_embeddings_dim: face-embedding width (512 for insightface/ArcFace); ``None`` for image adapters.
-        clip_embeddings_dim: width of the CLIP features it reads: FaceID-Plus and ``"image_resampler"``: the
-            hidden states (1280 for ViT-H); ``"image"``: the projected ``image_embeds`` (1024 for ViT-H, 1280 for
-            bigG); else ``None``.
+        clip_embeddings_dim: width of the CLIP features it reads: FaceID-Plus, ``"image_resampler"`` and
+            ``"image_full"``: the hidden states (1280 for ViT-H); ``"image"``: the projected ``image_embeds`` (1024
+            for ViT-H, 1280 for bigG); else ``None``.
         lora_rank: rank of the LoRA stored for the attention layers, ``None`` without LoRA (Portrait).
         num_layers: attention layers the adapter has weights for (1 + highest layer index).
         base: ``"sd15"`` (width 768), ``"sdxl"`` (2048) or ``"custom"``.
@@ -42,7 +44,7 @@ class CheckpointLayout:
         num_image_layers: layers with image key/value projections (``to_k_ip``/``to_v_ip``).
     """
 
-    projection: Literal["mlp", "plus", "resampler", "image", "image_resampler"]
+    projection: Literal["mlp", "plus", "resampler", "image", "image_resampler", "image_full"]
     cross_attention_dim: int
     num_tokens: int
     id_embeddings_dim: int | None
@@ -69,7 +71,7 @@ class CheckpointLayout:
         """Which CLIP output the projection reads: ``image_embeds`` (plain), ``hidden_states[-2]`` (Plus kinds)."""
         if self.projection == "image":
             return "image_embeds"
-        if self.projection in ("plus", "image_resampler"):
+        if self.projection in ("plus", "image_resampler", "image_full"):
             return "hidden_states"
         return None
 
@@ -98,6 +100,10 @@ class CheckpointLayout:
                 f"image_resampler (IP-Adapter Plus: learned queries over CLIP hidden states of width "
                 f"{self.clip_embeddings_dim})"
             ),
+            "image_full": (
+                f"image_full (IP-Adapter Full-Face: an MLP over every CLIP hidden state of width "
+                f"{self.clip_embeddings_dim})"
+            ),
         }[self.projection]
 
     def describe_tokens(self) -> str:
@@ -119,6 +125,7 @@ class CheckpointLayout:
             "resampler": "FaceID resampler",
             "image": "IP-Adapter image",
             "image_resampler": "IP-Adapter Plus image resampler",
+            "image_full": "IP-Adapter Full-Face image MLP",
         }[self.projection]
         lora = f"LoRA rank {self.lora_rank}" if self.lora_rank else "no LoRA"
         return (
@@ -138,6 +145,11 @@ class CheckpointLayout:
                 f"an IP-Adapter Plus image resampler (CLIP hidden states {self.clip_embeddings_dim} -> "
                 f"{self.num_tokens} x {self.cross_attention_dim}, width {self.resampler_dim}, "
                 f"{self.resampler_heads} heads, {self.resampler_depth} layers)"
+            )
+        if self.projection == "image_full":
+            return (
+                f"an IP-Adapter Full-Face projection (CLIP hidden states {self.clip_embeddings_dim} -> "
+                f"{self.cross_attention_dim} per CLIP token)"
             )
         if self.projection == "mlp":
             sizes = f"id {self.id_embeddings_dim} -> {self.num_tokens} x {self.cross_attention_dim}"
@@ -176,6 +188,9 @@ def detect_layout(checkpoint: AdapterCheckpoint) -> CheckpointLayout:
     - ``proj.weight`` (a single linear layer) -> ``"image"``: the plain IP-Adapter ``ImageProjModel``
       (``ip-adapter_sd15.bin``, ``ip-adapter_sdxl[_vit-h].bin``), reading CLIP ``image_embeds`` (``proj.weight``
       ``[num_tokens * C, D]``, ``norm.weight`` ``[C]``);
+    - ``proj.3.weight`` (an MLP ending in a LayerNorm) -> ``"image_full"``: IP-Adapter Full-Face
+      (``ip-adapter-full-face_sd15.bin``), reading every CLIP penultimate hidden state (``proj.0.weight`` ``[D, D]``,
+      ``proj.2.weight`` ``[C, D]``, ``proj.3.weight`` ``[C]``);
     - ``perceiver_resampler.proj_in.weight`` -> ``"plus"`` (FaceID-Plus / PlusV2);
     - ``latents`` -> a resampler with learned queries: ``"resampler"`` (Portrait "unnorm") when ``proj_in`` reads
       512-wide features (ArcFace), ``"image_resampler"`` (IP-Adapter Plus / Plus-Face, reading CLIP hidden
@@ -183,15 +198,16 @@ def detect_layout(checkpoint: AdapterCheckpoint) -> CheckpointLayout:
       ``projection`` metadata decides instead (a FaceID resampler over, e.g., 128-d embeddings);
     - ``norm.weight`` + ``proj.0.weight``/``proj.2.weight`` (an MLP) -> ``"mlp"`` (FaceID, Portrait).
 
-    Full-Face (``proj.0/2/3``, no ``norm``) is refused. The ``image_proj`` part must then match the projection
-    model of those sizes exactly.
+    The ``image_proj`` part must then match the projection model of those sizes exactly.
 
     Raises:
-        CheckpointError: an unsupported adapter (Full-Face, ...), or inconsistent shapes.
+        CheckpointError: an unsupported adapter, or inconsistent shapes.
     """
     image_proj, source = checkpoint.image_proj, checkpoint.source
     if "proj.weight" in image_proj:
         layout = _image_layout(checkpoint)
+    elif "proj.3.weight" in image_proj:
+        layout = _full_face_layout(checkpoint)
     elif "perceiver_resampler.proj_in.weight" in image_proj:
         layout = _plus_layout(checkpoint)
     elif "latents" in image_proj:
@@ -262,6 +278,15 @@ def _image_layout(checkpoint: AdapterCheckpoint) -> CheckpointLayout:
             f"width {width} (norm.weight); the projection weights are inconsistent"
         )
     return _layout(checkpoint, "image", width, proj[0] // width, None, clip_embeddings_dim=proj[1])
+
+
+def _full_face_layout(checkpoint: AdapterCheckpoint) -> CheckpointLayout:
+    """Full-Face: ``proj.0`` Linear(D, D), ``proj.2`` Linear(D, C), ``proj.3`` LayerNorm(C); one token per CLIP
+    token (257 for ViT-H/14)."""
+    width = _shape(checkpoint, "proj.3.weight", 1)[0]
+    clip_width = _shape(checkpoint, "proj.0.weight", 2)[1]
+    tokens = FullFaceImageProjection.vit_h_tokens
+    return _layout(checkpoint, "image_full", width, tokens, None, clip_embeddings_dim=clip_width)
 
 
 def _resampler_layout(checkpoint: AdapterCheckpoint) -> CheckpointLayout:
@@ -352,14 +377,9 @@ def _layout(
 
 
 def _describe_projection(image_proj: Mapping[str, torch.Tensor]) -> str:
-    if "proj.3.weight" in image_proj:
-        return (
-            "its image projection ('proj.0/2/3') is the IP-Adapter Full-Face model (ip-adapter-full-face_sd15.bin), "
-            "which faceprompt does not support; use ip-adapter-plus-face-sd15 or a FaceID adapter"
-        )
     if "embeddings" in image_proj:
         return "its 'image_proj' holds face embeddings; it looks like an identity, not an adapter"
     return (
-        "its image projection has none of the FaceID or IP-Adapter keys ('proj.weight', 'latents', "
+        "its image projection has none of the FaceID or IP-Adapter keys ('proj.weight', 'proj.3.weight', 'latents', "
         f"'perceiver_resampler.*', 'proj.0/2.weight' + 'norm.weight'; keys: {listed_names(list(image_proj))})"
     )
