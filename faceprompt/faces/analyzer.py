@@ -26,7 +26,7 @@ from ..images import (
 from .align import align_face
 from .backends.base import Detection, FaceBackend
 from .face import Face, laplacian_blur_score
-from .workers import Workers, resolve_workers
+from .workers import Workers, resolve_workers, share_cores_between_workers
 
 BackendName = Literal["auto", "insightface", "dlib"]
 
@@ -99,6 +99,9 @@ class FaceAnalyzer:
         model_root: insightface's model root (the folder containing ``models/<pack>/``).
         pack: insightface model pack, ``"buffalo_l"`` or ``"antelopev2"``.
         dlib_detector: ``"hog"`` or ``"cnn"`` for the dlib backend.
+        dlib_descriptor: what computes the dlib backend's descriptors: ``"torch"`` (default, fast, batched) or
+            ``"dlib"`` (dlib's own implementation; same values to a cosine similarity of 0.99999).
+        device: torch device of the dlib backend's ``"torch"`` descriptor (default: the CPU).
         quality: filters applied to every detection (see :class:`QualityFilter`).
         analysis_side: images whose longer side exceeds this are analysed on a downscaled copy; coordinates are
             mapped back to the original image and crops are cut from the original.
@@ -113,6 +116,8 @@ class FaceAnalyzer:
         *,
         pack: str = "buffalo_l",
         dlib_detector: Literal["hog", "cnn"] = "hog",
+        dlib_descriptor: Literal["torch", "dlib"] = "torch",
+        device: str | None = None,
         quality: QualityFilter | None = None,
         analysis_side: int = DEFAULT_ANALYSIS_SIDE,
         max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -123,12 +128,16 @@ class FaceAnalyzer:
             model_root=model_root,
             pack=pack,
             dlib_detector=dlib_detector,
+            dlib_descriptor=dlib_descriptor,
+            device=device,
             quality=quality,
             analysis_side=analysis_side,
             max_pixels=max_pixels,
             providers=providers,
         )
-        self.backend: FaceBackend = create_backend(backend, model_root, pack, dlib_detector, providers)
+        self.backend: FaceBackend = create_backend(
+            backend, model_root, pack, dlib_detector, providers, dlib_descriptor=dlib_descriptor, device=device
+        )
         self.quality = quality or QualityFilter()
         self.analysis_side = analysis_side
         self.max_pixels = max_pixels
@@ -224,8 +233,10 @@ class FaceAnalyzer:
     def worker_start_method(self) -> str:
         """How :meth:`worker_pool` starts processes: ``"fork"`` for dlib (it holds no threads, so its loaded
         models are shared and a worker starts in tens of milliseconds), ``"spawn"`` otherwise (ONNX Runtime's
-        thread pools do not survive fork, so an insightface worker starts a fresh interpreter: about a second)."""
-        if self.backend_name == "dlib" and "fork" in multiprocessing.get_all_start_methods():
+        thread pools do not survive fork, so an insightface worker starts a fresh interpreter: about a second; nor
+        does CUDA, so a dlib backend with its descriptor on a GPU spawns too)."""
+        on_cpu = getattr(self.backend, "device", "cpu") == "cpu"
+        if self.backend_name == "dlib" and on_cpu and "fork" in multiprocessing.get_all_start_methods():
             return "fork"
         return "spawn"
 
@@ -237,7 +248,7 @@ class FaceAnalyzer:
             max_workers=workers,
             mp_context=multiprocessing.get_context(self.worker_start_method),
             initializer=_init_worker,
-            initargs=(self._config,),
+            initargs=(self._config, workers),
         )
 
     def _analyze_file_batch(self, paths: list[str]) -> list[FileAnalysis]:
@@ -271,8 +282,12 @@ def create_backend(
     pack: str = "buffalo_l",
     dlib_detector: Literal["hog", "cnn"] = "hog",
     providers: list[str] | None = None,
+    *,
+    dlib_descriptor: Literal["torch", "dlib"] = "torch",
+    device: str | None = None,
 ) -> FaceBackend:
-    """Instantiate a backend by name; ``"auto"`` picks insightface when its files are on disk, else dlib."""
+    """Instantiate a backend by name; ``"auto"`` picks insightface when its files are on disk, else dlib.
+    ``dlib_descriptor`` and ``device`` apply to the dlib backend only."""
     from .backends.insightface_backend import InsightFaceBackend, find_pack_dir
 
     if backend == "auto":
@@ -282,7 +297,7 @@ def create_backend(
     if backend == "dlib":
         from .backends.dlib_backend import DlibBackend
 
-        return DlibBackend(detector=dlib_detector)
+        return DlibBackend(detector=dlib_detector, descriptor=dlib_descriptor, device=device)
     raise BackendError(f"unknown face backend {backend!r}; choose 'auto', 'insightface' or 'dlib'")
 
 
@@ -354,10 +369,11 @@ def select_faces(
 _worker_analyzer: FaceAnalyzer | None = None
 
 
-def _init_worker(config: dict[str, Any]) -> None:
+def _init_worker(config: dict[str, Any], workers: int) -> None:
     global _worker_analyzer
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     _worker_analyzer = FaceAnalyzer(**config)
+    share_cores_between_workers(workers)
 
 
 def _analyze_in_worker(paths: list[str]) -> list[FileAnalysis]:

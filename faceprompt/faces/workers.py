@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Literal
 
 from ..errors import AnalysisOptionError
@@ -53,3 +54,17 @@ def resolve_workers(workers: Workers, backend_name: str) -> int:
     if check_workers(workers) == "auto":
         return usable_cores() if backend_name in SINGLE_THREADED_BACKENDS else 1
     return workers
+
+
+def share_cores_between_workers(workers: int) -> int:
+    """Give this worker process its share of the usable cores for torch's intra-op threads, so that ``workers``
+    processes together run at most one thread per core (more only make them compete); returns the share.
+
+    torch is configured only where it is already imported (the dlib backend imports it for its descriptor), so
+    that a worker of a backend without torch does not pay for importing it.
+    """
+    share = max(1, usable_cores() // max(1, workers))
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(share)
+    return share

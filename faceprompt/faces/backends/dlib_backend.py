@@ -1,7 +1,9 @@
 """dlib backend: the embedded default, with real models shipped on PyPI by ``face_recognition_models``.
 
 HOG (or CNN) face detector, 68-point shape predictor reduced to the five ArcFace points, and dlib's ResNet
-128-d face descriptor. The dlib models are free for commercial use, unlike insightface's model files.
+128-d face descriptor, run by default in torch with the weights of dlib's file (same values, several times faster
+than the ``dlib-bin`` wheel, which has no BLAS). The dlib models are free for commercial use, unlike insightface's
+model files.
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ import importlib.util
 from collections import Counter
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import dlib
 import numpy as np
 
 from ...errors import BackendError, ModelFilesMissingError
 from .base import Detection
+
+if TYPE_CHECKING:
+    from .dlib_resnet import DlibTorchDescriptor
 
 FACE_MODEL = "dlib/resnet_v1"
 
@@ -34,6 +39,9 @@ MOUTH_LEFT, MOUTH_RIGHT = 48, 54
 
 #: dlib's descriptor network takes 150-px chips cut with 25% padding around the landmarks.
 CHIP_SIZE, CHIP_PADDING = 150, 0.25
+
+#: What runs the descriptor network: ``"torch"`` (default) or dlib's own implementation.
+DescriptorEngine = Literal["torch", "dlib"]
 
 
 def dlib_model_dir() -> Path:
@@ -67,8 +75,19 @@ def _load_models(model_dir: str, detector: str) -> tuple:
     else:
         face_detector = dlib.get_frontal_face_detector()
     shape_predictor = dlib.shape_predictor(_model_file("landmarks", folder))
-    descriptor = dlib.face_recognition_model_v1(_model_file("descriptor", folder))
-    return face_detector, shape_predictor, descriptor
+    return face_detector, shape_predictor
+
+
+@cache
+def _load_dlib_descriptor(model_dir: str) -> dlib.face_recognition_model_v1:
+    return dlib.face_recognition_model_v1(_model_file("descriptor", Path(model_dir)))
+
+
+@cache
+def _load_torch_descriptor(model_dir: str, device: str) -> DlibTorchDescriptor:
+    from .dlib_resnet import DlibTorchDescriptor  # torch is imported only when this descriptor is used
+
+    return DlibTorchDescriptor(_model_file("descriptor", Path(model_dir)), device=device)
 
 
 class DlibBackend:
@@ -83,6 +102,10 @@ class DlibBackend:
         max_upsampled_pixels: never upsample beyond this many pixels (bounds time and memory on large photos).
         hog_threshold: minimum HOG detection score (SVM margin). dlib's own default, 0, lets through clothing
             patterns with margins below 0.1 that can be larger than the real face.
+        descriptor: what computes the 128-d descriptors: ``"torch"`` (default; dlib's network and weights in
+            torch, batched, cosine similarity >= 0.99999 to dlib's own values) or ``"dlib"`` (dlib's
+            ``compute_face_descriptor``).
+        device: torch device of the ``"torch"`` descriptor (``"cpu"`` by default; ``"cuda"`` runs it in float16).
 
     Attributes:
         detector_passes: how many detector passes this backend has run at each upsample level (a diagnostic: it
@@ -100,16 +123,29 @@ class DlibBackend:
         upsample: int | None = None,
         max_upsampled_pixels: int = 2048 * 2048,
         hog_threshold: float = 0.15,
+        descriptor: DescriptorEngine = "torch",
+        device: str | None = None,
     ):
         if detector not in ("hog", "cnn"):
             raise BackendError(f"dlib detector must be 'hog' or 'cnn', got {detector!r}")
+        if descriptor not in ("torch", "dlib"):
+            raise BackendError(f"dlib descriptor must be 'torch' or 'dlib', got {descriptor!r}")
+        if device is not None and descriptor != "torch":
+            raise BackendError(f"device={device!r} needs descriptor='torch'; dlib's own descriptor runs on the CPU")
         self.detector_kind = detector
         self.upsample = upsample
         self.max_upsampled_pixels = max_upsampled_pixels
         self.hog_threshold = hog_threshold
         self.detector_passes: Counter[int] = Counter()
         folder = Path(model_dir) if model_dir is not None else dlib_model_dir()
-        self._detector, self._shape_predictor, self._descriptor = _load_models(str(folder), detector)
+        self.descriptor = descriptor
+        self.device = device or "cpu"
+        self._detector, self._shape_predictor = _load_models(str(folder), detector)
+        self._model_dir = str(folder)
+        if descriptor == "torch":  # loaded now so that forked workers share it
+            _load_torch_descriptor(self._model_dir, self.device)
+        else:
+            _load_dlib_descriptor(self._model_dir)
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         boxes = self.detect_boxes(rgb)
@@ -149,7 +185,9 @@ class DlibBackend:
     def embed(self, chips: list[np.ndarray]) -> np.ndarray:
         if not chips:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
-        return np.array(self._descriptor.compute_face_descriptor(chips), dtype=np.float32)
+        if self.descriptor == "torch":
+            return _load_torch_descriptor(self._model_dir, self.device)(chips)
+        return np.array(_load_dlib_descriptor(self._model_dir).compute_face_descriptor(chips), dtype=np.float32)
 
 
 def five_points_from_68(points: np.ndarray) -> np.ndarray:
