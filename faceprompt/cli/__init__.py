@@ -1,5 +1,5 @@
 """Command line: ``faceprompt analyze | identity create | identity show | generate | convert | prepare | train | eval |
-eval-run | adaface invert | demo``, one module per command, each with ``add_parser(subparsers)`` and its ``run``
+eval-run | adaface invert | demo | serve | worker``, one module per command, each with ``add_parser(subparsers)`` and its ``run``
 function(s).
 
 Exit codes: 0 success, 2 bad input (an unreadable photo, no face, a damaged file, a value that cannot work, an
@@ -14,10 +14,10 @@ import os
 
 from .. import __version__
 from ..errors import FacepromptError
-from . import adaface, analyze, convert, demo, evaluate, generate, identity, prepare, train
+from . import adaface, analyze, convert, demo, evaluate, generate, identity, prepare, serve, train
 from .common import EXIT_BAD_INPUT, ArgumentParser, print_error, stderr
 
-COMMANDS = (analyze, identity, generate, convert, prepare, train, evaluate, demo, adaface)
+COMMANDS = (analyze, identity, generate, convert, prepare, train, evaluate, demo, adaface, serve)
 
 
 def main(argv: list[str] | None = None) -> int:
