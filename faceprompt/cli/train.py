@@ -8,7 +8,7 @@ from .common import positive_int, stdout
 
 
 def add_parser(subparsers) -> None:
-    train = subparsers.add_parser("train", help="train a FaceID adapter (accelerate; `accelerate launch` for many GPUs)")
+    train = subparsers.add_parser("train", help="train a FaceID adapter or an AdaFace encoder (accelerate; `accelerate launch` for many GPUs)")
     train.add_argument("--config", metavar="FILE", help="YAML training configuration (see examples/)")
     train.add_argument("--resume", metavar="DIR|latest", help="continue from a checkpoint folder, or the newest one")
     train.add_argument("--max-steps", type=positive_int, help="stop after this many optimizer steps (overrides the config)")
@@ -34,8 +34,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     stdout.print(f"trained {result.step} steps; checkpoint {result.checkpoint}", highlight=False, markup=False)
     if result.checkpoint is not None:
-        stdout.print(f"export with: faceprompt train export {result.checkpoint} --out adapter.bin", highlight=False,
-                     markup=False)
+        out = "encoder.safetensors" if result.adapter is not None and result.adapter.name.startswith("encoder") else "adapter.bin"
+        stdout.print(f"export with: faceprompt train export {result.checkpoint} --out {out}", highlight=False, markup=False)
     return 0
 
 

@@ -41,12 +41,14 @@ DEFAULT_PLUSV2_CLIP_DROP = 0.5
 MAX_RESOLUTION = 4096
 #: Widest aspect-ratio bucket (SDXL's multi-aspect training reaches 4:1, e.g. 2048 x 512).
 MAX_ASPECT_RATIO = 4.0
+#: Variants that train an AdaFace encoder (identity -> words of the prompt) by distillation, and their base family.
+ADAFACE_VARIANTS = {"adaface-sd15": "sd15"}
 #: Seeds are 64-bit (torch.Generator.manual_seed takes at most 2**64 - 1).
 SEED_LIMIT = 2**64
 #: ``tracker_project`` names the log folder ``OUTPUT/logs/<tracker_project>`` and the W&B project: one plain name.
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: Settings that hold a local path or a Hub id; the other path settings (``data``, ``output_dir``) are always paths.
-_PATH_OR_HUB_ID = ("base_model", "vae", "image_encoder")
+_PATH_OR_HUB_ID = ("base_model", "vae", "image_encoder", "teacher", "teacher_model", "init_from")
 
 
 @dataclass
@@ -66,6 +68,10 @@ class TrainConfig:
         vae: a VAE to use instead of the base's (Hub id or folder).
         lora_rank: LoRA rank (default 128 for variants with a LoRA; 0 trains none; Portrait variants have none).
         num_faces: Portrait: reference photos of the identity per sample (5, as the model card feeds).
+
+    AdaFace (``variant: adaface-sd15``; checked and explained in :mod:`faceprompt.training.distill_config`):
+        teacher, teacher_model, init_from, kv_widen, num_id_tokens, distill_steps, distill_weight,
+        delta_loss_weight, class_words.
     """
 
     variant: str
@@ -76,6 +82,16 @@ class TrainConfig:
     vae: str | None = None
     lora_rank: int | None = None
     num_faces: int = 5
+    # --- AdaFace distillation
+    teacher: str | None = None
+    teacher_model: str | None = None
+    init_from: str = "clip"
+    kv_widen: int = 1
+    num_id_tokens: int = 16
+    distill_steps: int = 3
+    distill_weight: float = 8.0
+    delta_loss_weight: float = 1e-4
+    class_words: list[str] = field(default_factory=lambda: ["person"])
     # --- data
     resolution: int = 512
     crops: list[str] | None = None
@@ -128,13 +144,19 @@ class TrainConfig:
     # --- derived settings ---------------------------------------------------------------------------
 
     @property
+    def is_adaface(self) -> bool:
+        return self.variant in ADAFACE_VARIANTS
+
+    @property
     def adapter_variant(self):
-        return get_variant(self.variant)
+        """The registry variant trained; AdaFace: the FaceID variant of its base, whose samples it reads (one
+        unit-length face embedding, no CLIP image)."""
+        return get_variant(f"faceid-{ADAFACE_VARIANTS[self.variant]}" if self.is_adaface else self.variant)
 
     @property
     def effective_lora_rank(self) -> int | None:
         """The LoRA rank to train, ``None`` for none."""
-        if not self.adapter_variant.has_lora:
+        if self.is_adaface or not self.adapter_variant.has_lora:
             return None
         rank = DEFAULT_LORA_RANK if self.lora_rank is None else self.lora_rank
         return rank or None
@@ -260,7 +282,10 @@ def _type_name(kind: Any) -> str:
 
 
 def _validate(config: TrainConfig) -> None:
-    if config.variant not in VARIANTS or VARIANTS[config.variant].kind != "faceid":
+    from .distill_config import validate_adaface_settings
+
+    validate_adaface_settings(config)
+    if not config.is_adaface and (config.variant not in VARIANTS or VARIANTS[config.variant].kind != "faceid"):
         faceid = [name for name, v in VARIANTS.items() if v.kind == "faceid"]
         raise TrainingError(f"variant {config.variant!r} is not a FaceID variant; choose one of {', '.join(faceid)}")
     _check_numbers(config)

@@ -23,8 +23,8 @@ teacher are frozen.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +47,23 @@ from .distill_config import (
     check_base_width,
     check_teacher,
 )
-from .export import ADAPTER_FILE, EMA_ADAPTER_FILE, adapter_checkpoint, write_adapter
+from .export import (
+    ADAPTER_FILE,
+    EMA_ADAPTER_FILE,
+    EMA_ENCODER_FILE,
+    ENCODER_FILE,
+    adapter_checkpoint,
+    write_adapter,
+)
 from .model import BaseComponents
 
-__all__ = ["DistillationModel", "check_teacher", "write_checkpoint_weights"]
+__all__ = [
+    "ENCODER_FILE",
+    "DistillationModel",
+    "check_teacher",
+    "write_checkpoint_weights",
+]
 
-ENCODER_FILE = "encoder.safetensors"
-EMA_ENCODER_FILE = "encoder-ema.safetensors"
 TEACHER_NAME = "teacher"
 #: The authors' initial weights of the translator's last three hidden states.
 INITIAL_LAYER_WEIGHTS = (1.0, 2.0, 4.0)

@@ -20,6 +20,9 @@ from ..errors import TrainingError
 CHECKPOINTS_DIR = "checkpoints"
 ADAPTER_FILE = "adapter.safetensors"
 EMA_ADAPTER_FILE = "adapter-ema.safetensors"
+#: AdaFace runs: the encoder, in the format ``--adaface`` loads.
+ENCODER_FILE = "encoder.safetensors"
+EMA_ENCODER_FILE = "encoder-ema.safetensors"
 _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -81,6 +84,8 @@ def export_checkpoint(
     folder = Path(checkpoint)
     if checkpoint_step(folder) is None and (folder / CHECKPOINTS_DIR).is_dir():
         folder = resolve_checkpoint(folder, "latest")
+    if (folder / ENCODER_FILE).is_file():
+        return _export_encoder(folder, Path(output), ema=ema, overwrite=overwrite)
     source = folder / (EMA_ADAPTER_FILE if ema else ADAPTER_FILE)
     if not source.is_file():
         if ema and (folder / ADAPTER_FILE).is_file():
@@ -89,3 +94,15 @@ def export_checkpoint(
                             "folder or a run folder")
     loaded = load_checkpoint(source)  # refuses NaN / infinite weights (a run that diverged)
     return save_checkpoint(loaded, output, overwrite=overwrite, metadata=dict(loaded.metadata))
+
+
+def _export_encoder(folder: Path, output: Path, *, ema: bool, overwrite: bool) -> Path:
+    """An AdaFace run's encoder, read back (refusing NaN / infinite weights) and written to ``output``."""
+    from ..adaface.checkpoint import read_encoder_file, save_encoder
+
+    source = folder / (EMA_ENCODER_FILE if ema else ENCODER_FILE)
+    if not source.is_file():
+        raise TrainingError(f"{folder}: this run was trained without EMA (no {EMA_ENCODER_FILE}); drop --ema")
+    if output.suffix.lower() != ".safetensors":
+        raise TrainingError(f"{output}: an AdaFace run exports its encoder as .safetensors; use e.g. --out encoder.safetensors")
+    return save_encoder(read_encoder_file(source, str(source)), output, overwrite=overwrite)

@@ -45,11 +45,9 @@ from .data import (
 from .export import (
     ADAPTER_FILE,
     CHECKPOINTS_DIR,
-    EMA_ADAPTER_FILE,
     adapter_checkpoint,
     list_checkpoints,
     resolve_checkpoint,
-    write_adapter,
 )
 from .model import (
     ADAPTER_NAME,
@@ -59,6 +57,7 @@ from .model import (
     registry_variant_for,
 )
 from .dataset import PreparedDataset
+from .distill import ENCODER_FILE, DistillationModel, check_teacher, write_checkpoint_weights
 
 STATE_FILE = "trainer_state.json"
 CONFIG_FILE = "config.yaml"
@@ -175,6 +174,7 @@ class Trainer:
         prepared = PreparedDataset(config.data)
         self.face_model = str(prepared.info["face_model"])
         validation_labels(prepared, config)
+        teacher = check_teacher(config, prepared) if config.is_adaface else None  # before any model loads
         dataset = self._dataset(prepared)
         sampler = BucketBatchSampler(dataset.bucket_of, config.batch_size, seed=config.seed)
         components = load_components(config, self.variant)
@@ -182,10 +182,13 @@ class Trainer:
         components.pipeline.to(accelerator.device)
         if components.image_encoder is not None:
             components.image_encoder.to(accelerator.device)
-        model = AdapterTrainingModel.create(
-            components, self.variant, lora_rank=config.effective_lora_rank, noise_offset=config.noise_offset,
-            seed=config.seed, id_embeddings_dim=int(prepared.info["embedding_dim"]),
-        )
+        if teacher is not None:
+            model = DistillationModel.create(config, components, teacher, self.face_model, prepared.info["embedding_dim"])
+        else:
+            model = AdapterTrainingModel.create(
+                components, self.variant, lora_rank=config.effective_lora_rank, noise_offset=config.noise_offset,
+                seed=config.seed, id_embeddings_dim=int(prepared.info["embedding_dim"]),
+            )
         self._start_trackers()
         try:
             self._write_config(resume)
@@ -410,7 +413,7 @@ class Trainer:
         if last_checkpoint is None:
             existing = list_checkpoints(self.output_dir)
             last_checkpoint = existing[-1] if existing else None
-        adapter = last_checkpoint / ADAPTER_FILE if last_checkpoint is not None else None
+        adapter = last_checkpoint / (ENCODER_FILE if config.is_adaface else ADAPTER_FILE) if last_checkpoint else None
         return TrainResult(self.output_dir, step, last_checkpoint, adapter, losses, accelerator.is_main_process)
 
     def _diverged(self, loss: float, step: int) -> TrainingError:
@@ -449,13 +452,12 @@ class Trainer:
         accelerator.wait_for_everyone()
         accelerator.save_state(str(folder))
         if accelerator.is_main_process:
-            metadata = self._metadata(unwrapped, step)
-            write_adapter(adapter_checkpoint(unwrapped), folder / ADAPTER_FILE, metadata=metadata)
+            write_checkpoint_weights(unwrapped, folder, lambda: self._metadata(unwrapped, step), ema=False)
             if ema is not None:
                 trainable = [p for p in unwrapped.parameters() if p.requires_grad]
                 ema.store(trainable)
                 ema.copy_to(trainable)
-                write_adapter(adapter_checkpoint(unwrapped), folder / EMA_ADAPTER_FILE, metadata={**metadata, "ema": "true"})
+                write_checkpoint_weights(unwrapped, folder, lambda: self._metadata(unwrapped, step), ema=True)
                 ema.restore(trainable)
             state = {"step": step, "batches": batches, "output_dir": str(self.output_dir.resolve()),
                      "settings": run_settings(self.config)}
@@ -497,7 +499,8 @@ class Trainer:
             ema.store(trainable)
             ema.copy_to(trainable)
         try:
-            images = validation_images(model, prepared, self.config)
+            adaface = self.config.is_adaface
+            images = model.validation_images(prepared, self.config) if adaface else validation_images(model, prepared, self.config)
         finally:
             if ema is not None:
                 ema.restore(trainable)

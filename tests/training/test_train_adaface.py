@@ -1,0 +1,346 @@
+"""AdaFace encoder distillation on the trainer, with the tiny Arc2Face teacher (and a tiny FaceID teacher).
+
+Learnability is measured like the adapter's (test_train_learnability.py): on a fixed batch the distillation loss
+falls; and 10-step DDIM generations from the same 4 noises, conditioned on the student's "a photo of z" (z = the
+identity's tokens) and on the teacher's Arc2Face context for the same identity, end closer together after training.
+"""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler
+from safetensors.torch import load_file
+from torch.utils.data import default_collate
+
+import faceprompt.training.trainer as trainer_module
+from faceprompt.adaface import load_encoder
+from faceprompt.cli import main
+from faceprompt.errors import FacepromptError, TrainingError
+from faceprompt.identity import Identity
+from faceprompt.testing import save_tiny_sd15
+from faceprompt.testing.arc2face import write_tiny_arc2face
+from faceprompt.training.config import config_from_dict
+from faceprompt.training.data import FaceTrainingDataset, SampleOptions
+from faceprompt.training.distill import (
+    DistillationModel,
+    arc2face_context,
+    check_teacher,
+    widen_keys_values,
+)
+from faceprompt.training.trainer import load_components, step_generator, train
+
+ID_DIM = 32
+FACE_MODEL = "synthetic/random"  # the synthetic data set's
+SETTINGS = dict(
+    variant="adaface-sd15",
+    base_model="tiny",
+    teacher="arc2face",
+    resolution=32,
+    batch_size=2,
+    max_steps=2,
+    checkpointing_steps=1,
+    num_id_tokens=4,
+    distill_steps=2,
+    log_with="none",
+    progress=False,
+    learning_rate=1e-3,
+    ema=True,
+    ema_decay=0.5,
+    kv_widen=2,
+)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, synthetic_dataset):
+    root = tmp_path_factory.mktemp("adaface")
+    synthetic_dataset(root / "set", 8, size=32, embedding_dim=ID_DIM)
+    write_tiny_arc2face(root / "arc2face", id_embeddings_dim=ID_DIM)
+    return root
+
+
+def settings(data, output, **changes):
+    return {
+        **SETTINGS,
+        "data": str(data / "set"),
+        "teacher_model": str(data / "arc2face"),
+        "output_dir": str(output),
+        **changes,
+    }
+
+
+def sampled_gap(model: DistillationModel, id_embeds: torch.Tensor) -> float:
+    """Mean squared distance between the student's and the teacher's 10-step DDIM generations from 4 noises."""
+    scheduler = DDIMScheduler.from_config(model.components.noise_scheduler.config)
+    scheduler.set_timesteps(10)
+    noise = torch.randn(
+        len(id_embeds), 4, 4, 4, generator=torch.Generator().manual_seed(5)
+    )
+    unet = model.components.unet
+    with torch.no_grad():
+        student_text = model.subject_embeddings(
+            model.encoder(id_embeds), ["a photo of z"]
+        )
+        teacher_text = arc2face_context(model.encoder, id_embeds)
+        results = []
+        for text, denoiser in (
+            (student_text, unet),
+            (teacher_text, model.teacher.unet),
+        ):
+            latents = noise.clone()
+            for timestep in scheduler.timesteps:
+                prediction = denoiser(
+                    latents, timestep.expand(len(latents)), encoder_hidden_states=text
+                ).sample
+                latents = scheduler.step(prediction, timestep, latents).prev_sample
+            results.append(latents)
+    return ((results[0] - results[1]) ** 2).mean().item()
+
+
+def test_distillation_lowers_the_loss_and_moves_student_generations_towards_the_teacher(
+    data, tmp_path
+):
+    config = config_from_dict(
+        settings(data, tmp_path / "run", delta_loss_weight=0.0, kv_widen=1)
+    )
+    from faceprompt.training.dataset import PreparedDataset
+
+    prepared = PreparedDataset(config.data)
+    components = load_components(config, config.adapter_variant)
+    model = DistillationModel.create(
+        config, components, check_teacher(config, prepared), FACE_MODEL, ID_DIM
+    )
+    options = SampleOptions(resolution=32, crops=("closeup",), random_flip=False)
+    batch = default_collate(
+        [FaceTrainingDataset(prepared, options)[(0, index)] for index in range(4)]
+    )
+    batch["latent_moments"] = model.latent_distribution(
+        batch.pop("pixel_values")
+    ).parameters
+    id_embeds = batch["id_embeds"].float()
+    before = sampled_gap(model, id_embeds)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-3
+    )
+    losses = []
+    for _ in range(15):
+        loss = model(
+            batch, step_generator(0, 0, 0)
+        )  # the same noise, timesteps and composition every step
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    after = sampled_gap(model, id_embeds)
+    assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses
+    assert after < 0.8 * before, (before, after)
+
+
+def test_widening_keys_and_values_keeps_the_translator_outputs(data):
+    from faceprompt.testing import tiny_adaface_encoder
+
+    translator = tiny_adaface_encoder(ID_DIM).translator
+    tokens = torch.randn(
+        2, 7, translator.config.hidden_size, generator=torch.Generator().manual_seed(0)
+    )
+    widened = widen_keys_values(translator, 3)
+    assert widened.kv_multipliers == [6, 3]
+    assert widened.encoder.layers[0].self_attn.k_proj.weight.shape == (6 * 64, 64)
+    torch.testing.assert_close(
+        widened(tokens), translator(tokens), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_resume_is_bit_identical_and_the_export_generates_through_the_cli(
+    data, tmp_path, capsys
+):
+    straight = train(config_from_dict(settings(data, tmp_path / "straight")))
+    assert straight.adapter.name == "encoder.safetensors" and len(straight.losses) == 2
+    train(config_from_dict(settings(data, tmp_path / "resumed")), max_steps=1)
+    resumed = train(
+        config_from_dict(settings(data, tmp_path / "resumed")), resume="latest"
+    )
+    for name in ("encoder.safetensors", "encoder-ema.safetensors"):
+        expected, actual = (
+            load_file(straight.checkpoint / name),
+            load_file(resumed.checkpoint / name),
+        )
+        assert expected.keys() == actual.keys()
+        assert all(torch.equal(expected[key], actual[key]) for key in expected), name
+    first = load_file(
+        tmp_path
+        / "straight"
+        / "checkpoints"
+        / "checkpoint-0000001"
+        / "encoder.safetensors"
+    )
+    assert not torch.equal(
+        first["translator.encoder.layers.0.mlp.fc1.weight"],
+        expected["translator.encoder.layers.0.mlp.fc1.weight"],
+    )  # it trained
+    assert torch.equal(
+        first["translator.embeddings.token_embedding.weight"],
+        expected["translator.embeddings.token_embedding.weight"],
+    )  # embeddings stay frozen
+
+    out = tmp_path / "encoder.safetensors"
+    assert main(["train", "export", str(tmp_path / "straight"), "--out", str(out)]) == 0
+    encoder = load_encoder(out)
+    assert (encoder.num_tokens, encoder.id_embeddings_dim, encoder.face_model) == (
+        4,
+        ID_DIM,
+        FACE_MODEL,
+    )
+    assert encoder.kv_multipliers == [2, 2]
+    assert (
+        main(
+            [
+                "train",
+                "export",
+                str(tmp_path / "straight"),
+                "--out",
+                str(tmp_path / "e.bin"),
+            ]
+        )
+        == 2
+    )
+    assert "as .safetensors" in capsys.readouterr().err
+
+    base = save_tiny_sd15(tmp_path / "base")
+    vector = np.random.default_rng(0).standard_normal((1, ID_DIM)).astype(np.float32)
+    identity = Identity(embeddings=vector, face_model=FACE_MODEL).save(
+        tmp_path / "me.safetensors"
+    )
+    arguments = [
+        "generate",
+        "--adaface",
+        str(out),
+        "--identity",
+        f"z={identity}",
+        "--prompt",
+        "a photo of z",
+        "--base",
+        str(base),
+        "--steps",
+        "2",
+        "--size",
+        "64x64",
+        "--seed",
+        "1",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main(arguments) == 0, capsys.readouterr().err
+    assert (tmp_path / "o" / "faceprompt-1.png").is_file()
+
+
+def test_faceid_teacher_trains(data, tmp_path):
+    from faceprompt.adapters import AdapterCheckpoint, get_variant, save_checkpoint
+    from faceprompt.testing import tiny_sd15_unet
+    from faceprompt.training.model import initial_adapter_state
+
+    state = initial_adapter_state(
+        tiny_sd15_unet(0),
+        get_variant("faceid-sd15"),
+        lora_rank=4,
+        id_embeddings_dim=ID_DIM,
+    )
+    teacher = save_checkpoint(
+        AdapterCheckpoint(state["image_proj"], state["ip_adapter"], source="<test>"),
+        tmp_path / "teacher.safetensors",
+        metadata={"face_model": FACE_MODEL},
+    )
+    result = train(
+        config_from_dict(
+            {
+                **settings(
+                    data, tmp_path / "run", teacher=str(teacher), max_steps=1, ema=False
+                ),
+                "teacher_model": None,
+            }
+        )
+    )
+    assert result.step == 1 and np.isfinite(result.losses).all()
+
+
+@pytest.fixture()
+def no_model_loads(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError(
+            "a model was loaded before the configuration mistake was found"
+        )
+
+    monkeypatch.setattr(trainer_module, "load_components", refuse)
+
+
+def test_teacher_mistakes_are_refused_before_any_model_loads(
+    data, tmp_path, no_model_loads, monkeypatch
+):
+    other_face = write_tiny_arc2face(
+        tmp_path / "dlib", face_model="dlib/resnet_v1", id_embeddings_dim=128
+    )
+    other_base = write_tiny_arc2face(
+        tmp_path / "wide", cross_attention_dim=32, id_embeddings_dim=ID_DIM
+    )
+    cases = [
+        (
+            dict(teacher_model=str(other_face)),
+            "reads 128-value vectors of dlib/resnet_v1 but the data set",
+        ),
+        (
+            dict(teacher_model=str(other_base)),
+            "32-wide cross-attention but base_model tiny has 64",
+        ),
+        (dict(teacher_model=str(tmp_path / "empty")), "teacher_model:"),
+        (dict(teacher="faceid-plusv2-sd15", teacher_model=None), "FaceID teacher"),
+    ]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "empty").mkdir()
+    for changes, message in cases:
+        with pytest.raises(FacepromptError) as error:
+            train(config_from_dict(settings(data, tmp_path / "run", **changes)))
+        assert message in str(error.value), (changes, str(error.value))
+    with pytest.raises(
+        FacepromptError
+    ) as error:  # a Hub teacher not cached: both of its folders named at once
+        train(
+            config_from_dict(
+                settings(
+                    data, tmp_path / "run", teacher_model="nobody/arc2face-missing"
+                )
+            )
+        )
+    assert "encoder/config.json" in str(error.value) and "arc2face/config.json" in str(
+        error.value
+    )
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(teacher=None), "teacher is required"),
+        (dict(kv_widen=0), "kv_widen must be within [1, 16]"),
+        (dict(lora_rank=4), "lora_rank does not apply"),
+        (dict(teacher="faceid-sd15"), "teacher_model names Arc2Face's files"),
+        (dict(class_words=["a person"]), "class_words must list single words"),
+        (
+            dict(validation_prompts=["a photo of a person"]),
+            "do not hold the placeholder word 'z'",
+        ),
+        (
+            dict(variant="faceid-sd15", teacher=None, teacher_model=None, kv_widen=1),
+            "only apply to AdaFace runs",
+        ),
+    ],
+)
+def test_setting_mistakes_are_refused(tmp_path, changes, message):
+    values = {
+        **SETTINGS,
+        "data": str(tmp_path / "d"),
+        "teacher_model": "x/y",
+        "output_dir": str(tmp_path / "o"),
+        **changes,
+    }
+    with pytest.raises(
+        TrainingError, match=message.replace("[", r"\[").replace("]", r"\]")
+    ):
+        config_from_dict(values)
