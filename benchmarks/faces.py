@@ -50,16 +50,18 @@ from benchmarks._harness import (
     print_tables,
     time_repeats,
 )
-from faceprompt.faces import FaceAnalyzer, usable_cores
+from faceprompt.faces import FaceAnalyzer, Workers, resolve_workers, usable_cores
 from faceprompt.faces.align import align_face
 from faceprompt.faces.face import laplacian_blur_score
 from faceprompt.images import downscale_for_analysis, load_image
 from faceprompt.samples import sample_photos
 
 PORTRAIT_SIDE = 512
-#: The target for the dlib backend on 512-px single portraits with 2 cores.
-GOAL_IMAGES_PER_S = 10.0
+#: The target for the CLI default (dlib backend, torch descriptor, workers="auto") on 512-px portraits, 2 cores.
+GOAL_IMAGES_PER_S = 30.0
 STANDIN_LABEL = "insightface (stand-in models, random weights)"
+#: prepare's thresholds for the 512-px portraits (its defaults, 1024 px and 128-px faces, would reject them all).
+PREPARE_MIN_RESOLUTION, PREPARE_MIN_FACE_SIZE = 400, 64
 
 
 # --- timing helpers --------------------------------------------------------------------------------
@@ -188,16 +190,25 @@ def stage_times(analyzer: FaceAnalyzer, photo: str, path: Path, repeats: int) ->
 
 
 @dataclass
+class Setup:
+    """One way of running ``analyze_files``: an analyzer (its descriptor) and a worker count."""
+
+    label: str
+    analyzer: FaceAnalyzer
+    workers: Workers
+
+
+@dataclass
 class Throughput:
     label: str
     files: int
     batch_size: int
-    faces: int = 0
-    errors: int = 0
-    images_per_s: dict[int, list[float]] = field(default_factory=dict)
-    cores_busy: dict[int, list[float]] = field(default_factory=dict)
-    cpu_ms_per_image: dict[int, list[float]] = field(default_factory=dict)
-    ratios: list[float] = field(default_factory=list)
+    faces: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    images_per_s: dict[str, list[float]] = field(default_factory=dict)
+    cores_busy: dict[str, list[float]] = field(default_factory=dict)
+    cpu_ms_per_image: dict[str, list[float]] = field(default_factory=dict)
+    ratios: dict[str, list[float]] = field(default_factory=dict)
 
 
 def _cpu_seconds() -> float:
@@ -206,7 +217,7 @@ def _cpu_seconds() -> float:
 
 
 def _timed_run(
-    analyzer: FaceAnalyzer, paths: Sequence[Path], workers: int, batch_size: int
+    analyzer: FaceAnalyzer, paths: Sequence[Path], workers: Workers, batch_size: int
 ) -> tuple[float, float, list]:
     """Wall seconds, cores busy (CPU seconds of this process and its finished workers per wall second), results."""
     cpu, start = _cpu_seconds(), time.perf_counter()
@@ -215,24 +226,26 @@ def _timed_run(
     return wall, (_cpu_seconds() - cpu) / wall, results
 
 
-def throughput(
-    analyzer: FaceAnalyzer, label: str, paths: Sequence[Path], batch_size: int, repeats: int, workers=(1, 2)
-) -> Throughput:
-    """images/s of ``analyze_files`` for each worker count; the counts alternate within a repeat (ABBA order)."""
+def throughput(setups: Sequence[Setup], label: str, paths: Sequence[Path], batch_size: int, repeats: int) -> Throughput:
+    """images/s of ``analyze_files`` for each setup, all setups run once per repeat in a rotating order (so that
+    their ratios are measured side by side); ratios are to the first setup, repeat by repeat."""
     result = Throughput(label, len(paths), batch_size)
-    _timed_run(analyzer, paths[: max(2, batch_size)], 1, batch_size)  # warm-up
+    for setup in setups:
+        _timed_run(setup.analyzer, paths[: max(2, batch_size)], 1, batch_size)  # warm-up
     for repeat in range(repeats):
-        order = workers if repeat % 2 == 0 else tuple(reversed(workers))
+        shift = repeat % len(setups)
+        order = [*setups[shift:], *setups[:shift]]
         speeds = {}
-        for count in order:
-            wall, busy, results = _timed_run(analyzer, paths, count, batch_size)
-            speeds[count] = len(paths) / wall
-            result.images_per_s.setdefault(count, []).append(speeds[count])
-            result.cores_busy.setdefault(count, []).append(busy)
-            result.cpu_ms_per_image.setdefault(count, []).append(busy * wall * 1000.0 / len(paths))
-            result.faces = sum(len(item.faces) for item in results)
-            result.errors = sum(not item.ok for item in results)
-        result.ratios.append(speeds[workers[-1]] / speeds[workers[0]])
+        for setup in order if repeat % 2 == 0 else reversed(order):
+            wall, busy, results = _timed_run(setup.analyzer, paths, setup.workers, batch_size)
+            speeds[setup.label] = len(paths) / wall
+            result.images_per_s.setdefault(setup.label, []).append(speeds[setup.label])
+            result.cores_busy.setdefault(setup.label, []).append(busy)
+            result.cpu_ms_per_image.setdefault(setup.label, []).append(busy * wall * 1000.0 / len(paths))
+            result.faces[setup.label] = sum(len(item.faces) for item in results)
+            result.errors[setup.label] = sum(not item.ok for item in results)
+        for setup in setups:
+            result.ratios.setdefault(setup.label, []).append(speeds[setup.label] / speeds[setups[0].label])
     return result
 
 
@@ -253,32 +266,55 @@ def hog_passes(analyzer: FaceAnalyzer, paths: Sequence[Path]) -> dict[int, int]:
     return dict(analyzer.backend.detector_passes)
 
 
-def descriptor_batching_ms(analyzer: FaceAnalyzer, path: Path, faces: int, repeats: int) -> tuple[float, float]:
-    """dlib descriptor ms per face: ``faces`` chips in one call, and the same chips one call each."""
+def descriptor_ms(analyzer: FaceAnalyzer, chips: list[np.ndarray], repeats: int) -> tuple[float, float]:
+    """Descriptor ms per face on one core: all ``chips`` in one call, and the same chips one call each."""
+    import torch
+
     backend = analyzer.backend
-    rgb = load_image(path).rgb
-    chips = [backend.align(rgb, found) for found in backend.detect(rgb)][:1] * faces
-    batched, _ = median_ms(lambda: backend.embed(chips), repeats)
-    single, _ = median_ms(lambda: [backend.embed([chip]) for chip in chips], repeats)
-    return batched / faces, single / faces
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        batched, _ = median_ms(lambda: backend.embed(chips), repeats)
+        single, _ = median_ms(lambda: [backend.embed([chip]) for chip in chips], repeats)
+    finally:
+        torch.set_num_threads(threads)
+    return batched / len(chips), single / len(chips)
 
 
-#: dlib_face_recognition_resnet_model_v1 (dlib's dnn_face_recognition_ex.cpp): a 7x7/2 stem on the 150-px chip,
-#: 3x3 max pool /2, then residual levels of (channels, blocks, first block downsamples) of two 3x3 convolutions.
-_DESCRIPTOR_STEM = (3, 32, 7, 72)
-_DESCRIPTOR_LEVELS = ((32, 3, False), (64, 4, True), (128, 3, True), (256, 3, True), (256, 1, True))
+def portrait_chips(analyzer: FaceAnalyzer, paths: Sequence[Path]) -> list[np.ndarray]:
+    """The descriptor chips of the faces in ``paths``."""
+    backend = analyzer.backend
+    chips = []
+    for path in paths:
+        rgb = load_image(path).rgb
+        chips += [backend.align(rgb, found) for found in backend.detect(rgb)]
+    return chips
 
 
 def descriptor_conv_shapes() -> list[tuple[int, int, int, int]]:
-    """(in channels, out channels, kernel, output side) of the descriptor network's 29 convolutions."""
-    layers, side, channels = [_DESCRIPTOR_STEM], 35, 32
-    for width, blocks, down in _DESCRIPTOR_LEVELS:
-        for block in range(blocks):
-            if block == 0 and down:
-                side = (side - 3) // 2 + 1
-            layers += [(channels, width, 3, side), (width, width, 3, side)]
-            channels = width
-    return layers
+    """(in channels, out channels, kernel, output side) of the torch descriptor's 29 convolutions, read from the
+    network run on one chip: the multiply-adds it does, the feature maps dlib pads included."""
+    import torch
+
+    from faceprompt.faces.backends.dlib_backend import dlib_model_dir
+    from faceprompt.faces.backends.dlib_resnet import load_dlib_resnet
+
+    network = load_dlib_resnet(dlib_model_dir() / "dlib_face_recognition_resnet_model_v1.dat")
+    shapes = []
+
+    def record(module: torch.nn.Conv2d, _inputs: Any, output: torch.Tensor) -> None:
+        shapes.append((module.in_channels, module.out_channels, module.kernel_size[0], output.shape[-1]))
+
+    hooks = [
+        module.register_forward_hook(record) for module in network.modules() if isinstance(module, torch.nn.Conv2d)
+    ]
+    try:
+        with torch.inference_mode():
+            network(torch.zeros(1, 150, 150, 3, dtype=torch.uint8))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return shapes
 
 
 def gemm_ms(repeats: int) -> float:
@@ -328,74 +364,168 @@ def stage_table(backend_label: str, rows: list[StageTimes], dlib: bool) -> Table
 def throughput_table(backend_label: str, runs: list[Throughput]) -> Table:
     table = Table(
         f"{backend_label}: analyze_files end to end, images/s (median, min-max)",
-        [
-            "photos",
-            "files",
-            "batch",
-            "faces",
-            "workers=1",
-            "workers=2",
-            "ratio 2/1",
-            "cores busy 1 / 2",
-            "CPU ms/image 1 / 2",
-        ],
+        ["photos", "files", "batch", "setup", "faces", "images/s", "ratio to first", "cores busy", "CPU ms/image"],
         left=1,
     )
     for run in runs:
-        busy = " / ".join(f"{statistics.median(run.cores_busy[count]):.2f}" for count in (1, 2))
-        cpu = " / ".join(f"{statistics.median(run.cpu_ms_per_image[count]):.0f}" for count in (1, 2))
-        table.rows.append(
-            [
-                run.label,
-                str(run.files),
-                str(run.batch_size),
-                str(run.faces) + (f" ({run.errors} errors)" if run.errors else ""),
-                median_and_range(run.images_per_s[1]),
-                median_and_range(run.images_per_s[2]),
-                median_and_range(run.ratios, 2),
-                busy,
-                cpu,
-            ]
-        )
+        for label, speeds in run.images_per_s.items():
+            errors = run.errors[label]
+            table.rows.append(
+                [
+                    run.label,
+                    str(run.files),
+                    str(run.batch_size),
+                    label,
+                    str(run.faces[label]) + (f" ({errors} errors)" if errors else ""),
+                    median_and_range(speeds),
+                    median_and_range(run.ratios[label], 2),
+                    f"{statistics.median(run.cores_busy[label]):.2f}",
+                    f"{statistics.median(run.cpu_ms_per_image[label]):.0f}",
+                ]
+            )
     table.notes.append(
-        "workers=1 and workers=2 alternate within each repeat; ratio 2/1 is the median of the per-repeat ratios. "
-        "Pool start-up is included. cores busy: CPU seconds of this process and its workers per wall second; "
-        "CPU ms/image: the same CPU time per image (barely affected by other load on the machine)."
+        "All setups of a photo set run once per repeat in a rotating order; 'ratio to first' is the median of the "
+        "per-repeat ratios to the set's first setup. Pool start-up is included (model loading is not). cores busy: "
+        "CPU seconds of this process and its workers per wall second; CPU ms/image: the same CPU time per image "
+        "(barely affected by other load on the machine)."
     )
     for run in runs:
-        got = statistics.median(run.cores_busy[2])
-        if got < 0.8 * min(2, usable_cores()):
-            table.notes.append(
-                f"{run.label}: workers=2 kept only {got:.2f} cores busy: something else was using the CPU "
-                "or the work was too short to share; rerun on an idle machine."
-            )
+        for label, busy in run.cores_busy.items():
+            if "auto" in label and statistics.median(busy) < 0.8 * min(2, usable_cores()):
+                table.notes.append(
+                    f"{run.label}, {label}: kept only {statistics.median(busy):.2f} cores busy: something else was "
+                    "using the CPU; rerun on an idle machine."
+                )
     return table
 
 
-def goal_note(portraits: Throughput) -> str:
-    best = max(portraits.images_per_s, key=lambda count: statistics.median(portraits.images_per_s[count]))
-    speed = statistics.median(portraits.images_per_s[best])
+def goal_note(portraits: Throughput, setup: str) -> str:
+    speed = statistics.median(portraits.images_per_s[setup])
     verdict = "met" if speed >= GOAL_IMAGES_PER_S else "NOT met"
     return (
-        f"Goal >= {GOAL_IMAGES_PER_S:g} images/s on 512-px portraits: {verdict} "
-        f"({speed:.1f} images/s with workers={best})."
+        f"Goal >= {GOAL_IMAGES_PER_S:g} images/s on 512-px portraits through the CLI default ({setup}): {verdict} "
+        f"({speed:.1f} images/s)."
     )
 
 
-def dlib_checks(analyzer: FaceAnalyzer, portraits: Sequence[Path], repeats: int) -> list[tuple[str, str]]:
-    """(item, value) rows: HOG upsampling, descriptor batching, and what a BLAS build could gain."""
-    passes = hog_passes(analyzer, portraits)
+def dlib_checks(
+    fast: FaceAnalyzer, original: FaceAnalyzer, portraits: Sequence[Path], repeats: int
+) -> list[tuple[str, str]]:
+    """(item, value) rows: HOG upsampling, the descriptors' ms per face against the BLAS-product floor."""
+    passes = hog_passes(fast, portraits)
     levels = ", ".join(f"upsample {level}: {count}" for level, count in sorted(passes.items()))
-    batched, single = descriptor_batching_ms(analyzer, sample_photos()["astronaut"], 8, min(repeats, 3))
-    macs = sum(out * inp * k * k * side * side for inp, out, k, side in descriptor_conv_shapes())
-    gemm = blas_estimate_ms(max(repeats, 5) * 4)
+    chips = portrait_chips(fast, portraits[:8])
+    fast_batched, fast_single = descriptor_ms(fast, chips, max(repeats, 5))
+    original_batched, original_single = descriptor_ms(original, chips, min(repeats, 3))
+    macs = dlib_descriptor_macs()
+    floor = blas_estimate_ms(max(repeats, 5) * 4)
+    floor_text = "-" if floor is None else f"{floor:.1f}"
+    ratio = "-" if floor is None else f"{fast_batched / floor:.2f}"
     return [
         (f"HOG passes over the {len(portraits)} portraits", levels),
-        ("descriptor ms/face: 8 chips in one call / one call each", f"{batched:.1f} / {single:.1f}"),
         (
-            f"descriptor's 29 convolutions ({macs / 1e6:.0f}M multiply-adds) as numpy BLAS matrix products, "
-            "1 thread, ms/face",
-            "-" if gemm is None else f"{gemm:.1f}",
+            f"torch descriptor ms/face, 1 thread: {len(chips)} chips in one call / one call each",
+            f"{fast_batched:.1f} / {fast_single:.1f}",
+        ),
+        (
+            f"dlib's own descriptor ms/face: {len(chips)} chips in one call / one call each",
+            f"{original_batched:.1f} / {original_single:.1f}",
+        ),
+        (
+            f"floor: the 29 convolutions ({macs / 1e6:.0f}M multiply-adds) as numpy BLAS products, 1 thread, ms/face",
+            floor_text,
+        ),
+        ("torch descriptor (8 chips per call) / floor", ratio),
+        ("dlib's own descriptor / torch descriptor, 8 chips per call", f"{original_batched / fast_batched:.1f}"),
+    ]
+
+
+def stage_shares(rows: list[StageTimes], photo: str, stages: Sequence[str]) -> str:
+    """Each stage's share of the stages' sum on ``photo``, e.g. "decode 4%, detect boxes 40%, ..."."""
+    row = next(row for row in rows if row.photo == photo)
+    return ", ".join(f"{stage} {row.ms[stage] / row.ms['sum']:.0%}" for stage in stages)
+
+
+# --- prepare ---------------------------------------------------------------------------------------
+
+
+def prepare_images_per_s(folder: Path, output: Path, engine: str, workers: Workers) -> tuple[float, int]:
+    """images/s of ``prepare_dataset`` over the photos in ``folder`` (shards of a quarter of them, so that two
+    workers share the work), and how many were kept. A Ray cluster started here beforehand is used, so that Ray's
+    start-up is not counted; the local engine's process pool is."""
+    from faceprompt.training.prepare import prepare_dataset
+
+    count = len(list(folder.iterdir()))
+    start = time.perf_counter()
+    dataset = prepare_dataset(
+        [folder],
+        output,
+        engine=engine,
+        workers=workers,
+        shard_size=max(1, count // 4),
+        min_resolution=PREPARE_MIN_RESOLUTION,
+        min_face_size=PREPARE_MIN_FACE_SIZE,
+        progress=False,
+    )
+    wall = time.perf_counter() - start
+    return count / wall, len(dataset)
+
+
+def prepare_rows(folder: Path, output: Path) -> list[tuple[str, str]]:
+    """(item, value) rows for ``faceprompt prepare``'s default path on the portraits: local processes and Ray."""
+    rows = []
+    speed, kept = prepare_images_per_s(folder, output / "local", "local", "auto")
+    rows.append((f"prepare images/s, local engine, workers=auto ({kept} kept), pool start-up included", f"{speed:.1f}"))
+    try:
+        import ray
+    except ImportError:
+        return [*rows, ("prepare images/s, Ray", "- (ray not installed)")]
+    workers = resolve_workers("auto", "dlib")
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    try:
+        speed, kept = prepare_images_per_s(folder, output / "ray", "ray", workers)
+    finally:
+        ray.shutdown()
+    rows.append((f"prepare images/s, Ray Data, {workers} tasks ({kept} kept), Ray start-up excluded", f"{speed:.1f}"))
+    return rows
+
+
+# --- insightface's real models ---------------------------------------------------------------------
+
+#: IResNet-50 (buffalo_l's w600k_r50.onnx) on a 112-px crop: (blocks, channels) per stage; every stage's first block
+#: has stride 2 and a 1x1 stride-2 projection shortcut; each block is two 3x3 convolutions.
+_IRESNET50_STAGES = ((3, 64), (4, 128), (14, 256), (3, 512))
+#: SCRFD-10GF (det_10g.onnx) is defined by its 10 GFLOPs (multiply-adds) at VGA, 640x480; insightface runs it at 640x640.
+_SCRFD_10G_MACS_VGA = 10e9
+
+
+def iresnet50_macs(side: int = 112) -> float:
+    """Multiply-adds of IResNet-50 on one ``side`` px crop, from its layer shapes."""
+    macs = 3 * 64 * 9 * side * side  # stem: 3x3 conv, stride 1
+    channels = 64
+    for blocks, width in _IRESNET50_STAGES:
+        out_side = side // 2
+        macs += channels * width * 9 * side * side + width * width * 9 * out_side * out_side  # first block
+        macs += channels * width * out_side * out_side  # projection shortcut
+        macs += (blocks - 1) * 2 * width * width * 9 * out_side * out_side
+        channels, side = width, out_side
+    return macs + channels * side * side * 512  # the 512-d embedding layer
+
+
+def dlib_descriptor_macs() -> float:
+    return sum(out * inp * k * k * side * side for inp, out, k, side in descriptor_conv_shapes())
+
+
+def buffalo_l_rows() -> list[tuple[str, str]]:
+    """What the real buffalo_l models cost, from their shapes, so that a GPU run can be planned."""
+    detector = _SCRFD_10G_MACS_VGA * (640 * 640) / (640 * 480)
+    recognizer = iresnet50_macs()
+    return [
+        ("real buffalo_l detector (SCRFD-10GF at 640x640), GMACs per photo", f"{detector / 1e9:.1f}"),
+        ("real buffalo_l recognizer (IResNet-50, 112 px), GMACs per face", f"{recognizer / 1e9:.1f}"),
+        (
+            "one-face photo: real buffalo_l (detector + recognizer) / dlib's descriptor, multiply-adds",
+            f"{(detector + recognizer) / 1e9:.1f} G / {dlib_descriptor_macs() / 1e9:.2f} G (+ HOG on the CPU)",
         ),
     ]
 
@@ -411,48 +541,87 @@ def _standin_analyzer(folder: Path) -> FaceAnalyzer:
     return FaceAnalyzer("insightface", model_root=folder)
 
 
+def run_dlib(args: argparse.Namespace, folder: Path, portraits: list[Path], repeats: int) -> list[Table]:
+    """The dlib backend: stages and throughput with the torch descriptor (default) and dlib's own, side by side."""
+    photos = sample_photos()
+    fast, original = FaceAnalyzer("dlib"), FaceAnalyzer("dlib", dlib_descriptor="dlib")
+    auto = resolve_workers("auto", "dlib")
+    samples = [*photos.items(), ("no-face 512px", build_faceless(folder))]
+    stages = {
+        label: [
+            stage_times(analyzer, name, path, repeats if analyzer is fast else min(repeats, 3))
+            for name, path in samples
+        ]
+        for label, analyzer in (("dlib, torch descriptor", fast), ("dlib, dlib's own descriptor", original))
+    }
+    tables = [stage_table(label, rows, dlib=True) for label, rows in stages.items()]
+    shown = ["decode", "detect boxes", "landmarks", "align", "embed", "quality"]
+    tables[0].notes.append(
+        "Share of the stages on the 512-px astronaut: "
+        + stage_shares(stages["dlib, torch descriptor"], "astronaut", shown)
+        + "."
+    )
+    setups = [
+        Setup(f"torch, workers=auto ({auto})", fast, "auto"),
+        Setup("torch, workers=1", fast, 1),
+        Setup(f"dlib's own, workers=auto ({auto})", original, "auto"),
+        Setup("dlib's own, workers=1", original, 1),
+    ]
+    portrait_run = throughput(
+        setups, f"{len(portraits)} portraits, 512 px", portraits, args.batch_size, min(repeats, 3)
+    )
+    group_copies = 2 if args.quick else 4
+    group_run = throughput(setups[:2], f"group photo x{group_copies}", [photos["group"]] * group_copies, 1, repeats)
+    tables.append(throughput_table("dlib", [portrait_run, group_run]))
+    tables[-1].notes.append(goal_note(portrait_run, setups[0].label))
+    checks = Table("dlib: descriptor, start-up and prepare", ["item", "value"], left=1)
+    checks.rows += [list(row) for row in dlib_checks(fast, original, portraits, repeats)]
+    checks.rows.append(
+        [
+            f"start {auto} workers ({fast.worker_start_method}) and get a reply",
+            f"{_ms(worker_startup_ms(fast, repeats, auto))} ms",
+        ]
+    )
+    if not args.skip_prepare:
+        checks.rows += [list(row) for row in prepare_rows(portraits[0].parent, folder / "prepared")]
+    tables.append(checks)
+    print("[dlib: done]", file=sys.stderr)
+    return tables
+
+
+def run_insightface(args: argparse.Namespace, folder: Path, portraits: list[Path], repeats: int) -> list[Table]:
+    photos = sample_photos()
+    analyzer = _standin_analyzer(folder / "insightface")
+    samples = [*photos.items(), ("no-face 512px", build_faceless(folder))]
+    tables = [stage_table(STANDIN_LABEL, [stage_times(analyzer, name, path, repeats) for name, path in samples], False)]
+    setups = [Setup("workers=auto (1)", analyzer, "auto"), Setup("workers=2", analyzer, 2)]
+    runs = [throughput(setups, f"{len(portraits)} portraits, 512 px", portraits, args.batch_size, min(repeats, 3))]
+    tables.append(throughput_table(STANDIN_LABEL, runs))
+    checks = Table(f"{STANDIN_LABEL}: start-up, and the real models' cost", ["item", "value"], left=1)
+    checks.rows.append(
+        [
+            f"start 2 workers ({analyzer.worker_start_method}) and get a reply",
+            f"{_ms(worker_startup_ms(analyzer, min(repeats, 3)))} ms",
+        ]
+    )
+    checks.rows += [list(row) for row in buffalo_l_rows()]
+    tables.append(checks)
+    print("[insightface: done]", file=sys.stderr)
+    return tables
+
+
 def run(args: argparse.Namespace) -> list[Table]:
     portraits_count = args.portraits or (16 if args.quick else 48)
-    group_copies = 2 if args.quick else 4
     repeats = args.repeats or (2 if args.quick else 5)
     tables: list[Table] = []
-    photos = sample_photos()
     with tempfile.TemporaryDirectory(prefix="faceprompt-bench-") as temp:
         folder = Path(temp)
         (folder / "portraits").mkdir()
-        dlib_analyzer = FaceAnalyzer("dlib")
-        portraits = build_portraits(folder / "portraits", portraits_count, dlib_analyzer)
-        faceless = build_faceless(folder)
-        group = [photos["group"]] * group_copies
-        analyzers: list[tuple[str, FaceAnalyzer]] = []
+        portraits = build_portraits(folder / "portraits", portraits_count, FaceAnalyzer("dlib"))
         if "dlib" in args.backends:
-            analyzers.append(("dlib", dlib_analyzer))
+            tables += run_dlib(args, folder, portraits, repeats)
         if "insightface" in args.backends:
-            analyzers.append((STANDIN_LABEL, _standin_analyzer(folder / "insightface")))
-        overheads = Table("overheads and checks", ["backend", "item", "value"], left=2)
-        for label, analyzer in analyzers:
-            is_dlib = analyzer.backend_name == "dlib"
-            samples = [
-                stage_times(analyzer, name, path, repeats)
-                for name, path in [*photos.items(), ("no-face 512px", faceless)]
-            ]
-            tables.append(stage_table(label, samples, is_dlib))
-            runs = [
-                throughput(analyzer, f"{portraits_count} portraits, 512 px", portraits, args.batch_size, repeats),
-                throughput(analyzer, f"group photo x{group_copies}", group, 1, repeats),
-            ]
-            tables.append(throughput_table(label, runs))
-            if is_dlib:
-                tables[-1].notes.append(goal_note(runs[0]))
-                overheads.rows += [[label, item, value] for item, value in dlib_checks(analyzer, portraits, repeats)]
-            start_ms = worker_startup_ms(analyzer, repeats)
-            method = analyzer.worker_start_method
-            overheads.rows.append([label, f"start 2 workers ({method}) and get a reply", f"{_ms(start_ms)} ms"])
-            print(f"[{label}: done]", file=sys.stderr)
-        overheads.notes.append(
-            "Worker start-up is paid once per analyze_files(workers=2) call and included in the images/s above."
-        )
-        tables.append(overheads)
+            tables += run_insightface(args, folder, portraits, repeats)
     return tables
 
 
@@ -467,6 +636,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--backends", default="dlib,insightface", type=lambda text: text.split(","), help="comma-separated"
     )
+    parser.add_argument("--skip-prepare", action="store_true", help="leave out the faceprompt prepare timings")
     parser.add_argument("--format", choices=("rich", "plain", "markdown"), default="rich")
     args = parser.parse_args(argv)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing
-import os
 import re
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -371,9 +370,8 @@ _worker_analyzer: FaceAnalyzer | None = None
 
 def _init_worker(config: dict[str, Any], workers: int) -> None:
     global _worker_analyzer
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    _worker_analyzer = FaceAnalyzer(**config)
     share_cores_between_workers(workers)
+    _worker_analyzer = FaceAnalyzer(**config)
 
 
 def _analyze_in_worker(paths: list[str]) -> list[FileAnalysis]:

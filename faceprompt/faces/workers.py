@@ -57,13 +57,15 @@ def resolve_workers(workers: Workers, backend_name: str) -> int:
 
 
 def share_cores_between_workers(workers: int) -> int:
-    """Give this worker process its share of the usable cores for torch's intra-op threads, so that ``workers``
-    processes together run at most one thread per core (more only make them compete); returns the share.
+    """Give this worker process its share of the usable cores for OpenMP and torch's intra-op threads, so that
+    ``workers`` processes together run at most one thread per core (more only make them compete); returns the share.
 
-    torch is configured only where it is already imported (the dlib backend imports it for its descriptor), so
-    that a worker of a backend without torch does not pay for importing it.
+    Call it in a worker before it builds its models: ``OMP_NUM_THREADS`` covers a torch imported later (spawned
+    workers), ``torch.set_num_threads`` one already imported (forked workers). torch is not imported here, so that
+    a worker of a backend without torch does not pay for it.
     """
     share = max(1, usable_cores() // max(1, workers))
+    os.environ["OMP_NUM_THREADS"] = str(share)
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(share)
