@@ -159,7 +159,8 @@ async function loadInfo() {
   const model = health.model || {};
   state.info = health;
   const modes = [];
-  if (model.adapter) modes.push(["adapter", `FaceID adapter (${model.adapter})`]);
+  // options left at their defaults are not listed: an absent adapter is the default one, null is none
+  if (model.adapter !== null) modes.push(["adapter", model.adapter ? `FaceID adapter (${model.adapter})` : "FaceID adapter"]);
   if (model.adaface) modes.push(["adaface", `AdaFace (${model.adaface})`]);
   fillSelect($("mode"), modes);
   fillSelect($("task"), (health.tasks || ["txt2img"]).map((task) => [task, task]));
