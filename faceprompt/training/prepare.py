@@ -33,7 +33,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..errors import DatasetError, ImageError
-from ..faces import Face, FaceAnalyzer, QualityFilter, Workers, check_workers, resolve_workers
+from ..faces import (
+    Face,
+    FaceAnalyzer,
+    QualityFilter,
+    Workers,
+    check_workers,
+    resolve_workers,
+    share_cores_between_workers,
+)
 from ..images import LoadedImage, list_image_files, load_image
 from .dataset import (
     FACE_CROP_SIZE,
@@ -547,7 +555,10 @@ def _run_locally(tasks: list[ShardTask], workers: int, advance: Callable[[int], 
     # Shards are large units of work, so the seconds a fresh interpreter takes to start do not matter; spawn is safe
     # with every backend (ONNX Runtime's threads do not survive fork).
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context) as pool:
+    processes = min(workers, len(tasks))
+    with ProcessPoolExecutor(
+        max_workers=processes, mp_context=context, initializer=share_cores_between_workers, initargs=(processes,)
+    ) as pool:
         futures = [pool.submit(prepare_shard, task) for task in tasks]
         for future in as_completed(futures):
             advance(future.result()["seen"])
