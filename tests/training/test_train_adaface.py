@@ -249,11 +249,16 @@ def test_faceid_teacher_trains(data, tmp_path):
         tmp_path / "teacher.safetensors",
         metadata={"face_model": FACE_MODEL},
     )
+    # the tiny base's tokenizer splits "id": start from a whole tiny encoder file (its ID-prompt model knows it)
+    from faceprompt.adaface import save_encoder
+    from faceprompt.testing import tiny_adaface_encoder
+
+    start = save_encoder(tiny_adaface_encoder(ID_DIM, face_model=FACE_MODEL), tmp_path / "start.safetensors")
     result = train(
         config_from_dict(
             {
                 **settings(
-                    data, tmp_path / "run", teacher=str(teacher), max_steps=1, ema=False
+                    data, tmp_path / "run", teacher=str(teacher), max_steps=1, ema=False, init_from=str(start)
                 ),
                 "teacher_model": None,
             }
@@ -290,7 +295,7 @@ def test_teacher_mistakes_are_refused_before_any_model_loads(
             dict(teacher_model=str(other_base)),
             "32-wide cross-attention but base_model tiny has 64",
         ),
-        (dict(teacher_model=str(tmp_path / "empty")), "teacher_model:"),
+        (dict(teacher_model=str(tmp_path / "empty")), "must hold encoder/ and arc2face/"),
         (dict(teacher="faceid-plusv2-sd15", teacher_model=None), "FaceID teacher"),
     ]
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
