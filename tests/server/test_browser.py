@@ -210,6 +210,7 @@ def test_upload_generate_watch_make_again_cancel_delete(server, page, astronaut_
     )
     assert result.locator("img.result").evaluate("image => image.naturalHeight") == 96
     expect(result).to_contain_text("seed 11")
+    expect(result.locator(".who")).to_have_text("FaceID: astronaut")
 
     # download: the PNG the service wrote, parameters embedded
     with page.expect_download() as download:
@@ -286,7 +287,7 @@ def _generate_with_adaface(page: Page, identity_id: str) -> None:
     expect(newest.locator("img.result")).to_have_js_property(
         "naturalHeight", 64, timeout=SLOW
     )
-    expect(newest.locator("pre.parameters")).to_contain_text('"z"')
+    expect(newest.locator(".who")).to_have_text("AdaFace: z = astronaut")
     _clear_form(page)
     newest.locator("button.again").click()
     _expect_form(

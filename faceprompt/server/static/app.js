@@ -14,6 +14,7 @@ const STATUS_TITLES = {
   429: "Too many requests (429)",
 };
 const FORM_FIELDS = ["prompt", "negative_prompt", "task", "scale", "steps", "guidance", "seed", "width", "height", "num_images"];
+const JOBS_PAGE = 50;
 const NUMBER_FIELDS = new Set(["scale", "steps", "guidance", "seed", "width", "height", "num_images"]);
 
 const state = {
@@ -22,6 +23,7 @@ const state = {
   jobs: new Map(), // id -> job JSON, as last read or updated by its event stream
   jobItems: new Map(), // id -> <li> of the job list
   galleryJobs: new Set(), // ids of jobs whose images are in the gallery
+  jobsListed: 0, // jobs read from the paged list so far
   streams: new Map(), // id -> AbortController of its open event stream
   blobs: new Map(), // API path -> object URL of the fetched image
 };
@@ -299,14 +301,26 @@ function identityId(value) {
   return value && typeof value === "object" ? value.id : value;
 }
 
+/** Who a job shows: the identity's name (FaceID) or each placeholder word and its identity (AdaFace). */
+function whoText(request) {
+  const name = (value) => {
+    const id = identityId(value);
+    const identity = state.identities.find((item) => item.id === id);
+    return identity ? identity.name || id : `${id} (deleted)`;
+  };
+  if (request.identities) return `AdaFace: ${Object.entries(request.identities).map(([word, value]) => `${word} = ${name(value)}`).join(", ")}`;
+  if (request.identity) return `FaceID: ${[].concat(request.identity).map(name).join(", ")}`;
+  return "no identity";
+}
+
 /** "Make again": the form refilled from a job's recorded request. */
 function refillForm(job) {
   const request = job.request || {};
   for (const name of FORM_FIELDS) {
     let value = request[name];
-    if (name === "seed" && (value === undefined || value === null)) value = job.seed;
     if (Array.isArray(value)) value = value[0];
     $(name).value = value === undefined || value === null ? "" : String(value);
+    if ($(name).tagName === "SELECT" && $(name).selectedIndex < 0) $(name).selectedIndex = 0; // the default
   }
   if (request.identities && Object.keys(request.identities).length) {
     const [placeholder, identity] = Object.entries(request.identities)[0];
@@ -324,16 +338,21 @@ function refillForm(job) {
 
 // --- jobs and their live progress -------------------------------------------------------------------------
 
-async function loadJobs() {
-  const jobs = listOf(await api("/v1/jobs?limit=50"));
-  for (const job of [...jobs].reverse()) updateJob(job); // oldest first, so the newest ends up on top
+/** One page of the job list (newest first); later pages (older jobs) go below the ones shown. */
+async function loadJobs(offset = 0) {
+  const page = await api(`/v1/jobs?limit=${JOBS_PAGE}&offset=${offset}`);
+  const jobs = listOf(page);
+  const older = offset > 0;
+  for (const job of older ? jobs : [...jobs].reverse()) updateJob(job, older); // the newest ends up on top
   for (const job of jobs) if (!FINAL.has(job.status)) watch(job.id);
+  state.jobsListed = offset + jobs.length;
+  $("more-jobs").hidden = !(page.total > state.jobsListed);
 }
 
-function updateJob(update) {
+function updateJob(update, older = false) {
   const job = { ...(state.jobs.get(update.id) || {}), ...update };
   state.jobs.set(job.id, job);
-  const item = jobItem(job);
+  const item = jobItem(job, older);
   const progress = job.progress || {};
   const step = progress.step ?? 0;
   const total = progress.total || 0;
@@ -350,7 +369,7 @@ function updateJob(update) {
   item.querySelector(".steps").textContent = total ? `${step}/${total}` : "";
   item.querySelector(".job-error").textContent = job.error || "";
   item.querySelector(".cancel").hidden = FINAL.has(job.status);
-  if (job.status === "succeeded" && job.images && job.images.length) addToGallery(job);
+  if (job.status === "succeeded" && job.images && job.images.length) addToGallery(job, older);
   return job;
 }
 
@@ -360,7 +379,7 @@ function statusText(job) {
   return job.status;
 }
 
-function jobItem(job) {
+function jobItem(job, older) {
   if (state.jobItems.has(job.id)) return state.jobItems.get(job.id);
   const request = job.request || {};
   const prompt = Array.isArray(request.prompt) ? request.prompt.join(" | ") : request.prompt || "";
@@ -375,7 +394,8 @@ function jobItem(job) {
     el("div", { className: "job-error error" }),
   );
   state.jobItems.set(job.id, item);
-  $("jobs").prepend(item);
+  if (older) $("jobs").append(item);
+  else $("jobs").prepend(item);
   return item;
 }
 
@@ -457,16 +477,17 @@ async function watch(id, pause = 1000) {
 
 // --- the gallery ------------------------------------------------------------------------------------------
 
-function addToGallery(job) {
+function addToGallery(job, older) {
   if (state.galleryJobs.has(job.id)) return;
   state.galleryJobs.add(job.id);
   const cards = job.images.map((path, k) => galleryCard(job, path, k));
-  $("gallery").prepend(...cards);
+  if (older) $("gallery").append(...cards);
+  else $("gallery").prepend(...cards);
 }
 
 function galleryCard(job, path, k) {
   const request = job.request || {};
-  const seed = request.seed ?? job.seed;
+  const seed = request.seed;
   const image = el("img", { className: "result", alt: `result ${k} of job ${job.id}` });
   const download = el("a", { className: "download", download: `faceprompt-${job.id}-${k}.png` }, "Download");
   imageUrl(path).then(
@@ -487,6 +508,7 @@ function galleryCard(job, path, k) {
     { className: "card result-card", "data-job": job.id },
     image,
     el("div", { className: "prompt" }, Array.isArray(request.prompt) ? request.prompt.join(" | ") : request.prompt || ""),
+    el("div", { className: "muted who" }, whoText(request)),
     el("div", { className: "muted" }, summary),
     el("details", {}, el("summary", {}, "Parameters"), el("pre", { className: "parameters" }, JSON.stringify(request, null, 2))),
     el("div", { className: "actions" }, download, el("button", { type: "button", className: "again", onclick: () => refillForm(job) }, "Make again")),
@@ -517,6 +539,7 @@ function saveToken(event) {
   state.jobItems.clear();
   state.galleryJobs.clear();
   $("jobs").replaceChildren();
+  state.jobsListed = 0;
   $("gallery").replaceChildren();
   start();
 }
@@ -527,5 +550,6 @@ document.addEventListener("DOMContentLoaded", () => {
   $("identity-form").addEventListener("submit", uploadIdentity);
   $("generate-form").addEventListener("submit", submitJob);
   $("mode").addEventListener("change", updateModeFields);
+  $("more-jobs").addEventListener("click", () => loadJobs(state.jobsListed).catch((error) => showTokenError(error)));
   start();
 });
