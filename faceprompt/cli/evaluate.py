@@ -61,8 +61,16 @@ def add_parser(subparsers) -> None:
     protocol.add_argument("--clip", default=None, metavar="MODEL|tiny|none", help="CLIP model, as for eval")
     protocol.add_argument("--out", required=True, metavar="DIR", help="output folder (never overwritten)")
     protocol.add_argument("--eval-backend", choices=["auto", "insightface", "dlib"],
-                          help="face backend that scores the images (default: --backend's); another model than the "
-                               "one the adapter is conditioned on gives unbiased scores")
+                          help="face backend that scores the images (default: --backend's; with several methods, the "
+                               "other backend when it is installed); another model than the one the adapter is "
+                               "conditioned on gives unbiased scores")
+    protocol.add_argument("--compare", nargs="+", metavar="METHOD",
+                          help="compare methods on the same people, prompts and seeds, one report: adapters (registry "
+                               "name, file, owner/repo/file, tiny) and AdaFace encoders (adaface:NAME|PATH|tiny); "
+                               "--adapter and --adaface add one more each")
+    protocol.add_argument("--adaface", action="append", dest="adaface_methods", metavar="NAME|PATH|tiny",
+                          help="an AdaFace encoder as a method of the comparison (repeatable; same as "
+                               "--compare adaface:PATH)")
     add_model_options(protocol)
     add_analyzer_options(protocol)
     protocol.set_defaults(handler=run_eval_run, controlnet=None, task=None, style_image=None, style_adapter=None,
@@ -99,35 +107,20 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_eval_run(args: argparse.Namespace) -> int:
     from ..errors import OutputExistsError
-    from ..evaluation import DEFAULT_PROMPTS, FACE_PROMPT, IdentityScorer, ProtocolSettings, run_protocol
+    from ..evaluation import FACE_PROMPT, IdentityScorer, ProtocolSettings, run_protocol
     from ..evaluation.protocol import protocol_folders
-    from ..files import check_output_folder, write_text_file
+    from ..files import write_text_file
     from ..identity import Identity
-    from ..images import list_image_files
 
+    if args.compare or args.adaface_methods:
+        return run_comparison_command(args)
     # what can be checked without the models is refused before any of them loads
-    names = [name for name, *_ in args.person]
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise EvaluationError(f"--person {repeated[0]} is given twice; give each person once, with all their photos")
-    photo_arguments = [photo for _, *given in args.person for photo in given]
-    out = check_output_folder(args.out, inputs=photo_arguments)
+    out = _checked_out_folder(args)
     summary_path = out / "summary.json"
-    protocol_folders(out, names)
+    protocol_folders(out, [name for name, *_ in args.person])
     if summary_path.exists() or summary_path.is_symlink():
         raise OutputExistsError(f"{summary_path} exists; choose another --out (nothing is overwritten)")
-    prompts = _read_prompts(args.prompts) if args.prompts else DEFAULT_PROMPTS
-    photos_of = {name: list_image_files(given) for name, *given in args.person}
-    for name, photos in photos_of.items():
-        missing = [photo for photo in photos if not photo.is_file()]
-        if not photos or missing:
-            where = f" ({missing[0]} is not a file)" if missing else ""
-            raise EvaluationError(f"--person {name}: give the person's photos (files or folders) after the name{where}")
-    width, height = parse_size(args.size)
-    generation = dict(steps=args.steps, guidance=args.guidance, width=width, height=height, scale=args.scale,
-                      s_scale=args.s_scale)
-    generation = {key: value for key, value in generation.items() if value is not None}
-    _check_generation(prompts, photos_of, generation)
+    prompts, photos_of, generation = _checked_protocol(args)
     options = model_options(args)  # the models, checked as generate checks them
     clip = _clip_scorer(args.clip, args.device)
 
@@ -166,6 +159,133 @@ def run_eval_run(args: argparse.Namespace) -> int:
     write_text_file(summary_path, json.dumps(result.summary, indent=2))
     stdout.print(f"reports: {out}/<person>/report.json, summary: {summary_path}", highlight=False, markup=False)
     return 0
+
+
+def run_comparison_command(args: argparse.Namespace) -> int:
+    """``eval-run --compare``: every method on the same people, prompts and seeds, one report."""
+    from ..evaluation import FACE_PROMPT, IdentityScorer, ProtocolSettings
+    from ..evaluation.compare import comparison_folders, run_comparison
+    from ..evaluation.methods import (
+        MethodPipelines,
+        check_identity_width,
+        check_method_files,
+        check_methods,
+        method_options,
+    )
+    from ..identity import Identity
+
+    # every method, person, prompt and setting is checked before any model loads
+    if args.variant:
+        raise EvaluationError("--variant names one adapter file's variant; with --compare give registry names, or "
+                              "files whose weights tell their variant")
+    texts = [*(args.compare or []), *([args.adapter] if args.adapter else []),
+             *(f"adaface:{source}" for source in args.adaface_methods or [])]
+    methods = check_methods(texts, tiny=args.model == "tiny")
+    out = _checked_out_folder(args)
+    comparison_folders(out, methods, [name for name, *_ in args.person])
+    prompts, photos_of, generation = _checked_protocol(args)
+    options = model_options(args)
+    for method in methods:
+        method_options(options, method.method)  # each method's models, checked as generate checks them
+    check_method_files(methods, options)
+
+    analyzer = make_analyzer(args)
+    check_identity_width(methods, analyzer.face_model, analyzer.backend.embedding_dim)
+    evaluator = _comparison_evaluator(args, analyzer)
+    clip = _clip_scorer(args.clip, args.device)
+    people = {name: Identity.from_images(photos, analyzer, name=name) for name, photos in photos_of.items()}
+    scorers = {
+        name: IdentityScorer.from_identity(people[name], analyzer) if evaluator is analyzer
+        else IdentityScorer.from_photos(photos, evaluator)
+        for name, photos in photos_of.items()
+    }
+    settings = ProtocolSettings(
+        prompts=prompts, face_prompt=FACE_PROMPT if args.face_prompt is None else args.face_prompt or None,
+        seeds=tuple(range(args.seeds)), baseline=not args.no_baseline and clip is not None, generation=generation,
+        batch_size=args.batch_size,
+    )
+    pipelines = MethodPipelines(options, id_embeddings_dim=next(iter(people.values())).embedding_dim,
+                                face_model=analyzer.face_model)
+    images_per_method = len(people) * len(settings.jobs())
+    total = len(methods) * images_per_method + (len(settings.jobs()) if settings.baseline else 0)
+    from rich.progress import Progress
+
+    with Progress(console=stderr) as progress:
+        task = progress.add_task("comparison", total=total)
+
+        def advance(message: str, images: int) -> None:
+            progress.update(task, advance=images, description=markup_free(message[:60]))
+
+        report = run_comparison(methods, pipelines, people, out, settings, scorers=scorers, clip=clip,
+                                progress=advance)
+    _print_comparison(report)
+    stdout.print(f"report: {out / 'comparison.json'} and {out / 'comparison.html'}", highlight=False, markup=False)
+    return 0
+
+
+def _checked_out_folder(args: argparse.Namespace) -> Path:
+    """``--out``, and ``--person`` given once per name (nothing is created)."""
+    from ..files import check_output_folder
+
+    names = [name for name, *_ in args.person]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise EvaluationError(f"--person {repeated[0]} is given twice; give each person once, with all their photos")
+    return check_output_folder(args.out, inputs=[photo for _, *given in args.person for photo in given])
+
+
+def _checked_protocol(args: argparse.Namespace) -> tuple[list[str], dict, dict]:
+    """The prompts, each person's photos and the generation settings, checked as ``generate`` checks a request."""
+    from ..evaluation import DEFAULT_PROMPTS
+    from ..images import list_image_files
+
+    prompts = _read_prompts(args.prompts) if args.prompts else DEFAULT_PROMPTS
+    photos_of = {name: list_image_files(given) for name, *given in args.person}
+    for name, photos in photos_of.items():
+        missing = [photo for photo in photos if not photo.is_file()]
+        if not photos or missing:
+            where = f" ({missing[0]} is not a file)" if missing else ""
+            raise EvaluationError(f"--person {name}: give the person's photos (files or folders) after the name{where}")
+    width, height = parse_size(args.size)
+    generation = {"steps": args.steps, "guidance": args.guidance, "width": width, "height": height,
+                  "scale": args.scale, "s_scale": args.s_scale}
+    generation = {key: value for key, value in generation.items() if value is not None}
+    _check_generation(prompts, photos_of, generation)
+    return prompts, photos_of, generation
+
+
+def _comparison_evaluator(args: argparse.Namespace, analyzer):
+    """The face model that scores a comparison: ``--eval-backend``'s, else the other backend than the people's
+    (the methods read the people's embeddings), when it is installed."""
+    from ..faces.backends.insightface_backend import find_pack_dir
+
+    backend = args.eval_backend
+    if backend is None:
+        other = "dlib" if analyzer.backend_name == "insightface" else "insightface"
+        backend = other if other == "dlib" or find_pack_dir(args.pack, args.model_root) else analyzer.backend_name
+    if backend == analyzer.backend_name:
+        return analyzer
+    return make_analyzer(args, backend)
+
+
+def _print_comparison(report) -> None:
+    from ..evaluation.compare import COLUMNS
+
+    table = Table(title="comparison")
+    table.add_column("method", no_wrap=True)
+    for _, title in COLUMNS:
+        table.add_column(title)
+    table.add_column("conditioned on", overflow="fold")
+    for row in report.table:
+        cells = ["-" if row[key] is None else f"{row[key]:.3f}" if key != "clip_t" else f"{row[key]:.2f}"
+                 for key, _ in COLUMNS]
+        table.add_row(Text(row["method"]), *cells, Text(row["conditioned_on"] or "face crops"))
+    stdout.print(table)
+    for key in ("face_model", "clip_model"):
+        if report.evaluator.get(key):
+            stdout.print(f"scored with {key.replace('_', ' ')}: {report.evaluator[key]}", highlight=False, markup=False)
+    for warning in report.evaluator.get("warnings", []):
+        print_warning(warning)
 
 
 def _check_generation(prompts: list[str], photos_of: dict, generation: dict) -> None:

@@ -10,6 +10,7 @@ seeds per person and prompt, the same for every method compared. The prompts are
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 
 from ..errors import EvaluationError, OutputExistsError
 from ..identity import Identity
-from ..pipelines.face_pipeline import FacePipeline
+from ..pipelines.face_pipeline import FacePipeline, FaceResult
 from ..pipelines.outputs import save_image
 from .clip_scores import ClipScorer
 from .identity_similarity import IdentityScorer
@@ -168,10 +169,24 @@ def protocol_folders(out_dir: Path, people: list[str]) -> dict[str, Path]:
     return folders
 
 
+#: One generation call of the protocol: (prompt, first seed, number of images) -> the images and their records.
+Generate = Callable[[str, int, int], FaceResult]
+
+
 def _generate_all(face: FacePipeline, identity: Identity, settings: ProtocolSettings, folder: Path, names: list[str],
                   label: str, progress: Callable[[str, int], None] | None, **overrides: Any) -> list[Path]:
+    """Every prompt x seed of ``identity`` through ``face``, with the protocol's generation settings."""
+    def generate(prompt: str, seed: int, count: int) -> FaceResult:
+        return face(prompt, identity=identity, seed=seed, num_images=count, **{**settings.generation, **overrides})
+
+    return generate_all(generate, settings, folder, names, label, progress)
+
+
+def generate_all(generate: Generate, settings: ProtocolSettings, folder: Path, names: list[str], label: str,
+                 progress: Callable[[str, int], None] | None, seconds: list[float] | None = None) -> list[Path]:
     """Every prompt x seed; consecutive seeds go in calls of up to ``batch_size`` images (image k of a call uses
-    seed + k: the images of one call per seed, up to float rounding, batched on the device)."""
+    seed + k: the images of one call per seed, up to float rounding, batched on the device). ``seconds`` gets each
+    call's generation time per image (saving excluded)."""
     seeds = list(settings.seeds)
     consecutive = seeds == list(range(seeds[0], seeds[0] + len(seeds)))
     size = max(1, settings.batch_size) if consecutive else 1
@@ -182,8 +197,10 @@ def _generate_all(face: FacePipeline, identity: Identity, settings: ProtocolSett
         if progress:
             progress(f"{label}: {prompt!r}, seed{'s' if len(call_seeds) > 1 else ''} "
                      f"{', '.join(map(str, call_seeds))}", len(call_seeds))
-        result = face(prompt, identity=identity, seed=call_seeds[0], num_images=len(call_seeds),
-                      **{**settings.generation, **overrides})
+        started = time.perf_counter()
+        result = generate(prompt, call_seeds[0], len(call_seeds))
+        if seconds is not None:
+            seconds.append((time.perf_counter() - started) / len(call_seeds))
         for image, record in zip(result.images, result.metadata):
             written.append(save_image(image, record, folder / next(names))[0])
     return written

@@ -204,7 +204,8 @@ def check_evaluation_inputs(
         raise EvaluationError("baseline images are compared with CLIP (CLIP-I): give a CLIP model too")
     records = [_recorded_parameters(path) for path in paths]
     if baselines is not None:
-        _check_pairs(paths, records, [Path(baseline) for baseline in baselines])
+        _check_pairs(paths, records, [Path(baseline) for baseline in baselines],
+                     keys=("seed",) if prompts is not None else ("prompt", "seed"))
     if clip and prompts is None:
         missing = next((path for path, record in zip(paths, records) if record.get("prompt") is None), None)
         if missing is not None:
@@ -242,11 +243,13 @@ def _recorded_parameters(path: Path) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}  # another tool's sidecar: no record of ours
 
 
-def _check_pairs(paths: list[Path], records: list[dict[str, Any]], baselines: list[Path]) -> None:
-    """Baselines pair with the images by position; where both record their prompt and seed, those must agree."""
+def _check_pairs(paths: list[Path], records: list[dict[str, Any]], baselines: list[Path],
+                 keys: tuple[str, ...] = ("prompt", "seed")) -> None:
+    """Baselines pair with the images by position; where both record their prompt and seed, those must agree (the
+    seed only, when the caller gives the prompts: an image's recorded prompt may then carry identity words)."""
     for path, record, baseline in zip(paths, records, baselines):
         other = _recorded_parameters(baseline)
-        for key in ("prompt", "seed"):
+        for key in keys:
             if key in record and key in other and record[key] != other[key]:
                 raise EvaluationError(
                     f"{path} and its baseline {baseline} differ in {key} ({record[key]!r} vs {other[key]!r}); "
