@@ -25,6 +25,7 @@ import yaml
 
 from ..adapters.registry import VARIANTS, get_variant
 from ..errors import TrainingError
+from .augment import ColorJitter
 
 LR_SCHEDULERS = (
     "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial", "piecewise_constant",
@@ -47,6 +48,8 @@ ADAFACE_VARIANTS = {"adaface-sd15": "sd15"}
 SEED_LIMIT = 2**64
 #: ``tracker_project`` names the log folder ``OUTPUT/logs/<tracker_project>`` and the W&B project: one plain name.
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: What ``variant:`` takes: the FaceID variants and the face IP-Adapters (Plus-Face, Full-Face: fed face crops).
+TRAINABLE_VARIANTS = tuple(name for name, v in VARIANTS.items() if v.kind == "faceid" or v.face_input is not None)
 #: Settings that hold a local path or a Hub id; the other path settings (``data``, ``output_dir``) are always paths.
 _PATH_OR_HUB_ID = ("base_model", "vae", "image_encoder", "teacher", "teacher_model", "init_from")
 
@@ -72,6 +75,11 @@ class TrainConfig:
     AdaFace (``variant: adaface-sd15``; checked and explained in :mod:`faceprompt.training.distill_config`):
         teacher, teacher_model, init_from, kv_widen, num_id_tokens, distill_steps, distill_weight,
         delta_loss_weight, class_words.
+
+    Colour augmentation (every variant; off by default): ``color_jitter_brightness`` / ``_contrast`` /
+    ``_saturation`` draw a factor from ``[1 - x, 1 + x]`` per sample, ``color_jitter_hue`` a hue shift from
+    ``[-x, x]`` turns; one change per sample, applied to its training image and to the face crop it is conditioned
+    on (see :mod:`faceprompt.training.augment`).
     """
 
     variant: str
@@ -97,6 +105,10 @@ class TrainConfig:
     crops: list[str] | None = None
     random_crop: bool = False
     random_flip: bool = True
+    color_jitter_brightness: float = 0.0
+    color_jitter_contrast: float = 0.0
+    color_jitter_saturation: float = 0.0
+    color_jitter_hue: float = 0.0
     buckets: bool = False
     bucket_step: int = 64
     max_aspect_ratio: float = 2.0
@@ -166,6 +178,13 @@ class TrainConfig:
         if self.adapter_variant.projection != "plus" or not self.adapter_variant.shortcut:
             return 0.0
         return DEFAULT_PLUSV2_CLIP_DROP if self.drop_clip is None else self.drop_clip
+
+    @property
+    def color_jitter(self) -> ColorJitter:
+        return ColorJitter(
+            self.color_jitter_brightness, self.color_jitter_contrast, self.color_jitter_saturation,
+            self.color_jitter_hue,
+        )
 
     @property
     def faces_per_sample(self) -> int:
@@ -285,9 +304,11 @@ def _validate(config: TrainConfig) -> None:
     from .distill_config import validate_adaface_settings
 
     validate_adaface_settings(config)
-    if not config.is_adaface and (config.variant not in VARIANTS or VARIANTS[config.variant].kind != "faceid"):
-        faceid = [name for name, v in VARIANTS.items() if v.kind == "faceid"]
-        raise TrainingError(f"variant {config.variant!r} is not a FaceID variant; choose one of {', '.join(faceid)}")
+    if config.variant not in TRAINABLE_VARIANTS and not config.is_adaface:
+        raise TrainingError(
+            f"variant {config.variant!r} is not a FaceID variant; choose one of {', '.join(TRAINABLE_VARIANTS)} (the "
+            "FaceID variants and the face IP-Adapters)"
+        )
     _check_numbers(config)
     _check_names_and_paths(config)
     _choice("lr_scheduler", config.lr_scheduler, LR_SCHEDULERS)
@@ -296,6 +317,10 @@ def _validate(config: TrainConfig) -> None:
     if config.cache_latents and config.random_crop:
         raise TrainingError(
             "cache_latents needs deterministic images: set random_crop: false (flips are cached both ways)"
+        )
+    if config.cache_latents and config.color_jitter.enabled:
+        raise TrainingError(
+            "cache_latents needs deterministic images: set the color_jitter_* settings to 0, or cache_latents: false"
         )
     if config.lora_rank and not get_variant(config.variant).has_lora:
         raise TrainingError(f"{config.variant} is trained without LoRA (Portrait variants have none); drop lora_rank")
@@ -324,6 +349,11 @@ def _check_numbers(config: TrainConfig) -> None:
         value = getattr(config, name)
         if value is not None:
             _check(name, value, 0.0 <= value <= 1.0, "within [0, 1]", "use a probability such as 0.05")
+    for name in ("color_jitter_brightness", "color_jitter_contrast", "color_jitter_saturation"):
+        _check(name, getattr(config, name), 0.0 <= getattr(config, name) <= 1.0, "within [0, 1]",
+               "use e.g. 0.1 (factors drawn from [0.9, 1.1]), or 0 for none")
+    _check("color_jitter_hue", config.color_jitter_hue, 0.0 <= config.color_jitter_hue <= 0.5, "within [0, 0.5]",
+           "use e.g. 0.02 (a hue shift of up to 0.02 turns), or 0 for none")
     total = config.drop_text + config.drop_id + config.drop_both
     _check("drop_text + drop_id + drop_both", total, total <= 1.0, "<= 1", "lower the drop rates")
     _check("learning_rate", config.learning_rate, 0.0 < config.learning_rate < 1.0, "within (0, 1)",

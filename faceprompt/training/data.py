@@ -1,7 +1,7 @@
 """Training samples from a prepared data set: images at the training resolution, captions, ID embeddings, face crops.
 
 Every random choice of a sample (which named crop, flip, crop position, text/ID drops, PlusV2's CLIP drop,
-Portrait's reference photos) comes from a generator seeded by ``(seed, epoch, index)``: a sample is the same
+Portrait's reference photos, the colour change) comes from a generator seeded by ``(seed, epoch, index)``: a sample is the same
 whichever process or worker loads it, after a resume, and with or without cached latents.
 
 The batch sampler is an endless stream of batches (epoch after epoch, each a fresh permutation), grouped by
@@ -14,7 +14,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ..adapters import AdapterVariant, clip_pixel_values
 from ..errors import TrainingError
+from .augment import ColorChange, ColorJitter, apply_color_change
 from .config import TrainConfig
 from .dataset import PreparedDataset
 
@@ -54,7 +55,9 @@ class SampleOptions:
         faces_per_sample: Portrait: reference photos of the sample's identity (1 otherwise).
         multi_face: stack ``faces_per_sample`` embeddings ``[n, d]`` (Portrait).
         normalized: L2-normalised embeddings (all but the "unnorm" Portrait).
-        clip_faces: add the aligned face crop as CLIP pixel values (Plus, PlusV2).
+        clip_faces: add the aligned face crop as CLIP pixel values (Plus, PlusV2, the face IP-Adapters).
+        segmented_faces: the face crop without its background (Full-Face).
+        color_jitter: the colour augmentation; one change per sample, applied to its image and its face crop.
         sdxl: add SDXL's ``time_ids`` (original size, crop top-left, target size).
         seed: base of every per-sample generator.
     """
@@ -71,13 +74,26 @@ class SampleOptions:
     multi_face: bool = False
     normalized: bool = True
     clip_faces: bool = False
+    segmented_faces: bool = False
+    color_jitter: ColorJitter = field(default_factory=ColorJitter)
     sdxl: bool = False
     seed: int = 0
 
     @classmethod
     def from_config(cls, config: TrainConfig, prepared: PreparedDataset, variant: AdapterVariant) -> SampleOptions:
         """The samples ``config`` trains ``variant`` on: its data settings, the data set's crops unless the config
-        names some, and what the variant's architecture consumes."""
+        names some, and what the variant's architecture consumes.
+
+        Raises:
+            TrainingError: the variant reads background-free face crops and the data set has none.
+        """
+        segmented_faces = variant.face_input == "segmented_crop"
+        if segmented_faces and not prepared.info["segmented"]:
+            raise TrainingError(
+                f"{prepared.root}: {variant.name} is trained on face crops with the background removed, but this data "
+                "set was prepared without them; prepare it again into a new folder with `faceprompt prepare ... "
+                "--segment` (Python: prepare(..., segment=True))"
+            )
         return cls(
             resolution=config.resolution,
             crops=tuple(config.crops or prepared.info["crops"]),
@@ -90,7 +106,9 @@ class SampleOptions:
             faces_per_sample=config.faces_per_sample,
             multi_face=variant.multi_face,
             normalized=variant.normalized_embedding,
-            clip_faces=variant.projection == "plus",
+            clip_faces=variant.projection == "plus" or variant.face_input is not None,
+            segmented_faces=segmented_faces,
+            color_jitter=config.color_jitter,
             sdxl=variant.base == "sdxl",
             seed=config.seed,
         )
@@ -107,6 +125,7 @@ class SamplePlan:
     drop_id: bool
     keep_clip: bool
     references: tuple[int, ...]
+    color: ColorChange | None = None
 
 
 def aspect_ratio_buckets(resolution: int, step: int, max_aspect_ratio: float) -> list[tuple[int, int]]:
@@ -134,8 +153,8 @@ class FaceTrainingDataset(Dataset):
 
     A sample is a dict: ``pixel_values`` ``[3, h, w]`` in [-1, 1] (or ``latent_moments`` from a latent cache),
     ``caption`` (or ``prompt_embeds`` [+ ``pooled_prompt_embeds``] from a text cache), ``id_embeds`` ``[d]``
-    (Portrait ``[n, d]``), Plus: ``clip_pixel_values`` ``[3, 224, 224]`` and ``clip_keep``; SDXL: ``time_ids``
-    ``[6]``; and ``key`` (epoch, index).
+    (Portrait ``[n, d]``), Plus and the face IP-Adapters: ``clip_pixel_values`` ``[3, 224, 224]`` and ``clip_keep``;
+    SDXL: ``time_ids`` ``[6]``; and ``key`` (epoch, index).
 
     Args:
         buckets: ``(width, height)`` sizes; each record goes to the bucket nearest its photo's aspect ratio.
@@ -191,7 +210,8 @@ class FaceTrainingDataset(Dataset):
         drop_text = options.drop_id <= draw < options.drop_id + options.drop_text + options.drop_both
         keep_clip = drop_id or bool(rng.random() >= options.drop_clip)
         references = self._references(rng, index) if options.multi_face else (index,)
-        return SamplePlan(crop, flip, position, drop_text, drop_id, keep_clip, references)
+        color = options.color_jitter.draw(rng) if options.color_jitter.enabled else None
+        return SamplePlan(crop, flip, position, drop_text, drop_id, keep_clip, references, color)
 
     def _references(self, rng: np.random.Generator, index: int) -> tuple[int, ...]:
         """Portrait: ``faces_per_sample`` photos of the same person, other photos than the target when it has any
@@ -212,7 +232,9 @@ class FaceTrainingDataset(Dataset):
             original_size, crop_top_left = self.latent_cache.geometry(index, plan.crop, plan.flip)
         else:
             image = self.prepared.image(index, plan.crop)
-            pixels, original_size, crop_top_left = training_image(image, (width, height), plan.crop_position, plan.flip)
+            pixels, original_size, crop_top_left = training_image(
+                image, (width, height), plan.crop_position, plan.flip, plan.color
+            )
             sample["pixel_values"] = pixels
         caption = "" if plan.drop_text else self.prepared.record(index)["caption"]
         if self.text_cache is not None:
@@ -222,13 +244,21 @@ class FaceTrainingDataset(Dataset):
         sample["id_embeds"] = self._id_embeds(plan)
         if options.clip_faces:
             sample["clip_pixel_values"] = (
-                torch.zeros(3, CLIP_IMAGE_SIZE, CLIP_IMAGE_SIZE) if plan.drop_id
-                else clip_pixel_values([self.prepared.face(index)])[0]
+                torch.zeros(3, CLIP_IMAGE_SIZE, CLIP_IMAGE_SIZE) if plan.drop_id else self._face_pixel_values(index, plan)
             )
             sample["clip_keep"] = torch.tensor(1.0 if plan.keep_clip else 0.0)
         if options.sdxl:
             sample["time_ids"] = torch.tensor([*original_size, *crop_top_left, height, width], dtype=torch.float32)
         return sample
+
+    def _face_pixel_values(self, index: int, plan: SamplePlan) -> torch.Tensor:
+        """CLIP pixel values ``[3, 224, 224]`` of record ``index``'s face crop (background-free for Full-Face), with
+        the sample's colour change."""
+        face = self.prepared.face(index, segmented=self.options.segmented_faces)
+        if plan.color is not None:
+            changed = apply_color_change(_unit_pixels(face), plan.color)
+            face = (changed * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        return clip_pixel_values([face])[0]
 
     def _id_embeds(self, plan: SamplePlan) -> torch.Tensor:
         rows = [self.prepared.embedding(i, normalized=self.options.normalized) for i in plan.references]
@@ -237,11 +267,15 @@ class FaceTrainingDataset(Dataset):
 
 
 def training_image(
-    image: Image.Image, size: tuple[int, int], position: tuple[float, float], flip: bool
+    image: Image.Image,
+    size: tuple[int, int],
+    position: tuple[float, float],
+    flip: bool,
+    color: ColorChange | None = None,
 ) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
-    """Resize ``image`` to cover ``size`` (width, height), crop there (``position`` in [0, 1]), flip; -> pixel values
-    ``[3, h, w]`` in [-1, 1], the original ``(height, width)`` and the crop's ``(top, left)`` (SDXL's
-    micro-conditioning; measured in the flipped image when flipped, as SDXL's training does)."""
+    """Resize ``image`` to cover ``size`` (width, height), crop there (``position`` in [0, 1]), flip, change its
+    colours; -> pixel values ``[3, h, w]`` in [-1, 1], the original ``(height, width)`` and the crop's ``(top, left)``
+    (SDXL's micro-conditioning; measured in the flipped image when flipped, as SDXL's training does)."""
     width, height = size
     scale = max(width / image.width, height / image.height)
     resized_size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
@@ -252,8 +286,16 @@ def training_image(
     if flip:
         cropped = cropped.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         left = resized_size[0] - left - width
-    pixels = torch.from_numpy(np.asarray(cropped, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1).contiguous()
+    if color is None:
+        pixels = torch.from_numpy(np.asarray(cropped, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1).contiguous()
+    else:
+        pixels = apply_color_change(_unit_pixels(cropped), color) * 2.0 - 1.0
     return pixels, (image.height, image.width), (top, left)
+
+
+def _unit_pixels(image: Image.Image) -> torch.Tensor:
+    """An RGB image as ``float32 [3, H, W]`` in [0, 1]."""
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
 class BucketBatchSampler(Sampler[list[SampleKey]]):

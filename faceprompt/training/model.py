@@ -1,4 +1,4 @@
-"""The trainable adapter of each FaceID variant around a frozen Stable Diffusion (1.5 or XL) base: forward + loss.
+"""The trainable adapter of each FaceID variant (and face IP-Adapter) around a frozen Stable Diffusion (1.5 or XL) base: forward + loss.
 
 The adapter is attached with :func:`faceprompt.adapters.attach_adapter` (LoRA ``"unfused"``), so training runs
 through the same attention processor as inference and an exported checkpoint reproduces the trained model
@@ -34,6 +34,11 @@ from ..adapters import (
     detect_layout,
     get_runtime,
     load_checkpoint,
+)
+from ..adapters.projection import (
+    FullFaceImageProjection,
+    ImageResampler,
+    is_image_projection,
 )
 from ..errors import TrainingError
 
@@ -102,12 +107,13 @@ def build_projection(
     id_embeddings_dim: int = FACE_EMBEDDING_DIM,
 ) -> nn.Module:
     """The projection model of ``variant`` producing tokens of width ``cross_attention_dim`` from face embeddings
-    of width ``id_embeddings_dim`` (512 for ArcFace; another face model's width trains an adapter for it)."""
+    of width ``id_embeddings_dim`` (512 for ArcFace; another face model's width trains an adapter for it) or, for
+    the face IP-Adapters, from CLIP hidden states of width ``clip_embeddings_dim``."""
+    if variant.projection in ("plus", "image_resampler", "image_full") and clip_embeddings_dim is None:
+        raise TrainingError(f"{variant.name} needs a CLIP image encoder (image_encoder: ...)")
     if variant.projection == "mlp":
         return FaceIDMLPProjection(cross_attention_dim, id_embeddings_dim, variant.num_tokens)
     if variant.projection == "plus":
-        if clip_embeddings_dim is None:
-            raise TrainingError(f"{variant.name} needs a CLIP image encoder (image_encoder: ...)")
         return FaceIDPlusProjection(cross_attention_dim, id_embeddings_dim, clip_embeddings_dim, variant.num_tokens)
     if variant.projection == "resampler":
         dim = SDXL_RESAMPLER_DIM if cross_attention_dim == 2048 else cross_attention_dim
@@ -115,6 +121,14 @@ def build_projection(
             dim=dim, heads=max(1, dim // 64), num_queries=variant.num_tokens, embedding_dim=id_embeddings_dim,
             output_dim=cross_attention_dim,
         )
+    if variant.projection == "image_resampler":  # Plus-Face: 16 learned queries over the face crop's CLIP tokens
+        dim = SDXL_RESAMPLER_DIM if cross_attention_dim == 2048 else cross_attention_dim
+        return ImageResampler(
+            dim=dim, heads=max(1, dim // 64), num_queries=variant.num_tokens, embedding_dim=clip_embeddings_dim,
+            output_dim=cross_attention_dim,
+        )
+    if variant.projection == "image_full":  # Full-Face: an MLP on every CLIP token of the segmented face crop
+        return FullFaceImageProjection(cross_attention_dim, clip_embeddings_dim)
     raise TrainingError(f"{variant.name}: projection {variant.projection!r} cannot be trained here")
 
 
@@ -205,9 +219,13 @@ class AdapterTrainingModel(nn.Module):
         Portrait: ``id_embeds`` ``[B, n, 512]`` gives ``n * num_tokens`` tokens (MLP) or ``num_tokens`` (resampler).
         Plus: the CLIP encoder's penultimate hidden states of ``clip_pixel_values`` refine the ID tokens; PlusV2 adds
         them to the ID tokens as a shortcut branch weighted per sample by ``clip_keep`` (see :meth:`_plus_tokens`).
+        The face IP-Adapters (Plus-Face, Full-Face) read only those hidden states (of the face crop); ``id_embeds``
+        is unused.
         """
         parameter = next(self.projection.parameters())
         embeds = id_embeds.to(device=parameter.device, dtype=parameter.dtype)
+        if is_image_projection(self.projection):
+            return self.projection(self.clip_hidden_states(clip_pixel_values).to(embeds))
         if isinstance(self.projection, PortraitResampler):
             return self.projection(embeds if embeds.ndim == 3 else embeds[:, None])
         if isinstance(self.projection, FaceIDPlusProjection):
@@ -225,17 +243,21 @@ class AdapterTrainingModel(nn.Module):
         where ``x`` are the ID tokens and ``keep_i`` is 0 for the samples whose CLIP branch is dropped and 1 for the
         others. Kept branches are *not* rescaled by ``1 / (1 - p)``, so inference with ``s_scale = 1`` sees the
         branch at the strength it was trained with."""
-        encoder = self.components.image_encoder
-        if clip_pixel_values is None or encoder is None:
-            raise TrainingError(f"{self.variant.name} needs the face crops and a CLIP image encoder")
-        encoder_parameter = next(encoder.parameters())
-        with torch.no_grad():
-            pixels = clip_pixel_values.to(device=encoder_parameter.device, dtype=encoder_parameter.dtype)
-            clip_embeds = encoder(pixels, output_hidden_states=True).hidden_states[-2].to(embeds)
+        clip_embeds = self.clip_hidden_states(clip_pixel_values).to(embeds)
         if not self.variant.shortcut:
             return self.projection(embeds, clip_embeds)
         keep = torch.ones(embeds.shape[0]) if clip_keep is None else clip_keep
         return self.projection(embeds, clip_embeds, shortcut=True, scale=keep.to(embeds)[:, None, None])
+
+    @torch.no_grad()
+    def clip_hidden_states(self, clip_pixel_values: torch.Tensor | None) -> torch.Tensor:
+        """The frozen CLIP encoder's penultimate hidden states ``[B, L, D]`` of the face crops' pixel values."""
+        encoder = self.components.image_encoder
+        if clip_pixel_values is None or encoder is None:
+            raise TrainingError(f"{self.variant.name} needs the face crops and a CLIP image encoder")
+        encoder_parameter = next(encoder.parameters())
+        pixels = clip_pixel_values.to(device=encoder_parameter.device, dtype=encoder_parameter.dtype)
+        return encoder(pixels, output_hidden_states=True).hidden_states[-2]
 
     @torch.no_grad()
     def encode_captions(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
