@@ -43,8 +43,10 @@ def check_workers(workers: Workers) -> Workers:
 def resolve_workers(workers: Workers, backend_name: str) -> int:
     """The number of face-analysis processes to start for ``workers`` with the backend named ``backend_name``.
 
-    An integer ``>= 1`` is used as given. ``"auto"`` means as many processes as make analysis faster: one per
-    usable core for dlib, whose detector and descriptor each use one core; one for insightface, because ONNX Runtime
+    An integer ``>= 1`` is used as given. ``"auto"`` means as many processes as make analysis faster, a rule taken
+    from the face benchmark's side-by-side runs rather than a timing probe at first use (a probe of a few photos on a
+    shared machine measures the neighbours' load as much as the choice): one per usable core for dlib, whose HOG
+    detector, landmarks and torch descriptor each run on one core per process; one for insightface, because ONNX Runtime
     already threads each model over all cores, and extra processes only compete for them (on 2 cores, 2
     insightface workers measured 3x slower than 1) and pay about a second each to start.
 
