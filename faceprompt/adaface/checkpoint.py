@@ -4,12 +4,14 @@ A released file holds the prompt translator only (``string_to_subj_basis_generat
 ``SubjBasisGenerator``: a CLIP text model ``prompt2token_proj`` with widened key/value projections, the
 ``hidden_state_layer_weights``, the number of tokens ``N_ID`` and the per-layer ``prompt2token_proj_attention_multipliers``).
 The joint release holds two generators for the face subject (ConsistentID's 4-token branch first, Arc2Face's 16-token
-branch second); the Arc2Face branch is the one read.
+branch second); both are read, the ConsistentID one into :attr:`EncoderFile.consistent_id`.
 
 A faceprompt ``.safetensors`` holds ``translator.<key>`` and ``layer_weights`` and, when written from a whole encoder,
 ``arc2face.<key>`` too; its metadata records the number of tokens, the multipliers, the widths, both model
 configurations and (whole encoders) the template token ids, so such a file loads without the Arc2Face folder and the
-tokenizer.
+tokenizer. A joint encoder adds ``consistentid.translator.<key>`` and ``consistentid.layer_weights`` (and, written
+from a whole encoder, ``consistentid.projection.<key>`` and ``consistentid.image_encoder.<key>``), described by the
+``consistentid`` metadata entry.
 """
 
 from __future__ import annotations
@@ -28,7 +30,12 @@ from ..errors import CheckpointError
 from ..files import write_file
 from ..weights import check_tensors, read_safetensors
 from .clip import InjectableCLIPText
-from .encoder import RELEASE_FACE_MODEL, RELEASE_ID_EMBEDDINGS_DIM, AdaFaceEncoder, Templates
+from .encoder import (
+    RELEASE_FACE_MODEL,
+    RELEASE_ID_EMBEDDINGS_DIM,
+    AdaFaceEncoder,
+    Templates,
+)
 from .release import PickledObject, read_release
 
 FILE_FORMAT = "faceprompt.adaface"
@@ -59,7 +66,13 @@ class EncoderFile:
         templates: the template token ids, likewise.
         id_embeddings_dim: width of the identity vectors the encoder reads.
         face_model: the face model they come from.
-        notes: what was in the file but not read (e.g. the joint release's ConsistentID branch).
+        notes: what was in the file but not read.
+        consistent_id: the joint release's ConsistentID branch (its translator, layer weights, configuration,
+            multipliers, number of tokens and, from whole-encoder files, templates, ``projection`` and
+            ``image_encoder``); ``None`` for Arc2Face-only files.
+        projection: ConsistentID's projection state dict (in :attr:`consistent_id` of whole-encoder files).
+        image_encoder: the CLIP image encoder's state dict, likewise.
+        image_encoder_config: its class name and configuration (``{"class": ..., "config": {...}}``), likewise.
     """
 
     translator: dict[str, torch.Tensor]
@@ -74,6 +87,10 @@ class EncoderFile:
     id_embeddings_dim: int = RELEASE_ID_EMBEDDINGS_DIM
     face_model: str = RELEASE_FACE_MODEL
     notes: list[str] = field(default_factory=list)
+    consistent_id: EncoderFile | None = None
+    projection: dict[str, torch.Tensor] | None = None
+    image_encoder: dict[str, torch.Tensor] | None = None
+    image_encoder_config: dict[str, Any] | None = None
 
     @property
     def hidden_size(self) -> int:
@@ -148,27 +165,23 @@ def _from_release(content: Any, source: str) -> EncoderFile:
         )
     subjects = [s for s in (content.get("subject_strings") or []) if s in generators]
     key = subjects[0] if subjects else ("z" if "z" in generators else next(iter(generators)))
-    generator, notes = _arc2face_generator(generators[key], source)
-    return _from_generator(generator, source, notes)
+    branches = _branches(generators[key], source)
+    content = _from_generator(branches[-1], source, [])
+    if len(branches) == 2:
+        content.consistent_id = _from_generator(branches[0], f"{source} (ConsistentID branch)", [])
+    return content
 
 
-def _arc2face_generator(entry: Any, source: str) -> tuple[PickledObject, list[str]]:
-    """The Arc2Face branch: the generator itself, or the last of the joint release's ``ModuleList``."""
+def _branches(entry: Any, source: str) -> list[PickledObject]:
+    """The generator itself, or the joint release's ``ModuleList`` ``[ConsistentID, Arc2Face]``."""
     if not isinstance(entry, PickledObject):
         raise CheckpointError(f"{source}: the face subject's generator is a {type(entry).__name__}, not a module")
     if not entry.class_path.endswith(".ModuleList"):
-        return entry, []
+        return [entry]
     branches = [module for _, module in sorted((entry.attr("_modules") or {}).items(), key=lambda item: int(item[0]))]
-    if len(branches) not in (1, 2):
-        raise CheckpointError(f"{source}: {len(branches)} encoder branches; AdaFace releases have 1 or 2")
-    notes = []
-    if len(branches) == 2:
-        first = branches[0].attr("N_ID") if isinstance(branches[0], PickledObject) else None
-        notes.append(
-            f"the joint release's first branch (ConsistentID, {first} tokens) was not read: it needs ConsistentID's "
-            "projection model and an OpenCLIP ViT-H/14 image encoder; the Arc2Face branch was read"
-        )
-    return branches[-1], notes
+    if len(branches) not in (1, 2) or not all(isinstance(branch, PickledObject) for branch in branches):
+        raise CheckpointError(f"{source}: {len(branches)} encoder branches; AdaFace releases have 1 or 2 generators")
+    return branches
 
 
 def _from_generator(generator: PickledObject, source: str, notes: list[str]) -> EncoderFile:
@@ -260,7 +273,7 @@ def _from_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
         face_model = metadata["face_model"]
     except (KeyError, ValueError, TypeError) as error:
         raise CheckpointError(f"{source}: damaged AdaFace metadata ({type(error).__name__}: {error})") from None
-    sections: dict[str, dict[str, torch.Tensor]] = {"translator": {}, "arc2face": {}}
+    sections: dict[str, dict[str, torch.Tensor]] = {"translator": {}, "arc2face": {}, "consistentid": {}}
     for key, tensor in tensors.items():
         section, _, name = key.partition(".")
         if section in sections and name:
@@ -269,6 +282,7 @@ def _from_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
             raise CheckpointError(f"{source}: unexpected tensor {key!r} in an AdaFace encoder file")
     if "layer_weights" not in tensors:
         raise CheckpointError(f"{source}: the file has no layer_weights")
+    consistent_id = _consistentid_from_safetensors(sections["consistentid"], metadata, source)
     return EncoderFile(
         translator=sections["translator"],
         layer_weights=tensors["layer_weights"],
@@ -281,6 +295,45 @@ def _from_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
         templates=templates,
         id_embeddings_dim=id_dim,
         face_model=face_model,
+        consistent_id=consistent_id,
+    )
+
+
+def _consistentid_from_safetensors(
+    tensors: dict[str, torch.Tensor], metadata: dict[str, str], source: str
+) -> EncoderFile | None:
+    if not tensors and "consistentid" not in metadata:
+        return None
+    where = f"{source} (ConsistentID branch)"
+    try:
+        described = json.loads(metadata["consistentid"])
+        config = _config(described["translator_config"])
+        multipliers = [int(m) for m in described["kv_multipliers"]]
+        num_tokens = int(described["num_tokens"])
+        templates = Templates.from_json(json.dumps(described["templates"])) if "templates" in described else None
+        image_encoder_config = described.get("image_encoder")
+    except (KeyError, ValueError, TypeError) as error:
+        raise CheckpointError(f"{where}: damaged metadata ({type(error).__name__}: {error})") from None
+    parts: dict[str, dict[str, torch.Tensor]] = {"translator": {}, "projection": {}, "image_encoder": {}}
+    for key, tensor in tensors.items():
+        part, _, name = key.partition(".")
+        if part in parts and name:
+            parts[part][name] = tensor
+        elif key != "layer_weights":
+            raise CheckpointError(f"{where}: unexpected tensor 'consistentid.{key}'")
+    if "layer_weights" not in tensors or not parts["translator"]:
+        raise CheckpointError(f"{where}: the file has no ConsistentID translator or layer weights")
+    return EncoderFile(
+        translator=parts["translator"],
+        layer_weights=tensors["layer_weights"],
+        translator_config=config,
+        kv_multipliers=multipliers,
+        num_tokens=num_tokens,
+        source=where,
+        templates=templates,
+        projection=parts["projection"] or None,
+        image_encoder=parts["image_encoder"] or None,
+        image_encoder_config=image_encoder_config if parts["image_encoder"] else None,
     )
 
 
@@ -303,6 +356,24 @@ def encoder_file(encoder: AdaFaceEncoder, source: str = "<encoder>") -> EncoderF
         templates=encoder.templates,
         id_embeddings_dim=encoder.id_embeddings_dim,
         face_model=encoder.face_model,
+        consistent_id=None if encoder.consistent_id is None else _branch_file(encoder.consistent_id, source),
+    )
+
+
+def _branch_file(branch: Any, source: str) -> EncoderFile:
+    """The ConsistentID branch whole: translator, templates, projection and image encoder."""
+    image_encoder = branch.image_encoder
+    return EncoderFile(
+        translator=dict(branch.translator.state_dict()),
+        layer_weights=branch.layer_weights.detach(),
+        translator_config=branch.translator.config,
+        kv_multipliers=list(branch.translator.kv_multipliers),
+        num_tokens=branch.num_tokens,
+        source=source,
+        templates=branch.templates,
+        projection=dict(branch.projection.state_dict()),
+        image_encoder=dict(image_encoder.state_dict()),
+        image_encoder_config={"class": type(image_encoder).__name__, "config": image_encoder.config.to_diff_dict()},
     )
 
 
@@ -311,9 +382,10 @@ def save_encoder(
 ) -> Path:
     """Write ``.safetensors`` that load without the restricted reader.
 
-    An :class:`AdaFaceEncoder` is written whole (translator, Arc2Face encoder, templates), so the file alone loads
-    it; an :class:`EncoderFile` read from a release holds the translator only (load it with the Arc2Face encoder and
-    the tokenizer).
+    An :class:`AdaFaceEncoder` is written whole (translator, Arc2Face encoder, templates; a joint encoder also its
+    ConsistentID translator, projection and CLIP image encoder), so the file alone loads it; an :class:`EncoderFile`
+    read from a release holds the translator(s) only (load it with the Arc2Face encoder and the tokenizer, and for a
+    joint release ConsistentID's projection file and the CLIP ViT-H image encoder).
 
     Raises:
         CheckpointError: ``path`` does not end in ``.safetensors``.
@@ -327,6 +399,12 @@ def save_encoder(
     tensors["layer_weights"] = content.layer_weights
     if content.arc2face is not None:
         tensors.update({f"arc2face.{k}": v for k, v in content.arc2face.items()})
+    branch = content.consistent_id
+    if branch is not None:
+        tensors.update({f"consistentid.translator.{k}": v for k, v in branch.translator.items()})
+        tensors["consistentid.layer_weights"] = branch.layer_weights
+        for part in ("projection", "image_encoder"):
+            tensors.update({f"consistentid.{part}.{k}": v for k, v in (getattr(branch, part) or {}).items()})
     tensors = {key: tensor.detach().to("cpu").contiguous().clone() for key, tensor in tensors.items()}
 
     def write(temporary: Path) -> None:
@@ -354,6 +432,18 @@ def _metadata(content: EncoderFile) -> dict[str, str]:
         metadata["arc2face_config"] = _config_json(content.arc2face_config)
     if content.templates is not None:
         metadata["templates"] = content.templates.to_json()
+    branch = content.consistent_id
+    if branch is not None:
+        described: dict[str, Any] = {
+            "num_tokens": branch.num_tokens,
+            "kv_multipliers": branch.kv_multipliers,
+            "translator_config": json.loads(_config_json(branch.translator_config)),
+        }
+        if branch.templates is not None:
+            described["templates"] = json.loads(branch.templates.to_json())
+        if branch.image_encoder is not None and branch.image_encoder_config is not None:
+            described["image_encoder"] = branch.image_encoder_config
+        metadata["consistentid"] = json.dumps(described)
     return metadata
 
 

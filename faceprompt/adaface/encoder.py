@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import os
 
     from ..identity import Identity
+    from .consistentid import ConsistentIDBranch
 
 ARC2FACE_TEMPLATE = "photo of a id person"
 ID_WORD = "id"
@@ -118,6 +119,38 @@ def _padded(ids: list[int], length: int, pad: int, what: str) -> list[int]:
     return list(ids) + [pad] * (length - len(ids))
 
 
+def translate(
+    translator: InjectableCLIPText,
+    layer_weights: torch.Tensor,
+    translator_ids: torch.Tensor,
+    templates: Templates,
+    image_prompt: torch.Tensor,
+) -> torch.Tensor:
+    """The prompt translator: ``[B, N, C]`` image-prompt vectors written at the template's N comma slots ->
+    ``[B, N, C]`` outputs at those slots (weighted last hidden states, final layer norm)."""
+    batch, num_tokens = image_prompt.shape[:2]
+    start, end = templates.slot_position, templates.slot_position + num_tokens
+    tokens = translator.token_embeddings(translator_ids.expand(batch, -1))
+    tokens = torch.cat([tokens[:, :start], image_prompt.to(tokens.dtype), tokens[:, end:]], dim=1)
+    return translator(tokens, layer_weights)[:, start:end]
+
+
+def pad_embeddings(
+    translator: InjectableCLIPText, translator_ids: torch.Tensor, templates: Templates, num_tokens: int
+) -> torch.Tensor:
+    """``[N, C]``: the translator's embedding-layer output of an all-padding sequence at the slot positions."""
+    pad_ids = torch.full_like(translator_ids, templates.pad_token_id)
+    start = templates.slot_position
+    return translator.embeddings(input_ids=pad_ids)[0, start : start + num_tokens]
+
+
+def with_id_scale(ada: torch.Tensor, pad: torch.Tensor, scale: float) -> torch.Tensor:
+    """The ID scale: ``scale * ada + (1 - scale) * pad`` (``ada`` unchanged at 1)."""
+    if scale == 1.0:
+        return ada
+    return scale * ada + (1.0 - scale) * pad[None]
+
+
 class AdaFaceEncoder(nn.Module):
     """Face-identity vector ``[B, d]`` -> ``[B, N, C]`` token embeddings for the input of an SD text encoder.
 
@@ -129,6 +162,10 @@ class AdaFaceEncoder(nn.Module):
         num_tokens: N, the number of token embeddings per identity.
         id_embeddings_dim: width ``d`` of the identity vectors the encoder reads.
         face_model: the face-recognition model those vectors come from (e.g. ``"insightface/antelopev2"``).
+        consistent_id: the joint release's first branch (ConsistentID, 4 tokens), or ``None`` (Arc2Face only). With
+            it, :meth:`identity_tokens` gives two groups of tokens, ConsistentID's first, each appended after its
+            own copy of the prompt in ``"append"`` mode. Both branches read the identity's one embedding (the
+            authors ran antelopev2 for Arc2Face and buffalo_l for ConsistentID; both are 512-d ArcFace vectors).
     """
 
     def __init__(
@@ -140,6 +177,7 @@ class AdaFaceEncoder(nn.Module):
         num_tokens: int,
         id_embeddings_dim: int,
         face_model: str,
+        consistent_id: ConsistentIDBranch | None = None,
     ):
         super().__init__()
         width = translator.config.hidden_size
@@ -166,6 +204,12 @@ class AdaFaceEncoder(nn.Module):
         self.num_tokens = num_tokens
         self.id_embeddings_dim = id_embeddings_dim
         self.face_model = face_model
+        if consistent_id is not None and consistent_id.id_embeddings_dim != id_embeddings_dim:
+            raise AdaFaceError(
+                f"the ConsistentID branch reads {consistent_id.id_embeddings_dim}-value identity vectors but the "
+                f"Arc2Face branch {id_embeddings_dim}; both read the same identity"
+            )
+        self.consistent_id = consistent_id
         self.register_buffer("arc2face_ids", torch.tensor([templates.arc2face_ids]), persistent=False)
         self.register_buffer("translator_ids", torch.tensor([templates.translator_ids]), persistent=False)
 
@@ -173,6 +217,18 @@ class AdaFaceEncoder(nn.Module):
     def hidden_size(self) -> int:
         """``C``: the width of the token embeddings (the SD text encoder's width they are for)."""
         return self.translator.config.hidden_size
+
+    @property
+    def token_groups(self) -> list[int]:
+        """Tokens per branch, in prompt order: ``[4, 16]`` for the joint release, ``[16]`` for Arc2Face only."""
+        return ([self.consistent_id.num_tokens] if self.consistent_id is not None else []) + [self.num_tokens]
+
+    @property
+    def face_models(self) -> str:
+        """The face model(s) the encoder's branches were trained on, for messages."""
+        if self.consistent_id is None:
+            return self.face_model
+        return f"{self.face_model} (Arc2Face branch) and {self.consistent_id.face_model} (ConsistentID branch)"
 
     @property
     def kv_multipliers(self) -> list[int]:
@@ -193,13 +249,16 @@ class AdaFaceEncoder(nn.Module):
         local_files_only: bool | None = None,
         id_embeddings_dim: int | None = None,
         face_model: str | None = None,
+        consistentid: str | os.PathLike | None = None,
+        image_encoder: str | os.PathLike | None = None,
     ) -> AdaFaceEncoder:
         """Load an encoder: see :func:`faceprompt.adaface.loading.load_encoder` (same arguments)."""
         from .loading import load_encoder
 
         return load_encoder(
             translator, arc2face, tokenizer, cache_dir=cache_dir, local_files_only=local_files_only,
-            id_embeddings_dim=id_embeddings_dim, face_model=face_model,
+            id_embeddings_dim=id_embeddings_dim, face_model=face_model, consistentid=consistentid,
+            image_encoder=image_encoder,
         )
 
     # --- the steps ----------------------------------------------------------------------------------------------
@@ -230,17 +289,11 @@ class AdaFaceEncoder(nn.Module):
 
     def translate(self, image_prompt: torch.Tensor) -> torch.Tensor:
         """Prompt translator: ``[B, N, C]`` image-prompt vectors -> ``[B, N, C]`` token embeddings (scale 1)."""
-        batch = image_prompt.shape[0]
-        start, end = self.templates.slot_position, self.templates.slot_position + self.num_tokens
-        tokens = self.translator.token_embeddings(self.translator_ids.expand(batch, -1))
-        tokens = torch.cat([tokens[:, :start], image_prompt.to(tokens.dtype), tokens[:, end:]], dim=1)
-        return self.translator(tokens, self.layer_weights)[:, start:end]
+        return translate(self.translator, self.layer_weights, self.translator_ids, self.templates, image_prompt)
 
     def pad_embeddings(self) -> torch.Tensor:
         """``[N, C]``: the translator's embedding-layer output of an all-padding sequence at the slot positions."""
-        pad_ids = torch.full_like(self.translator_ids, self.templates.pad_token_id)
-        start = self.templates.slot_position
-        return self.translator.embeddings(input_ids=pad_ids)[0, start : start + self.num_tokens]
+        return pad_embeddings(self.translator, self.translator_ids, self.templates, self.num_tokens)
 
     def forward(self, id_embeds: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         """``[B, d]`` identity vectors (unit length; several photos: their mean, normalised) -> ``[B, N, C]``.
@@ -250,10 +303,7 @@ class AdaFaceEncoder(nn.Module):
         """
         self.check_id_embeds(id_embeds)
         id_embeds = id_embeds.to(device=self.layer_weights.device, dtype=self.dtype)
-        ada = self.translate(self.id_prompt(id_embeds))
-        if scale == 1.0:
-            return ada
-        return scale * ada + (1.0 - scale) * self.pad_embeddings()[None]
+        return with_id_scale(self.translate(self.id_prompt(id_embeds)), self.pad_embeddings(), scale)
 
     def id_embeds_from_identity(self, identity: Identity) -> torch.Tensor:
         """``[1, d]``: ``identity``'s unit-length mean embedding, after checking its face model's width.
@@ -266,7 +316,31 @@ class AdaFaceEncoder(nn.Module):
             raise AdaFaceError(
                 f"identity{f' {identity.name!r}' if identity.name else ''} was made with {identity.face_model} "
                 f"({identity.embedding_dim} values) but this AdaFace encoder reads {self.id_embeddings_dim}-value "
-                f"vectors of {self.face_model}; make the identity again with that face model"
+                f"vectors of {self.face_models}; make the identity again with that face model"
             )
         vector = np.asarray(identity.embedding(), dtype=np.float32)
         return torch.from_numpy(vector)[None].to(device=self.layer_weights.device, dtype=self.dtype)
+
+    @torch.no_grad()
+    def identity_tokens(self, identity: Identity, scale: float = 1.0) -> torch.Tensor | list[torch.Tensor]:
+        """``identity``'s token embeddings: ``[N, C]``, or for the joint release ``[ConsistentID [4, C], Arc2Face
+        [16, C]]`` (what :func:`~faceprompt.adaface.placeholder_tokens` takes).
+
+        ``scale`` multiplies each branch's default ID scale: 1 for Arc2Face, 6 for ConsistentID.
+
+        Raises:
+            AdaFaceError: another face model's identity (see :meth:`id_embeds_from_identity`); for the joint
+                release, an identity without face crops (the ConsistentID branch reads the face image).
+        """
+        id_embeds = self.id_embeds_from_identity(identity)
+        arc2face = self(id_embeds, scale=scale)[0]
+        if self.consistent_id is None:
+            return arc2face
+        if identity.crops is None:
+            raise AdaFaceError(
+                f"identity{f' {identity.name!r}' if identity.name else ''} holds no face crops, but the joint "
+                "encoder's ConsistentID branch reads the face image: make the identity from the photos again with "
+                "its crops kept (`faceprompt identity create` keeps them), or pass the photos"
+            )
+        clip_embeds = self.consistent_id.clip_features(identity.crops)
+        return [self.consistent_id(id_embeds, clip_embeds, scale)[0], arc2face]

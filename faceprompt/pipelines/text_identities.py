@@ -61,13 +61,8 @@ def text_identities(
 
 @torch.no_grad()
 def identity_token_embeddings(encoder: AdaFaceEncoder, people: dict[str, Identity], scale: float) -> dict[str, Any]:
-    """Each person's token embeddings ``[N, C]``, computed once per call."""
-    parameter = next(encoder.parameters())
-    tokens = {}
-    for name, person in people.items():
-        id_embeds = encoder.id_embeds_from_identity(person).to(device=parameter.device, dtype=parameter.dtype)
-        tokens[name] = encoder(id_embeds, scale=scale)[0]
-    return tokens
+    """Each person's token embeddings ``[N, C]`` (a joint encoder: one group per branch), computed once per call."""
+    return {name: encoder.identity_tokens(person, scale) for name, person in people.items()}
 
 
 @contextmanager

@@ -1,5 +1,6 @@
-"""Tiny AdaFace stand-ins: release files in the authors' pickle layout, an Arc2Face encoder folder, a tokenizer and
-an in-memory encoder, all random and built offline.
+"""Tiny AdaFace stand-ins: release files in the authors' pickle layout (Arc2Face-only and joint), an Arc2Face encoder
+folder, a tokenizer, ConsistentID's projection file, a ViT-H-shaped CLIP image encoder, a base model whose text width
+takes 512-d identities, and an in-memory encoder, all random and built offline.
 
 The stand-in release is a real ``torch.save`` pickle of modules whose classes carry the authors' names
 (``adaface.subj_basis_generator.SubjBasisGenerator``, ``adaface.arc2face_models.CLIPAttentionMKV`` /
@@ -25,7 +26,17 @@ from transformers.models.clip.modeling_clip import CLIPEncoder, CLIPTextEmbeddin
 
 from ..adaface import AdaFaceEncoder, Templates
 from ..adaface.clip import InjectableCLIPText
-from .diffusion import CLIP_MAX_LENGTH, SD15_CROSS_ATTENTION_DIM, _seeded, tiny_clip_tokenizer
+from ..adapters.projection import FaceIDPlusProjection
+from .diffusion import (
+    CLIP_MAX_LENGTH,
+    SD15_CROSS_ATTENTION_DIM,
+    _seeded,
+    _tiny_text_config,
+    _write_marker,
+    tiny_clip_tokenizer,
+    tiny_clip_vision_model,
+    tiny_sd15_pipeline,
+)
 
 #: What the tiny encoder says it reads when no face model is named.
 TINY_FACE_MODEL = "insightface/antelopev2"
@@ -158,6 +169,73 @@ def write_standin_release(
         if joint:
             consistent_id, _ = _generator(vocab_size, hidden_size, num_heads, 4, [1] * len(kv_multipliers))
             subject = nn.ModuleList([consistent_id, generator])
+    _save_release(subject, path)
+    return expected
+
+
+def write_standin_joint_release(
+    path: str | os.PathLike,
+    *,
+    hidden_size: int = 512,
+    num_heads: int = 8,
+    num_tokens: Sequence[int] = (4, 16),
+    kv_multipliers: Sequence[Sequence[int]] = ((1, 2), (2, 1)),
+    seed: int = 0,
+) -> list[dict[str, torch.Tensor]]:
+    """The joint release's layout: ``ModuleList([ConsistentID generator, Arc2Face generator])``; returns each
+    branch's translator state (as :func:`write_standin_release`), ConsistentID's first. 512 wide by default, so
+    that 512-d ArcFace identities fit the Arc2Face branch."""
+    vocab_size = len(tiny_adaface_tokenizer())
+    with _seeded(seed):
+        made = [
+            _generator(vocab_size, hidden_size, num_heads, tokens, list(multipliers))
+            for tokens, multipliers in zip(num_tokens, kv_multipliers, strict=True)
+        ]
+    _save_release(nn.ModuleList([generator for generator, _ in made]), path)
+    return [expected for _, expected in made]
+
+
+def write_standin_consistentid(
+    path: str | os.PathLike,
+    *,
+    cross_attention_dim: int = 512,
+    id_embeddings_dim: int = 512,
+    clip_embeddings_dim: int = 32,
+    num_tokens: int = 4,
+    depth: int = 1,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """A ``ConsistentID-v1.bin`` stand-in (``torch.save`` of plain tensors: ``image_proj``, the ``ProjPlusModel``,
+    and a token ``adapter_modules``); returns the projection state."""
+    with _seeded(seed):
+        projection = FaceIDPlusProjection(cross_attention_dim, id_embeddings_dim, clip_embeddings_dim, num_tokens, depth)
+        _randomize(projection, std=0.05)
+        state = {key: value.detach().clone() for key, value in projection.state_dict().items()}
+        adapter_modules = {"1.to_k_ip.weight": torch.randn(8, cross_attention_dim)}
+    torch.save({"image_proj": state, "adapter_modules": adapter_modules}, path)
+    return state
+
+
+def write_standin_vit_h(folder: str | os.PathLike, *, hidden_size: int = 32, seed: int = 0) -> Path:
+    """A tiny CLIP vision model shaped like ViT-H/14 at 224 px (14-px patches: 257 hidden-state tokens), saved as a
+    ``CLIPVisionModelWithProjection`` folder (the layout of ``h94/IP-Adapter`` ``models/image_encoder``)."""
+    tiny_clip_vision_model(seed, hidden_size=hidden_size, patch_size=14).save_pretrained(str(folder))
+    return Path(folder)
+
+
+def save_tiny_sd15_for_identity_width(path: str | os.PathLike, text_width: int = 512, seed: int = 0) -> Path:
+    """The tiny SD 1.5 pipeline with a ``text_width``-wide text encoder (and UNet cross-attention), saved as a
+    diffusers folder: token embeddings of the 512-wide joint stand-in fit it."""
+    pipeline = tiny_sd15_pipeline(seed)
+    with _seeded(seed):
+        pipeline.text_encoder = CLIPTextModel(_tiny_text_config(text_width, hidden_act="quick_gelu")).eval()
+        pipeline.unet = type(pipeline.unet).from_config(pipeline.unet.config, cross_attention_dim=text_width).eval()
+    pipeline.save_pretrained(str(path))
+    _write_marker(Path(path), "sd15")
+    return Path(path)
+
+
+def _save_release(subject: nn.Module, path: str | os.PathLike) -> None:
     content = {
         "string_to_subj_basis_generator_dict": {"z": subject},
         "placeholder_strings": ["z"],
@@ -165,7 +243,6 @@ def write_standin_release(
     }
     with _authors_names():
         torch.save(content, path)
-    return expected
 
 
 def _generator(

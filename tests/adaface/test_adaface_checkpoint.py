@@ -49,12 +49,11 @@ def test_standin_release_reads_exactly(files):
     assert content.notes == []
 
 
-def test_joint_release_reads_the_arc2face_branch(tmp_path):
+def test_joint_release_reads_both_branches(tmp_path):
     expected = write_standin_release(tmp_path / "joint.pt", num_tokens=6, kv_multipliers=(2, 2), joint=True, seed=3)
     content = read_encoder_file(tmp_path / "joint.pt", "joint.pt")
     assert_same_translator(content, expected)
-    assert content.num_tokens == 6
-    assert "ConsistentID, 4 tokens" in content.notes[0]
+    assert (content.num_tokens, content.consistent_id.num_tokens, content.notes) == (6, 4, [])
 
 
 def test_converted_file_loads_without_the_reader_and_gives_the_same_tokens(files, tmp_path):
