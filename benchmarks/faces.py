@@ -474,6 +474,10 @@ def prepare_images_per_s(folder: Path, output: Path, engine: str, workers: Worke
 def prepare_rows(folder: Path, output: Path) -> list[tuple[str, str]]:
     """(item, value) rows for ``faceprompt prepare``'s default path on the portraits: local processes and Ray."""
     rows = []
+    speed, kept = prepare_images_per_s(folder, output / "in-process", "local", 1)
+    rows.append(
+        (f"prepare images/s, local engine, workers=1: in this process, no start-up ({kept} kept)", f"{speed:.1f}")
+    )
     speed, kept = prepare_images_per_s(folder, output / "local", "local", "auto")
     rows.append((f"prepare images/s, local engine, workers=auto ({kept} kept), pool start-up included", f"{speed:.1f}"))
     try:
@@ -495,7 +499,7 @@ def prepare_rows(folder: Path, output: Path) -> list[tuple[str, str]]:
 #: IResNet-50 (buffalo_l's w600k_r50.onnx) on a 112-px crop: (blocks, channels) per stage; every stage's first block
 #: has stride 2 and a 1x1 stride-2 projection shortcut; each block is two 3x3 convolutions.
 _IRESNET50_STAGES = ((3, 64), (4, 128), (14, 256), (3, 512))
-#: SCRFD-10GF (det_10g.onnx) is defined by its 10 GFLOPs (multiply-adds) at VGA, 640x480; insightface runs it at 640x640.
+#: SCRFD-10GF (det_10g.onnx) is named for its 10 G multiply-adds at VGA (640x480); insightface runs it at 640x640.
 _SCRFD_10G_MACS_VGA = 10e9
 
 
