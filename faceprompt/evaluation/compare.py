@@ -3,7 +3,8 @@
 Each method's images are scored with one evaluator face model for all of them (best one that none of the methods is
 conditioned on), CLIP-T against the protocol's prompts, and CLIP-I against the base model's image of the same prompt
 and seed, made once for every method (the identity-free reference). Seconds per image are the median over a
-method's generation calls, so that one-off warm-up does not count.
+method's generation calls, after one untimed one-step image, so that one-off costs (kernel choice, caches) do not
+count.
 
 Output: ``OUT/baseline/*.png``, ``OUT/<NN-method>/<person>/*.png``, ``OUT/comparison.json`` and
 ``OUT/comparison.html`` (the table, and per prompt an image grid: methods side by side, people as rows).
@@ -17,7 +18,7 @@ import os
 import re
 import statistics
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -152,7 +153,12 @@ class ComparisonReport:
             + f"<td>{html.escape(summary['conditioned_on'] or 'face crops')}</td></tr>"
             for summary in self.table
         )
-        notes = "".join(f"<p>{html.escape(f'{key}: {value}')}</p>" for key, value in self.evaluator.items() if value)
+        notes = "".join(
+            f"<p>{html.escape(f'{key}: {value}')}</p>"
+            for key, value in self.evaluator.items()
+            if value and key != "warnings"
+        )
+        notes += "".join(f"<p><b>warning:</b> {html.escape(text)}</p>" for text in self.evaluator.get("warnings", []))
         grids = "".join(self._grid(prompt, Path(folder)) for prompt in self.settings.all_prompts())
         return (
             "<!doctype html><meta charset='utf-8'><title>faceprompt comparison</title>"
@@ -217,6 +223,7 @@ def run_comparison(
     for info in sorted(methods, key=lambda info: info.family is None):  # a known base loads first
         face = pipelines.load(info.method)
         folders = person_folders[info.label]
+        _warm_up(face, info, next(iter(people.values())), settings)
         seconds: list[float] = []
         images = {
             person: generate_all(
@@ -306,6 +313,14 @@ def _generator(face: FacePipeline, info: MethodInfo, identity: Identity, setting
         )
 
     return as_words if info.method.kind == "adaface" else through_adapter
+
+
+def _warm_up(face: FacePipeline, info: MethodInfo, identity: Identity, settings: ProtocolSettings) -> None:
+    """One untimed one-step image: a method's first call pays one-off costs (kernel choice, caches, lazy set-up)
+    that are not its speed."""
+    one_step = replace(settings, generation={**settings.generation, "steps": 1})
+    prompt, seed = settings.jobs()[0]
+    _generator(face, info, identity, one_step)(prompt, seed, 1)
 
 
 def _base_generator(face: FacePipeline, settings: ProtocolSettings):
