@@ -23,7 +23,8 @@ from safetensors.numpy import save_file
 
 from . import __version__
 from .errors import FaceModelMismatchError, FaceSelectionError, IdentityError, IdentityFileError, OutputExistsError
-from .faces import Face, FaceAnalyzer, l2_normalize, parse_selection
+from .faces import Face, FaceAnalyzer, LandmarkSegmenter, apply_mask, arcface_template, l2_normalize, parse_selection
+from .faces.face import DEFAULT_SEGMENT_BACKGROUND
 from .images import ChannelOrder, ImageInput
 
 FILE_FORMAT = "faceprompt.identity"
@@ -39,6 +40,11 @@ MIN_EMBEDDING_NORM = 1e-6
 MAX_EMBEDDING_NORM = 1e4
 #: How to make a good identity file, for the messages about bad ones.
 RECREATE_HINT = "recreate it with `faceprompt identity create PHOTOS -o FILE`"
+#: How to make an identity that keeps its face crops (what the face IP-Adapters read).
+CROPS_HINT = (
+    "recreate it from the photos with its crops: `faceprompt identity create PHOTOS -o FILE` (without --no-crops; "
+    "in Python Identity.from_images(..., keep_crops=True))"
+)
 
 if TYPE_CHECKING:
     import torch
@@ -176,6 +182,24 @@ class Identity:
         if method == "median":
             return np.median(vectors, axis=0).astype(np.float32)
         raise IdentityError(f"unknown embedding method {method!r}; choose 'mean', 'norm_mean' or 'median'")
+
+    def face_crops(self, *, segmented: bool = False) -> np.ndarray:
+        """The stored aligned crops ``uint8 [n, 224, 224, 3]`` (RGB), what the face IP-Adapters read.
+
+        Args:
+            segmented: replace the background by white through the landmark face mask (the default
+                :class:`~faceprompt.faces.LandmarkSegmenter`), as ``faceprompt prepare --segment`` does. An aligned
+                crop has its five landmarks on the ArcFace template, so the template points give the face outline.
+
+        Raises:
+            IdentityError: the identity was made without crops.
+        """
+        if self.crops is None:
+            raise IdentityError(f"identity{f' {self.name!r}' if self.name else ''} has no face crops; {CROPS_HINT}")
+        if not segmented:
+            return self.crops
+        segmenter, points = LandmarkSegmenter(), arcface_template(CROP_SIZE)
+        return np.stack([apply_mask(crop, segmenter(crop, points), DEFAULT_SEGMENT_BACKGROUND) for crop in self.crops])
 
     def stack(self, *, normalized: bool = True) -> np.ndarray:
         """All per-photo vectors ``[n, d]``, as the Portrait adapters take them (one token group per photo)."""

@@ -1,4 +1,5 @@
-"""Identity adapters: IP-Adapter-FaceID projection models, decoupled attention (+LoRA), checkpoints."""
+"""Identity adapters: IP-Adapter-FaceID and face IP-Adapter projection models, decoupled attention (+LoRA),
+checkpoints."""
 
 from .attach import (
     attach_adapter,
@@ -21,9 +22,16 @@ from .checkpoint import (
     validate_for_unet,
 )
 from .layers import attention_sites, build_adapter_layers
-from .projection import FaceIDMLPProjection, FaceIDPlusProjection, PortraitResampler
+from .projection import FaceIDMLPProjection, FaceIDPlusProjection, FullFaceImageProjection, PortraitResampler
 from .registry import VARIANTS, AdapterVariant, get_variant
-from .tokens import clip_image_embeds, clip_pixel_values, identity_tokens, image_prompt_tokens
+from .tokens import (
+    clip_image_embeds,
+    clip_pixel_values,
+    face_image_input,
+    face_image_tokens,
+    identity_tokens,
+    image_prompt_tokens,
+)
 
 __all__ = [
     "VARIANTS",
@@ -33,6 +41,7 @@ __all__ = [
     "CheckpointLayout",
     "FaceIDMLPProjection",
     "FaceIDPlusProjection",
+    "FullFaceImageProjection",
     "ImagePrompt",
     "PortraitResampler",
     "attach_adapter",
@@ -44,6 +53,8 @@ __all__ = [
     "compatible_variants",
     "detach_adapter",
     "detect_layout",
+    "face_image_input",
+    "face_image_tokens",
     "get_runtime",
     "get_variant",
     "identity_tokens",

@@ -4,6 +4,9 @@ The unconditional tokens follow the reference: the projection of a zero ID vecto
 features of an all-zero *normalised* image, i.e. mean grey), never plain zeros. For the plain image IP-Adapters
 (:func:`image_prompt_tokens`): the projection of zero ``image_embeds`` (``IPAdapter.get_image_embeds``), and for
 IP-Adapter Plus the resampler over the hidden states of the all-zero pixel values (``IPAdapterPlus``).
+
+The face IP-Adapters (Plus-Face, Full-Face) are image IP-Adapters trained on aligned face crops: as identity adapters
+(:func:`face_image_tokens`) they read the person's crops, the CLIP features of several photos averaged.
 """
 
 from __future__ import annotations
@@ -17,6 +20,15 @@ from PIL import Image
 from ..errors import AdapterError
 from .attention import AttachedAdapter
 from .projection import ImageProjModel, is_image_projection
+from .registry import FaceInput
+
+#: What a custom (unregistered) image adapter in the identity slot reads, by projection kind: Full-Face models are
+#: trained on background-free crops, the others on plain crops.
+FACE_INPUT_BY_PROJECTION: dict[str, FaceInput] = {
+    "image_full": "segmented_crop",
+    "image_resampler": "crop",
+    "image": "crop",
+}
 
 
 def as_embedding_tensor(faceid_embeds, *, multi_face: bool) -> torch.Tensor:
@@ -137,20 +149,69 @@ def image_prompt_tokens(
         AdapterError: a FaceID adapter, no or the wrong image encoder, or unusable images.
     """
     projection = adapter.projection
-    if not is_image_projection(projection):
-        raise AdapterError(
-            f"adapter {adapter.name!r} is a FaceID adapter: it takes face embeddings (identity_tokens), not style "
-            "images; attach an image IP-Adapter (e.g. 'ip-adapter-sd15') under another name for a style image"
-        )
-    if image_encoder is None:
-        raise AdapterError(
-            f"adapter {adapter.name!r} is an image IP-Adapter: it needs the CLIP image encoder it was trained with "
-            "(image_encoder=CLIPVisionModelWithProjection.from_pretrained('h94/IP-Adapter', "
-            "subfolder='models/image_encoder'); 'sdxl_models/image_encoder' for ip-adapter_sdxl.bin)"
-        )
-    pixel_values = clip_pixel_values(_rgb_images(images))
+    _check_image_adapter(adapter, image_encoder)
+    features, uncond_features = _clip_features(adapter, image_encoder, clip_pixel_values(_rgb_images(images)))
     parameter = next(projection.parameters())
-    expected = projection.input_dim
+    cond = projection(features.to(device=parameter.device, dtype=parameter.dtype))
+    uncond = projection(uncond_features.to(device=parameter.device, dtype=parameter.dtype))
+    if concat:
+        cond = cond.reshape(1, -1, cond.shape[-1])
+        uncond = uncond.reshape(1, -1, uncond.shape[-1])
+    return cond, uncond
+
+
+def face_image_input(adapter: AttachedAdapter) -> FaceInput | None:
+    """What an image adapter reads when it conditions on a person: ``"crop"`` (the aligned face crop, Plus-Face),
+    ``"segmented_crop"`` (the crop without background, Full-Face), or ``None`` for FaceID adapters (embeddings)."""
+    if not is_image_projection(adapter.projection):
+        return None
+    if adapter.variant is not None:
+        return adapter.variant.face_input
+    return FACE_INPUT_BY_PROJECTION[adapter.layout.projection]
+
+
+@torch.no_grad()
+def face_image_tokens(
+    adapter: AttachedAdapter, image_encoder: torch.nn.Module | None, faces: list[list]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cond, uncond)`` tokens ``[B, T, C]`` of a face IP-Adapter (Plus-Face, Full-Face) used as an identity adapter.
+
+    Args:
+        faces: per sample, the face crops of its person (``uint8 [H, W, 3]`` RGB arrays or PIL images): aligned
+            224-px crops, without background for Full-Face (see :func:`face_image_input`).
+
+    Each crop goes through the CLIP image processor and encoder like a style image (:func:`image_prompt_tokens`);
+    the CLIP features of one person's crops are averaged before the projection, so several photos make one set of
+    tokens (with one photo, exactly diffusers' ``ip_adapter_image`` path). The unconditional tokens are those of a
+    zero image, as for the same adapter used for style.
+    """
+    _check_image_adapter(adapter, image_encoder)
+    if not faces or any(len(crops) == 0 for crops in faces):
+        raise AdapterError("every sample needs at least one face crop")
+    flat = [crop for crops in faces for crop in crops]
+    features, uncond_features = _clip_features(adapter, image_encoder, clip_pixel_values(flat))
+    counts = [len(crops) for crops in faces]
+    averaged = torch.stack([chunk.mean(dim=0) for chunk in features.split(counts)])
+    parameter = next(adapter.projection.parameters())
+    move = dict(device=parameter.device, dtype=parameter.dtype)
+    cond = adapter.projection(averaged.to(**move))
+    uncond = adapter.projection(uncond_features[:1].to(**move)).expand_as(cond)
+    return cond, uncond
+
+
+def _clip_features(
+    adapter: AttachedAdapter, image_encoder: torch.nn.Module | None, pixel_values: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CLIP features an image adapter's projection reads, for ``pixel_values`` and for the unconditional branch.
+
+    The plain IP-Adapter (``ImageProjModel``) reads ``image_embeds`` (unconditional: zeros); the others read the
+    penultimate hidden states (unconditional: those of zero pixel values).
+
+    Raises:
+        AdapterError: a FaceID adapter, no or the wrong image encoder.
+    """
+    _check_image_adapter(adapter, image_encoder)
+    projection = adapter.projection
     if isinstance(projection, ImageProjModel):
         encoder_parameter = next(image_encoder.parameters())
         output = image_encoder(pixel_values.to(device=encoder_parameter.device, dtype=encoder_parameter.dtype))
@@ -165,18 +226,27 @@ def image_prompt_tokens(
     else:
         features, uncond_features = clip_image_embeds(image_encoder, pixel_values)
         what = "hidden states"
-    if features.shape[-1] != expected:
+    if features.shape[-1] != projection.input_dim:
         raise AdapterError(
-            f"adapter {adapter.name!r} reads CLIP {what} of width {expected}, but the image encoder gives "
+            f"adapter {adapter.name!r} reads CLIP {what} of width {projection.input_dim}, but the image encoder gives "
             f"{features.shape[-1]}: use the encoder it was trained with (ViT-H: image_embeds 1024, hidden 1280; "
             "bigG: image_embeds 1280, hidden 1664)"
         )
-    cond = projection(features.to(device=parameter.device, dtype=parameter.dtype))
-    uncond = projection(uncond_features.to(device=parameter.device, dtype=parameter.dtype))
-    if concat:
-        cond = cond.reshape(1, -1, cond.shape[-1])
-        uncond = uncond.reshape(1, -1, uncond.shape[-1])
-    return cond, uncond
+    return features, uncond_features
+
+
+def _check_image_adapter(adapter: AttachedAdapter, image_encoder: torch.nn.Module | None) -> None:
+    if not is_image_projection(adapter.projection):
+        raise AdapterError(
+            f"adapter {adapter.name!r} is a FaceID adapter: it takes face embeddings (identity_tokens), not style "
+            "images; attach an image IP-Adapter (e.g. 'ip-adapter-sd15') under another name for a style image"
+        )
+    if image_encoder is None:
+        raise AdapterError(
+            f"adapter {adapter.name!r} is an image IP-Adapter: it needs the CLIP image encoder it was trained with "
+            "(image_encoder=CLIPVisionModelWithProjection.from_pretrained('h94/IP-Adapter', "
+            "subfolder='models/image_encoder'); 'sdxl_models/image_encoder' for ip-adapter_sdxl.bin)"
+        )
 
 
 def _rgb_images(images) -> list:

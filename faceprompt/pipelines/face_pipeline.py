@@ -21,8 +21,10 @@ from ..adapters.attach import attach_adapter, attached_adapters, detach_adapter,
 from ..adapters.attention import AttachedAdapter, ImagePrompt
 from ..adapters.registry import AdapterVariant
 from ..adapters.tokens import clip_image_embeds, clip_pixel_values, identity_tokens, image_prompt_tokens
+from ..adapters.tokens import face_image_input, face_image_tokens
 from ..errors import GenerationError
 from ..identity import Identity
+from .face_images import check_identity_adapter, face_crops_per_prompt
 from .fast import FastMode, apply_fast_mode, get_fast_mode
 from .inputs import (
     IdentityLookup,
@@ -82,7 +84,11 @@ class FacePipeline:
     Args:
         pipeline: a diffusers Stable Diffusion (1.5 or XL) pipeline: text-to-image, image-to-image, inpainting,
             ControlNet, AnimateDiff, ...
-        adapter: a checkpoint path, a Hub id ``"owner/repo/file"``, a registry name or a state dict.
+        adapter: the identity adapter: a checkpoint path, a Hub id ``"owner/repo/file"``, a registry name or a state
+            dict. A FaceID adapter reads the identity's face embeddings; a face IP-Adapter
+            (``ip-adapter-plus-face-sd15``, ``ip-adapter-full-face-sd15``) reads its stored aligned crops (Full-Face:
+            with the background removed), several photos' CLIP features averaged. Style images go through
+            :meth:`add_style_adapter` instead.
         variant: registry name when it cannot be told from the file (e.g. PlusV2 weights under another name).
         lora: ``"fused"`` (default), ``"unfused"`` (reference math at run time) or ``"off"``.
         image_encoder: CLIP vision model for FaceID-Plus (default: ``pipeline.image_encoder``).
@@ -109,6 +115,11 @@ class FacePipeline:
         self.adapter: AttachedAdapter | None = None
         if adapter is not None:
             self.adapter = attach_adapter(pipeline, adapter, name=name, variant=variant, lora=lora, lora_scale=lora_scale)
+            try:
+                check_identity_adapter(self.adapter, self.face_input)
+            except GenerationError:
+                detach_adapter(pipeline, name)
+                raise
         self.adaface = adaface
         self.image_encoder = image_encoder if image_encoder is not None else getattr(pipeline, "image_encoder", None)
         self.controlnet: torch.nn.Module | None = getattr(pipeline, "controlnet", None)
@@ -198,6 +209,12 @@ class FacePipeline:
     @property
     def variant(self) -> AdapterVariant | None:
         return self.adapter.variant if self.adapter is not None else None
+
+    @property
+    def face_input(self) -> str | None:
+        """What the identity adapter reads of a person when it is a face IP-Adapter: ``"crop"`` or
+        ``"segmented_crop"``; ``None`` for FaceID adapters (face embeddings) and without an adapter."""
+        return face_image_input(self.adapter) if self.adapter is not None else None
 
     def enable_fast_mode(
         self,
@@ -536,8 +553,15 @@ class FacePipeline:
         shortcut = request.shortcut if request.shortcut is not None else bool(self.variant and self.variant.shortcut)
         image_prompts, identities = [], []
         for who, embeds, crops, scale, mask in groups:
-            inputs = self._identity_inputs(who, embeds, crops, len(request.prompts))
-            cond, uncond = self._tokens(inputs.embeds, inputs.crops, shortcut, request.s_scale)
+            if self.face_input is not None:
+                faces, used = face_crops_per_prompt(
+                    self.adapter, self.face_input, who, embeds, crops, len(request.prompts), self.identity_lookup
+                )
+                cond, uncond = face_image_tokens(self.adapter, self.image_encoder, faces)
+            else:
+                inputs = self._identity_inputs(who, embeds, crops, len(request.prompts))
+                cond, uncond = self._tokens(inputs.embeds, inputs.crops, shortcut, request.s_scale)
+                used = inputs.identities
             image_prompts.append(
                 ImagePrompt(
                     cond=cond.repeat_interleave(request.num_images, dim=0),
@@ -548,7 +572,7 @@ class FacePipeline:
                     end=request.end,
                 )
             )
-            identities.append(inputs.identities)
+            identities.append(used)
         return image_prompts, identities
 
     def _identity_inputs(self, who: Any, embeds: Any, crops: Any, num_prompts: int):

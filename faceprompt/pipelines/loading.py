@@ -14,9 +14,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..adapters.registry import (
-    HUB_REPO,
     IMAGE_ENCODER_REPO,
     IMAGE_ENCODER_SUBFOLDER,
+    IMAGE_PROJECTIONS,
     VARIANTS,
     AdapterVariant,
     get_variant,
@@ -73,11 +73,16 @@ class ModelOptions(BaseModel):
     @field_validator("adapter")
     @classmethod
     def _known_adapter(cls, value: str | None) -> str | None:
+        identity_adapters = [name for name, variant in VARIANTS.items() if variant.kind == "faceid" or variant.face_input]
+        if value in VARIANTS and value not in identity_adapters:
+            raise ValueError(
+                f"{value} is a style adapter (it reads whole images, not faces): give it as --style-adapter (with "
+                f"--style-image); identity adapters: {', '.join(identity_adapters)}"
+            )
         if value is None or value in VARIANTS or Path(value).expanduser().is_file() or split_hub_file(value):
             return value
         raise ValueError(
-            f"not a registry name ({', '.join(name for name in VARIANTS if VARIANTS[name].kind == 'faceid')}), "
-            "an existing file, or a Hub file owner/repo/file"
+            f"not a registry name ({', '.join(identity_adapters)}), an existing file, or a Hub file owner/repo/file"
         )
 
     @field_validator("variant")
@@ -234,7 +239,7 @@ def from_pretrained(
     sources += [Source(controlnet, "ControlNet")] if isinstance(controlnet, str) else []
     sources += [Source(motion_adapter, "motion adapter")] if isinstance(motion_adapter, str) else []
     if known is not None and not (isinstance(adapter, str) and Path(adapter).exists()):
-        sources.append(Source(HUB_REPO, "adapter", index_file=known.weight_name))
+        sources.append(Source(known.repo, "adapter", index_file=known.weight_name))
     if fast is not None:
         repo, weight_name = get_fast_mode(fast, family).loras[family]
         sources.append(Source(repo, f"{fast} LoRA", index_file=weight_name))
@@ -308,7 +313,7 @@ def tiny(
         pipeline.unet, projection, lora_rank=None if projection == "resampler" else 4,
         id_embeddings_dim=id_embeddings_dim, num_tokens=16 if projection == "resampler" else 4, seed=seed,
     )
-    encoder = tiny_clip_vision_model(seed=seed) if projection == "plus" else None
+    encoder = tiny_clip_vision_model(seed=seed) if projection in ("plus", *IMAGE_PROJECTIONS) else None
     controlnet_from = tiny_controlnet if family == "sd15" else tiny_sdxl_controlnet
     controlnet = controlnet_from(pipeline.unet, seed=seed)  # from the UNet before the adapter is attached
     text_encoder = None

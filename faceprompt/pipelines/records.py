@@ -33,6 +33,8 @@ def call_settings(
         settings.update(num_frames=request.num_frames or DEFAULT_NUM_FRAMES, fps=request.fps)
     if request.style_image is not None:
         settings.update(style_scale=request.style_scale, style_adapter=face.style_adapter.source)
+    if face.face_input is not None:
+        settings["identity_input"] = face.face_input  # a face IP-Adapter: the identity's crops, not its embeddings
     if face.model_options is not None:
         settings["model"] = face.model_options.to_dict()
     return settings
