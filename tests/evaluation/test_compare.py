@@ -34,14 +34,33 @@ def _pixels(path):
 def _arguments(tmp_path, astronaut_path, *extra):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(PROMPT + "\n")
-    return ["eval-run", "--person", "astro", str(astronaut_path), "--prompts", str(prompts), "--face-prompt", "",
-            "--seeds", "2", "--out", str(tmp_path / "run"), "--steps", "1", "--size", "64x64", "--backend", "dlib",
-            *extra]
+    return [
+        "eval-run",
+        "--person",
+        "astro",
+        str(astronaut_path),
+        "--prompts",
+        str(prompts),
+        "--face-prompt",
+        "",
+        "--seeds",
+        "2",
+        "--out",
+        str(tmp_path / "run"),
+        "--steps",
+        "1",
+        "--size",
+        "64x64",
+        "--backend",
+        "dlib",
+        *extra,
+    ]
 
 
 def test_compare_runs_every_method_on_the_same_protocol(tmp_path, astronaut_path, astronaut, capsys):
-    code = main(_arguments(tmp_path, astronaut_path, "--model", "tiny", "--clip", "tiny", "--compare", "tiny",
-                           "adaface:tiny"))
+    code = main(
+        _arguments(tmp_path, astronaut_path, "--model", "tiny", "--clip", "tiny", "--compare", "tiny", "adaface:tiny")
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     out = tmp_path / "run"
@@ -56,8 +75,13 @@ def test_compare_runs_every_method_on_the_same_protocol(tmp_path, astronaut_path
     # the baseline is the base model's own image of the prompt and seed, made once for every method
     base = tiny_sd15_pipeline(0)
     base.set_progress_bar_config(disable=True)
-    expected = base([PROMPT] * 2, generator=[torch.Generator().manual_seed(s) for s in (0, 1)], output_type="np",
-                    guidance_scale=7.5, **GENERATION).images
+    expected = base(
+        [PROMPT] * 2,
+        generator=[torch.Generator().manual_seed(s) for s in (0, 1)],
+        output_type="np",
+        guidance_scale=7.5,
+        **GENERATION,
+    ).images
     baselines = sorted((out / "baseline").glob("*.png"))
     assert [path.name for path in baselines] == ["0000-seed0.png", "0001-seed1.png"]
     for path, image in zip(baselines, expected):
@@ -68,8 +92,15 @@ def test_compare_runs_every_method_on_the_same_protocol(tmp_path, astronaut_path
     adaface = FacePipeline.tiny(projection=None, adaface=True, id_embeddings_dim=128, face_model="dlib/resnet_v1")
     made = {
         "01-tiny": adapter(PROMPT, identity=astronaut, seed=0, num_images=2, output_type="np", **GENERATION).images,
-        "02-adaface-tiny": adaface(f"{PROMPT} z", identities={"z": astronaut}, adaface_prompt="append", seed=0,
-                                   num_images=2, output_type="np", **GENERATION).images,
+        "02-adaface-tiny": adaface(
+            f"{PROMPT} z",
+            identities={"z": astronaut},
+            adaface_prompt="append",
+            seed=0,
+            num_images=2,
+            output_type="np",
+            **GENERATION,
+        ).images,
     }
     clip = {"model": tiny_clip_model(), "processor": tiny_clip_processor()}
     from faceprompt.evaluation import ClipScorer
@@ -89,8 +120,11 @@ def test_compare_runs_every_method_on_the_same_protocol(tmp_path, astronaut_path
     page = (out / "comparison.html").read_text()
     assert f"<h2>{PROMPT}</h2>" in page
     row = page[page.index("<tr><th>astro</th>") :]
-    assert row.index('src="baseline/0000-seed0.png"') < row.index('src="01-tiny/astro/0000-seed0.png"') < row.index(
-        'src="02-adaface-tiny/astro/0001-seed1.png"')
+    assert (
+        row.index('src="baseline/0000-seed0.png"')
+        < row.index('src="01-tiny/astro/0000-seed0.png"')
+        < row.index('src="02-adaface-tiny/astro/0001-seed1.png"')
+    )
 
     assert main(_arguments(tmp_path, astronaut_path, "--model", "tiny", "--clip", "none", "--compare", "tiny")) == 2
     assert "comparison.json already exists" in capsys.readouterr().err
@@ -113,8 +147,9 @@ def test_methods_share_one_base_model_and_leave_it_as_it_was(tmp_path, astronaut
     pipelines.release(shared)
     alone = FacePipeline(tiny_sd15_pipeline(0), torch.load(adapter_file, weights_only=True))
     alone.pipeline.set_progress_bar_config(disable=True)
-    np.testing.assert_allclose(images, alone(PROMPT, identity=astronaut, seed=0, output_type="np", **GENERATION).images,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        images, alone(PROMPT, identity=astronaut, seed=0, output_type="np", **GENERATION).images, atol=1e-5
+    )
     after = base.pipeline.unet.state_dict()
     assert sorted(after) == sorted(weights)
     assert max((after[name] - weights[name]).abs().max().item() for name in weights) < 1e-5  # LoRA unfused
@@ -124,17 +159,23 @@ def test_methods_share_one_base_model_and_leave_it_as_it_was(tmp_path, astronaut
     assert (words.adaface.id_embeddings_dim, words.adaface.face_model) == (64, "another/model")
 
 
-@pytest.mark.parametrize("methods, extra, message", [
-    (["faceid-sd15", "nonsense"], ["--model", "tiny"], "method nonsense is not a registry name"),
-    (["tiny", "faceid-plusv2-sd15"], ["--model", "tiny"], "faceid-plusv2-sd15 is given twice (the same as tiny)"),
-    (["faceid-sd15", "faceid-sdxl"], ["--model", "tiny"], "faceid-sd15 is for sd15, faceid-sdxl for sdxl"),
-    (["adaface:tiny"], [], "add --model tiny"),
-    (["ip-adapter-plus-sd15"], ["--model", "tiny"], "is a style adapter"),
-    (["ENCODER"], [], "is an AdaFace encoder file, not an adapter: write it as adaface:"),
-    (["faceid-sd15"], ["--variant", "faceid-sd15", "--model", "tiny"], "--variant names one adapter file's variant"),
-])
-def test_compare_refuses_bad_methods_before_any_model_loads(tmp_path, astronaut_path, capsys, methods, extra,
-                                                            message):
+@pytest.mark.parametrize(
+    "methods, extra, message",
+    [
+        (["faceid-sd15", "nonsense"], ["--model", "tiny"], "method nonsense is not a registry name"),
+        (["tiny", "faceid-plusv2-sd15"], ["--model", "tiny"], "faceid-plusv2-sd15 is given twice (the same as tiny)"),
+        (["faceid-sd15", "faceid-sdxl"], ["--model", "tiny"], "faceid-sd15 is for sd15, faceid-sdxl for sdxl"),
+        (["adaface:tiny"], [], "add --model tiny"),
+        (["ip-adapter-plus-sd15"], ["--model", "tiny"], "is a style adapter"),
+        (["ENCODER"], [], "is an AdaFace encoder file, not an adapter: write it as adaface:"),
+        (
+            ["faceid-sd15"],
+            ["--variant", "faceid-sd15", "--model", "tiny"],
+            "--variant names one adapter file's variant",
+        ),
+    ],
+)
+def test_compare_refuses_bad_methods_before_any_model_loads(tmp_path, astronaut_path, capsys, methods, extra, message):
     encoder = tmp_path / "encoder.safetensors"
     save_encoder(tiny_adaface_encoder(32, seed=1), encoder)
     methods = [str(encoder) if method == "ENCODER" else method for method in methods]
@@ -144,12 +185,36 @@ def test_compare_refuses_bad_methods_before_any_model_loads(tmp_path, astronaut_
     assert not (tmp_path / "run").exists()
 
 
-def test_compare_refuses_an_encoder_of_another_embedding_size_before_the_diffusion_models(tmp_path, astronaut_path,
-                                                                                       capsys):
+def test_compare_refuses_an_encoder_of_another_embedding_size_before_the_diffusion_models(
+    tmp_path, astronaut_path, capsys
+):
     encoder = tmp_path / "encoder.safetensors"
     save_encoder(tiny_adaface_encoder(32, face_model="insightface/antelopev2", seed=1), encoder)
     assert main(_arguments(tmp_path, astronaut_path, "--clip", "none", "--adaface", str(encoder))) == 2
     err = capsys.readouterr().err
-    assert (f"method adaface:{encoder} reads 32-value face embeddings of insightface/antelopev2, but the people are "
-            "analysed with dlib/resnet_v1 (128 values)") in " ".join(err.split())
+    assert (
+        f"method adaface:{encoder} reads 32-value face embeddings of insightface/antelopev2, but the people are "
+        "analysed with dlib/resnet_v1 (128 values)"
+    ) in " ".join(err.split())
     assert not (tmp_path / "run").exists()
+
+
+def test_a_comparison_is_scored_with_the_other_face_backend_when_it_is_installed(tmp_path, dlib_analyzer):
+    from argparse import Namespace
+
+    from faceprompt.cli.evaluate import _comparison_evaluator
+    from faceprompt.testing import write_standin_insightface_pack
+
+    args = Namespace(
+        eval_backend=None,
+        pack="buffalo_l",
+        model_root=str(tmp_path / "insightface"),
+        min_face_size=0.0,
+        max_faces=None,
+        backend="dlib",
+    )
+    assert _comparison_evaluator(args, dlib_analyzer) is dlib_analyzer  # no insightface files: dlib, and warned
+    write_standin_insightface_pack(tmp_path / "insightface", "buffalo_l")
+    assert _comparison_evaluator(args, dlib_analyzer).face_model == "insightface/buffalo_l"
+    args.eval_backend = "dlib"
+    assert _comparison_evaluator(args, dlib_analyzer) is dlib_analyzer  # --eval-backend decides
