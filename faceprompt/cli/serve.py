@@ -79,6 +79,10 @@ def add_parser(subparsers) -> None:
     )
     _add_store_options(worker)
     _add_model_options(worker)
+    worker.add_argument(
+        "--name",
+        help="this worker's name in the store (default host:pid:0); unique per worker",
+    )
     worker.set_defaults(handler=run_worker)
 
 
@@ -248,7 +252,7 @@ def run_worker(args: argparse.Namespace) -> int:
     store = Store(settings.database_url)
     store.create_tables()
     settings.jobs_dir.mkdir(parents=True, exist_ok=True)
-    worker = Worker(store, settings, options)
+    worker = Worker(store, settings, options, name=args.name)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stderr.print(

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import OperationalError
+
 from ..errors import FacepromptError, GenerationError
 from ..identity import Identity
 from ..pipelines import GenerateRequest
@@ -104,12 +106,13 @@ class Worker:
         options: ModelOptions,
         *,
         number: int = 0,
+        name: str | None = None,
         poll_seconds: float = 0.2,
     ):
         self.store = store
         self.settings = settings
         self.options = options
-        self.name = worker_name(number)
+        self.name = name or worker_name(number)
         self.poll_seconds = poll_seconds
         self.lookup = identity_lookup(settings)
         self._pipelines: dict[Any, Any] = {}
@@ -128,11 +131,17 @@ class Worker:
         heartbeat.start()
         last_recovery = 0.0
         while not stop.is_set():
-            if time.monotonic() - last_recovery > self.settings.lease_seconds / 2:
-                recover_interrupted(self.store, self.settings)
-                last_recovery = time.monotonic()
-            if not self.run_once():
-                stop.wait(self.poll_seconds)
+            try:
+                if time.monotonic() - last_recovery > self.settings.lease_seconds / 2:
+                    recover_interrupted(self.store, self.settings)
+                    last_recovery = time.monotonic()
+                if not self.run_once():
+                    stop.wait(self.poll_seconds)
+            except (
+                OperationalError
+            ) as error:  # the database is away for a moment: try again, do not die
+                logger.warning("database unavailable (%s); retrying in 5 s", error.orig)
+                stop.wait(5)
 
     def run_once(self) -> bool:
         """Claim and run one job; ``False`` when none was queued."""

@@ -16,9 +16,10 @@ TINY = ModelOptions(model="tiny", adapter="faceid-sd15")
 QUICK_JOB = {"prompt": "a photo", "width": 64, "height": 64, "steps": 2, "seed": 7}
 
 
-def make_settings(folder, **limits) -> ServiceSettings:
+def make_settings(folder, database_url: str | None = None, **limits) -> ServiceSettings:
     return ServiceSettings.create(
         folder,
+        database_url=database_url,
         tokens=[TOKEN, OTHER_TOKEN],
         limits=Limits(**limits),
         lease_seconds=5,
