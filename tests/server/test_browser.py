@@ -30,8 +30,10 @@ TOKEN = "browser-test-token"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 #: Seconds the page may take for what involves the server's models (face analysis, a tiny generation).
 SLOW = 30_000
-#: Steps of the job that is still running while the test reloads the page and cancels it (stopped long before).
-LONG_STEPS = 500
+#: Steps (and size) of the job that is still running while the test reloads the page and cancels it: it is stopped
+#: long before its end, also on a fast machine.
+LONG_STEPS = 999
+LONG_SIZE = "128"
 #: Upload limit the server runs with (a file one byte over it is refused with 413).
 MAX_UPLOAD_MB = 1
 
@@ -307,6 +309,8 @@ def _watch_reload_and_cancel(page: Page) -> None:
     the queued job is cancelled (it never runs), then the running one (it stops at its next step)."""
     page.select_option("#mode", "adapter")
     page.fill("#steps", str(LONG_STEPS))
+    page.fill("#width", LONG_SIZE)
+    page.fill("#height", LONG_SIZE)
     expect(_submit(page).locator(".status")).to_have_text("running", timeout=SLOW)
     expect(_submit(page).locator(".status")).to_have_text(re.compile("queued"))
     page.click("#generate-submit")
