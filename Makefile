@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test venv clean-venv
+.PHONY: demo test venv clean-venv system-packages
 
 venv: $(STAMP)
 
@@ -34,7 +34,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/faceprompt demo --out demo-output
 
-test: $(STAMP)
+# The service's tests drive Debian's chromium (the web page) and start Debian's PostgreSQL (workers on a shared
+# store): installed once when missing, as root (through sudo otherwise).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+system-packages:
+	@if ! command -v chromium >/dev/null || ! test -d /usr/lib/postgresql; then \
+		echo "Installing chromium, chromium-driver and postgresql (apt-get)"; \
+		$(SUDO) apt-get update -q >/dev/null && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver postgresql >/dev/null; \
+	fi
+
+test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q
 
 clean-venv:
