@@ -1,9 +1,11 @@
 """AdaFace encoder distillation on the trainer, with the tiny Arc2Face teacher (and a tiny FaceID teacher).
 
 Learnability is measured like the adapter's (test_train_learnability.py): on a fixed batch the distillation loss
-falls; and 10-step DDIM generations from the same 4 noises, conditioned on the student's "a photo of z" (z = the
+falls; and 5-step DDIM generations from the same noises, conditioned on the student's "a photo of z" (z = the
 identity's tokens) and on the teacher's Arc2Face context for the same identity, end closer together after training.
 """
+
+import shutil
 
 import numpy as np
 import pytest
@@ -31,23 +33,33 @@ from faceprompt.training.trainer import load_components, step_generator, train
 
 ID_DIM = 32
 FACE_MODEL = "synthetic/random"  # the synthetic data set's
-SETTINGS = dict(
-    variant="adaface-sd15",
-    base_model="tiny",
-    teacher="arc2face",
-    resolution=32,
-    batch_size=2,
-    max_steps=2,
-    checkpointing_steps=1,
-    num_id_tokens=4,
-    distill_steps=2,
-    log_with="none",
-    progress=False,
-    learning_rate=1e-3,
-    ema=True,
-    ema_decay=0.5,
-    kv_widen=2,
-)
+SETTINGS = {
+    "variant": "adaface-sd15",
+    "base_model": "tiny",
+    "teacher": "arc2face",
+    "resolution": 32,
+    "batch_size": 2,
+    "max_steps": 2,
+    "checkpointing_steps": 1,
+    "num_id_tokens": 4,
+    "distill_steps": 2,
+    "log_with": "none",
+    "progress": False,
+    "learning_rate": 1e-3,
+    "ema": True,
+    "ema_decay": 0.5,
+    "kv_widen": 2,
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny models gain nothing from intra-op threads; on a busy 2-core machine two threads per call ran the
+    tiny UNet 40x slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +81,9 @@ def settings(data, output, **changes):
 
 
 def sampled_gap(model: DistillationModel, id_embeds: torch.Tensor) -> float:
-    """Mean squared distance between the student's and the teacher's 10-step DDIM generations from 4 noises."""
+    """Mean squared distance between the student's and the teacher's 5-step DDIM generations from the same noises."""
     scheduler = DDIMScheduler.from_config(model.components.noise_scheduler.config)
-    scheduler.set_timesteps(10)
+    scheduler.set_timesteps(5)
     noise = torch.randn(
         len(id_embeds), 4, 4, 4, generator=torch.Generator().manual_seed(5)
     )
@@ -110,8 +122,8 @@ def test_distillation_lowers_the_loss_and_moves_student_generations_towards_the_
         config, components, check_teacher(config, prepared), FACE_MODEL, ID_DIM
     )
     options = SampleOptions(resolution=32, crops=("closeup",), random_flip=False)
-    batch = default_collate(
-        [FaceTrainingDataset(prepared, options)[(0, index)] for index in range(4)]
+    batch = default_collate(  # records 0 and 1: the two identities of the data set
+        [FaceTrainingDataset(prepared, options)[(0, index)] for index in range(2)]
     )
     batch["latent_moments"] = model.latent_distribution(
         batch.pop("pixel_values")
@@ -122,7 +134,7 @@ def test_distillation_lowers_the_loss_and_moves_student_generations_towards_the_
         [p for p in model.parameters() if p.requires_grad], lr=1e-3
     )
     losses = []
-    for _ in range(15):
+    for _ in range(8):
         loss = model(
             batch, step_generator(0, 0, 0)
         )  # the same noise, timesteps and composition every step
@@ -150,15 +162,49 @@ def test_widening_keys_and_values_keeps_the_translator_outputs(data):
     )
 
 
-def test_resume_is_bit_identical_and_the_export_generates_through_the_cli(
-    data, tmp_path, capsys
-):
-    straight = train(config_from_dict(settings(data, tmp_path / "straight")))
+@pytest.fixture(scope="module")
+def straight(data, tmp_path_factory):
+    """One 2-step run (checkpoints at steps 1 and 2, EMA, widened keys/values, validation images at step 2), shared by
+    the resume and export tests."""
+    output = tmp_path_factory.mktemp("straight") / "run"
+    changes = {
+        "validation_steps": 2,
+        "validation_num_inference_steps": 1,
+        "validation_guidance_scale": 1.0,
+    }
+    return train(config_from_dict(settings(data, output, **changes)))
+
+
+def test_a_run_writes_encoder_checkpoints_and_validation_images(straight):
     assert straight.adapter.name == "encoder.safetensors" and len(straight.losses) == 2
-    train(config_from_dict(settings(data, tmp_path / "resumed")), max_steps=1)
-    resumed = train(
-        config_from_dict(settings(data, tmp_path / "resumed")), resume="latest"
+    checkpoints = straight.output_dir / "checkpoints"
+    assert sorted(path.name for path in checkpoints.iterdir()) == [
+        "checkpoint-0000001",
+        "checkpoint-0000002",
+    ]
+    first = load_file(checkpoints / "checkpoint-0000001" / "encoder.safetensors")
+    last = load_file(straight.checkpoint / "encoder.safetensors")
+    name = "translator.encoder.layers.0.mlp.fc1.weight"
+    assert not torch.equal(first[name], last[name])  # it trained
+    name = "translator.embeddings.token_embedding.weight"
+    assert torch.equal(first[name], last[name])  # the embeddings stay frozen
+    images = sorted((straight.output_dir / "validation" / "step-0000002").glob("*.png"))
+    assert [path.name for path in images] == [
+        "person-0-prompt0.png",
+        "person-1-prompt0.png",
+    ]
+
+
+def test_resume_is_bit_identical(straight, data, tmp_path):
+    # the run's folder, moved, as it stood after its first checkpoint
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(
+        straight.output_dir,
+        resumed_dir,
+        ignore=shutil.ignore_patterns("checkpoint-0000002", "validation"),
     )
+    resumed = train(config_from_dict(settings(data, resumed_dir)), resume="latest")
+    assert resumed.step == 2 and resumed.checkpoint.name == "checkpoint-0000002"
     for name in ("encoder.safetensors", "encoder-ema.safetensors"):
         expected, actual = (
             load_file(straight.checkpoint / name),
@@ -166,24 +212,11 @@ def test_resume_is_bit_identical_and_the_export_generates_through_the_cli(
         )
         assert expected.keys() == actual.keys()
         assert all(torch.equal(expected[key], actual[key]) for key in expected), name
-    first = load_file(
-        tmp_path
-        / "straight"
-        / "checkpoints"
-        / "checkpoint-0000001"
-        / "encoder.safetensors"
-    )
-    assert not torch.equal(
-        first["translator.encoder.layers.0.mlp.fc1.weight"],
-        expected["translator.encoder.layers.0.mlp.fc1.weight"],
-    )  # it trained
-    assert torch.equal(
-        first["translator.embeddings.token_embedding.weight"],
-        expected["translator.embeddings.token_embedding.weight"],
-    )  # embeddings stay frozen
 
+
+def test_the_export_loads_and_generates_through_the_cli(straight, tmp_path, capsys):
     out = tmp_path / "encoder.safetensors"
-    assert main(["train", "export", str(tmp_path / "straight"), "--out", str(out)]) == 0
+    assert main(["train", "export", str(straight.output_dir), "--out", str(out)]) == 0
     encoder = load_encoder(out)
     assert (encoder.num_tokens, encoder.id_embeddings_dim, encoder.face_model) == (
         4,
@@ -196,7 +229,7 @@ def test_resume_is_bit_identical_and_the_export_generates_through_the_cli(
             [
                 "train",
                 "export",
-                str(tmp_path / "straight"),
+                str(straight.output_dir),
                 "--out",
                 str(tmp_path / "e.bin"),
             ]
@@ -253,12 +286,20 @@ def test_faceid_teacher_trains(data, tmp_path):
     from faceprompt.adaface import save_encoder
     from faceprompt.testing import tiny_adaface_encoder
 
-    start = save_encoder(tiny_adaface_encoder(ID_DIM, face_model=FACE_MODEL), tmp_path / "start.safetensors")
+    start = save_encoder(
+        tiny_adaface_encoder(ID_DIM, face_model=FACE_MODEL),
+        tmp_path / "start.safetensors",
+    )
     result = train(
         config_from_dict(
             {
                 **settings(
-                    data, tmp_path / "run", teacher=str(teacher), max_steps=1, ema=False, init_from=str(start)
+                    data,
+                    tmp_path / "run",
+                    teacher=str(teacher),
+                    max_steps=1,
+                    ema=False,
+                    init_from=str(start),
                 ),
                 "teacher_model": None,
             }
@@ -288,15 +329,18 @@ def test_teacher_mistakes_are_refused_before_any_model_loads(
     )
     cases = [
         (
-            dict(teacher_model=str(other_face)),
+            {"teacher_model": str(other_face)},
             "reads 128-value vectors of dlib/resnet_v1 but the data set",
         ),
         (
-            dict(teacher_model=str(other_base)),
+            {"teacher_model": str(other_base)},
             "32-wide cross-attention but base_model tiny has 64",
         ),
-        (dict(teacher_model=str(tmp_path / "empty")), "must hold encoder/ and arc2face/"),
-        (dict(teacher="faceid-plusv2-sd15", teacher_model=None), "FaceID teacher"),
+        (
+            {"teacher_model": str(tmp_path / "empty")},
+            "must hold encoder/ and arc2face/",
+        ),
+        ({"teacher": "faceid-plusv2-sd15", "teacher_model": None}, "FaceID teacher"),
     ]
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     (tmp_path / "empty").mkdir()
@@ -322,17 +366,22 @@ def test_teacher_mistakes_are_refused_before_any_model_loads(
 @pytest.mark.parametrize(
     "changes, message",
     [
-        (dict(teacher=None), "teacher is required"),
-        (dict(kv_widen=0), "kv_widen must be within [1, 16]"),
-        (dict(lora_rank=4), "lora_rank does not apply"),
-        (dict(teacher="faceid-sd15"), "teacher_model names Arc2Face's files"),
-        (dict(class_words=["a person"]), "class_words must list single words"),
+        ({"teacher": None}, "teacher is required"),
+        ({"kv_widen": 0}, "kv_widen must be within [1, 16]"),
+        ({"lora_rank": 4}, "lora_rank does not apply"),
+        ({"teacher": "faceid-sd15"}, "teacher_model names Arc2Face's files"),
+        ({"class_words": ["a person"]}, "class_words must list single words"),
         (
-            dict(validation_prompts=["a photo of a person"]),
+            {"validation_prompts": ["a portrait of a person"]},
             "do not hold the placeholder word 'z'",
         ),
         (
-            dict(variant="faceid-sd15", teacher=None, teacher_model=None, kv_widen=1),
+            {
+                "variant": "faceid-sd15",
+                "teacher": None,
+                "teacher_model": None,
+                "kv_widen": 1,
+            },
             "only apply to AdaFace runs",
         ),
     ],
