@@ -70,6 +70,7 @@ class MethodInfo:
             face crops) or is built to fit (the tiny ones).
         face_model: the face model of those embeddings, when known.
         key: what makes two methods the same one (the same registry name, file or encoder).
+        reads_clip: an adapter file that reads CLIP image features (a Plus layout), so a CLIP image encoder loads.
     """
 
     method: Method
@@ -77,6 +78,7 @@ class MethodInfo:
     id_embeddings_dim: int | None
     face_model: str | None
     key: str
+    reads_clip: bool = False
 
     @property
     def label(self) -> str:
@@ -126,7 +128,7 @@ def check_identity_width(infos: list[MethodInfo], face_model: str, embedding_dim
 def check_method_files(infos: list[MethodInfo], options: ModelOptions) -> None:
     """Every published adapter of the methods, and the CLIP image encoder it reads, on disk or downloadable now:
     one message listing what is missing, before any model loads (the base model is checked when it loads)."""
-    from ..adapters.registry import VARIANTS
+    from ..adapters.registry import VARIANTS, VIT_H
     from ..pipelines.sources import Source, raise_if_missing
 
     if options.model == TINY:
@@ -134,17 +136,12 @@ def check_method_files(infos: list[MethodInfo], options: ModelOptions) -> None:
     sources: dict[str, Source] = {}
     for info in infos:
         variant = VARIANTS.get(info.method.source) if info.method.kind == "adapter" else None
-        if variant is None:
-            continue
-        sources[variant.hub_id] = Source(variant.repo, f"adapter {variant.name}", index_file=variant.weight_name)
-        encoder = variant.image_encoder
+        if variant is not None:
+            sources[variant.hub_id] = Source(variant.repo, f"adapter {variant.name}", index_file=variant.weight_name)
+        encoder = variant.image_encoder if variant is not None else VIT_H if info.reads_clip else None
         if encoder is not None and not options.image_encoder:
             sources[encoder.hub_id] = Source(encoder.repo, "CLIP image encoder", encoder.subfolder)
     raise_if_missing(list(sources.values()), None, None)
-
-
-def comparison_family(infos: list[MethodInfo]) -> str | None:
-    return next((info.family for info in infos if info.family is not None), None)
 
 
 def method_options(options: ModelOptions, method: Method) -> ModelOptions:
@@ -188,6 +185,14 @@ class MethodPipelines:
                     self._encoders[_encoder_key(options)] = face.image_encoder
         else:
             face = self._attach(options)
+        if (
+            face.adapter is not None
+            and face.adapter.layout.clip_embeddings_dim is not None
+            and face.image_encoder is None
+        ):
+            face.image_encoder = self._image_encoder(
+                options, face
+            )  # e.g. a trained Plus export, whose name says nothing
         face.pipeline.set_progress_bar_config(disable=True)
         return face
 
@@ -205,13 +210,11 @@ class MethodPipelines:
 
             adaface = load_encoder(options.adaface).to(device)
         face = FacePipeline(base.pipeline, options.adapter, lora=options.lora, adaface=adaface)
-        if face.adapter is not None and face.adapter.layout.clip_embeddings_dim is not None:
-            face.image_encoder = self._image_encoder(options)
         face.fast_mode = base.fast_mode  # fused into the shared UNet when the base loaded
         face.model_options = options
         return face
 
-    def _image_encoder(self, options: ModelOptions):
+    def _image_encoder(self, options: ModelOptions, face: FacePipeline):
         """The CLIP image encoder the adapter reads, loaded once per source for all methods."""
         key = _encoder_key(options)
         if key not in self._encoders:
@@ -219,13 +222,15 @@ class MethodPipelines:
 
             from ..pipelines.sources import Source, load_component
 
-            unet = self._base.pipeline.unet
+            unet = face.pipeline.unet
             if options.image_encoder:
                 source = Source(options.image_encoder, "CLIP image encoder")
             else:
                 info = _encoder_info(options)
                 source = Source(info.repo, "CLIP image encoder", info.subfolder)
-            encoder = load_component(CLIPVisionModelWithProjection, source, torch_dtype=unet.dtype)
+            encoder = load_component(
+                CLIPVisionModelWithProjection, source, torch_dtype=unet.dtype, cache_dir=None, local_files_only=None
+            )
             self._encoders[key] = encoder.to(unet.device)
         return self._encoders[key]
 
@@ -271,7 +276,9 @@ def _adapter_info(method: Method, *, tiny: bool) -> MethodInfo:
         return MethodInfo(method, variant.base, dim, TRAINING_FACE_MODEL if dim else None, f"adapter:{source}")
     path = Path(source).expanduser()
     if not path.is_file() and not split_hub_file(source):
-        raise EvaluationError(f"method {method.label} is not a registry name, a file or a Hub file; give {METHOD_FORMS}")
+        raise EvaluationError(
+            f"method {method.label} is not a registry name, a file or a Hub file; give {METHOD_FORMS}"
+        )
     if tiny:
         raise EvaluationError(
             f"method {method.label}: the tiny models take registry names, tiny and adaface:tiny (a file's weights do "
@@ -296,7 +303,14 @@ def _adapter_file_info(method: Method, path: Path) -> MethodInfo:
             f"method {method.label} is made for a UNet of cross-attention width {layout.cross_attention_dim}, neither "
             "SD1.5 (768) nor SDXL (2048); compare adapters of the base you generate with"
         )
-    return MethodInfo(method, layout.base, layout.id_embeddings_dim, None, f"adapter:{path.resolve()}")
+    return MethodInfo(
+        method,
+        layout.base,
+        layout.id_embeddings_dim,
+        None,
+        f"adapter:{path.resolve()}",
+        reads_clip=layout.clip_embeddings_dim is not None,
+    )
 
 
 def _adaface_info(method: Method, *, tiny: bool) -> MethodInfo:

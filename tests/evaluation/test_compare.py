@@ -14,7 +14,13 @@ from faceprompt.cli import main
 from faceprompt.evaluation.methods import Method, MethodPipelines
 from faceprompt.identity import Identity
 from faceprompt.pipelines import ModelOptions
-from faceprompt.testing import tiny_clip_model, tiny_clip_processor, tiny_sd15_pipeline
+from faceprompt.testing import (
+    save_tiny_clip_vision,
+    tiny_clip_model,
+    tiny_clip_processor,
+    tiny_clip_vision_model,
+    tiny_sd15_pipeline,
+)
 from faceprompt.testing.adaface import tiny_adaface_encoder
 from faceprompt.testing.adapters import random_faceid_state_dict
 
@@ -132,27 +138,30 @@ def test_compare_runs_every_method_on_the_same_protocol(tmp_path, astronaut_path
 
 def test_methods_share_one_base_model_and_leave_it_as_it_was(tmp_path, astronaut):
     """Methods after the first attach to the first one's pipeline; detached, it is the base model again."""
-    adapter_file = tmp_path / "trained.bin"
     base = FacePipeline.tiny(projection=None)
+    adapter_file, plus_file = tmp_path / "trained.bin", tmp_path / "trained-plus.bin"
     torch.save(random_faceid_state_dict(base.pipeline.unet, "mlp", id_embeddings_dim=128, seed=3), adapter_file)
+    torch.save(random_faceid_state_dict(base.pipeline.unet, "plus", id_embeddings_dim=128, seed=5), plus_file)
     encoder_file = tmp_path / "encoder.safetensors"
     save_encoder(tiny_adaface_encoder(64, face_model="another/model", seed=4), encoder_file)
-    pipelines = MethodPipelines(ModelOptions(adapter=None), id_embeddings_dim=128)
+    image_encoder = save_tiny_clip_vision(tmp_path / "image_encoder")
+    pipelines = MethodPipelines(ModelOptions(adapter=None, image_encoder=str(image_encoder)), id_embeddings_dim=128)
     pipelines._base = base  # stands in for a first method's load of a full-size base model
     weights = {name: value.clone() for name, value in base.pipeline.unet.state_dict().items()}
 
-    shared = pipelines.load(Method("adapter", str(adapter_file)))
-    assert shared.pipeline is base.pipeline and shared.model_options.adapter == str(adapter_file)
-    images = shared(PROMPT, identity=astronaut, seed=0, output_type="np", **GENERATION).images
-    pipelines.release(shared)
-    alone = FacePipeline(tiny_sd15_pipeline(0), torch.load(adapter_file, weights_only=True))
-    alone.pipeline.set_progress_bar_config(disable=True)
-    np.testing.assert_allclose(
-        images, alone(PROMPT, identity=astronaut, seed=0, output_type="np", **GENERATION).images, atol=1e-5
-    )
-    after = base.pipeline.unet.state_dict()
-    assert sorted(after) == sorted(weights)
-    assert max((after[name] - weights[name]).abs().max().item() for name in weights) < 1e-5  # LoRA unfused
+    for file, encoder in ((adapter_file, None), (plus_file, tiny_clip_vision_model())):
+        shared = pipelines.load(Method("adapter", str(file)))
+        assert shared.pipeline is base.pipeline and shared.model_options.adapter == str(file)
+        assert (shared.image_encoder is None) == (encoder is None)  # a Plus file's name says nothing: its layout does
+        images = shared(PROMPT, identity=astronaut, seed=0, output_type="np", **GENERATION).images
+        pipelines.release(shared)
+        alone = FacePipeline(tiny_sd15_pipeline(0), torch.load(file, weights_only=True), image_encoder=encoder)
+        alone.pipeline.set_progress_bar_config(disable=True)
+        expected = alone(PROMPT, identity=astronaut, seed=0, output_type="np", **GENERATION).images
+        np.testing.assert_allclose(images, expected, atol=1e-5)
+        after = base.pipeline.unet.state_dict()
+        assert sorted(after) == sorted(weights)
+        assert max((after[name] - weights[name]).abs().max().item() for name in weights) < 1e-5  # LoRA unfused
 
     words = pipelines.load(Method("adaface", str(encoder_file)))
     assert words.pipeline is base.pipeline and words.adapter is None
@@ -218,3 +227,19 @@ def test_a_comparison_is_scored_with_the_other_face_backend_when_it_is_installed
     assert _comparison_evaluator(args, dlib_analyzer).face_model == "insightface/buffalo_l"
     args.eval_backend = "dlib"
     assert _comparison_evaluator(args, dlib_analyzer) is dlib_analyzer  # --eval-backend decides
+
+
+def test_compare_lists_every_missing_adapter_file_before_any_model_loads(tmp_path, astronaut_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    arguments = _arguments(tmp_path, astronaut_path, "--clip", "none", "--compare", "faceid-sd15", "faceid-plus-sd15")
+    assert main(arguments) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    for expected in (
+        "h94/IP-Adapter-FaceID/ip-adapter-faceid_sd15.bin",
+        "h94/IP-Adapter-FaceID/ip-adapter-faceid-plus_sd15.bin",
+        "h94/IP-Adapter/models/image_encoder/config.json",
+    ):
+        assert expected in err
+    assert "face backend:" not in err and not (tmp_path / "run").exists()
