@@ -190,6 +190,9 @@ def test_upload_generate_watch_make_again_cancel_delete(server, page, astronaut_
     expect(page.locator("#generate-error")).to_contain_text(
         "Invalid request (422): width"
     )
+    expect(page.locator("#width")).to_have_class(
+        "invalid"
+    )  # the field it names is marked
 
     # generate: the job runs and its image appears in the gallery at the size asked for
     for name, value in {
@@ -203,6 +206,7 @@ def test_upload_generate_watch_make_again_cancel_delete(server, page, astronaut_
         page.fill(f"#{name}", value)
     job = _submit(page)
     expect(page.locator("#generate-error")).to_be_hidden()
+    expect(page.locator("#width")).not_to_have_class("invalid")
     expect(job.locator(".status")).to_have_text("succeeded", timeout=SLOW)
     expect(job.locator(".steps")).to_have_text("3/3")
     result = page.locator("#gallery li.result-card")

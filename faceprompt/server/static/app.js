@@ -15,10 +15,10 @@ const STATUS_TITLES = {
 };
 const FORM_FIELDS = ["prompt", "negative_prompt", "task", "scale", "steps", "guidance", "seed", "width", "height", "num_images"];
 const JOBS_PAGE = 50;
+const FORM_OF_ERROR = { "generate-error": "generate-form", "identity-error": "identity-form" };
 const NUMBER_FIELDS = new Set(["scale", "steps", "guidance", "seed", "width", "height", "num_images"]);
 
 const state = {
-  info: null,
   identities: [],
   jobs: new Map(), // id -> job JSON, as last read or updated by its event stream
   jobItems: new Map(), // id -> <li> of the job list
@@ -126,13 +126,15 @@ function listOf(payload) {
 
 // --- messages next to the forms ---------------------------------------------------------------------------
 
+/** The error's message in the box next to a form; the fields a 422 names are marked in that form. */
 function showError(targetId, error) {
   const target = $(targetId);
   target.replaceChildren(error.message || String(error));
   target.hidden = false;
+  const form = $(FORM_OF_ERROR[targetId]);
   for (const { field, msg } of error.fields || []) {
-    const input = $(field.split(".")[0]);
-    if (input) {
+    const input = form.elements.namedItem(field.split(".")[0]);
+    if (input && input.classList) {
       input.classList.add("invalid");
       input.title = msg;
     }
@@ -148,7 +150,7 @@ function showTokenError(error) {
 function clearError(targetId) {
   $(targetId).hidden = true;
   $(targetId).replaceChildren();
-  for (const input of document.querySelectorAll(`#${targetId === "generate-error" ? "generate-form" : "identity-form"} .invalid`)) {
+  for (const input of $(FORM_OF_ERROR[targetId]).querySelectorAll(".invalid")) {
     input.classList.remove("invalid");
     input.removeAttribute("title");
   }
@@ -159,7 +161,6 @@ function clearError(targetId) {
 async function loadInfo() {
   const health = await api("/healthz");
   const model = health.model || {};
-  state.info = health;
   const modes = [];
   // options left at their defaults are not listed: an absent adapter is the default one, null is none
   if (model.adapter !== null) modes.push(["adapter", model.adapter ? `FaceID adapter (${model.adapter})` : "FaceID adapter"]);
