@@ -37,6 +37,8 @@ PLAIN_FIELDS = tuple(
 )
 #: Tasks a job may run over HTTP (the others need uploaded images or write videos).
 HTTP_TASKS = ("txt2img",)
+#: Keys of the identity references in a job's stored request: such a reference may be sent back as it is.
+STORED_REFERENCE_KEYS = {"id", "backend", "min_face_size"}
 #: Seeds drawn for jobs that give none (stored with the job, so a re-run makes the same images).
 SEED_RANGE = 2**32
 
@@ -159,6 +161,12 @@ def _identity_ids(fields: dict[str, Any], identity_exists) -> list[dict[str, Any
     errors = []
 
     def reference(value: Any, loc: list[str | int]) -> Any:
+        if (
+            isinstance(value, dict)
+            and "id" in value
+            and set(value) <= STORED_REFERENCE_KEYS
+        ):
+            value = value["id"]  # a job's own record, sent again ("make again")
         if not isinstance(value, str):
             errors.append(
                 _error(

@@ -180,6 +180,13 @@ def test_job_runs_and_serves_the_png_generate_writes(client, service_dir, identi
         np.asarray(served), (np.clip(direct, 0, 1) * 255).round().astype(np.uint8)
     )
     assert client.get(f"/v1/jobs/{job['id']}/images/2", headers=AUTH).status_code == 404
+    # The recorded request, sent again, is accepted as it is ("make again").
+    again = client.post("/v1/jobs", headers=AUTH, json=job["request"])
+    assert again.status_code == 202, again.text
+    assert (
+        client.get(f"/v1/jobs/{again.json()['id']}", headers=AUTH).json()["request"]
+        == job["request"]
+    )
 
 
 def test_events_stream_progress_then_ends_after_the_final_status(client, identity_id):
