@@ -119,6 +119,7 @@ class TrainConfig:
     num_workers: int = 0
     cache_latents: bool = False
     cache_text_embeddings: bool = False
+    cache_clip_features: bool = False
     # --- optimisation
     max_steps: int = 1000
     batch_size: int = 8
@@ -318,9 +319,17 @@ def _validate(config: TrainConfig) -> None:
         raise TrainingError(
             "cache_latents needs deterministic images: set random_crop: false (flips are cached both ways)"
         )
-    if config.cache_latents and config.color_jitter.enabled:
+    for cache in ("cache_latents", "cache_clip_features"):
+        if getattr(config, cache) and config.color_jitter.enabled:
+            raise TrainingError(
+                f"{cache} needs deterministic images: set the color_jitter_* settings to 0, or {cache}: false"
+            )
+    variant = VARIANTS.get(config.variant)
+    reads_face_crops = variant is not None and (variant.projection == "plus" or variant.face_input is not None)
+    if config.cache_clip_features and not reads_face_crops:
         raise TrainingError(
-            "cache_latents needs deterministic images: set the color_jitter_* settings to 0, or cache_latents: false"
+            f"cache_clip_features applies to the variants that read face crops through CLIP (FaceID-Plus, PlusV2, "
+            f"the face IP-Adapters); {config.variant} reads none: drop it"
         )
     if config.lora_rank and not get_variant(config.variant).has_lora:
         raise TrainingError(f"{config.variant} is trained without LoRA (Portrait variants have none); drop lora_rank")

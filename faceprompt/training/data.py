@@ -1,8 +1,8 @@
 """Training samples from a prepared data set: images at the training resolution, captions, ID embeddings, face crops.
 
 Every random choice of a sample (which named crop, flip, crop position, text/ID drops, PlusV2's CLIP drop,
-Portrait's reference photos, the colour change) comes from a generator seeded by ``(seed, epoch, index)``: a sample is the same
-whichever process or worker loads it, after a resume, and with or without cached latents.
+Portrait's reference photos, the colour change) comes from a generator seeded by ``(seed, epoch, index)``: a sample
+is the same whichever process or worker loads it, after a resume, and with or without cached latents.
 
 The batch sampler is an endless stream of batches (epoch after epoch, each a fresh permutation), grouped by
 aspect-ratio bucket; the position in the stream is the number of batches consumed, which is all a resume needs.
@@ -36,6 +36,8 @@ SampleKey = tuple[int, int]  # (epoch, record index)
 CLIP_IMAGE_SIZE = 224
 #: Records per latent-cache file.
 LATENT_CACHE_CHUNK = 256
+#: Records per CLIP-feature-cache file (ViT-H: 257 x 1280 float32, 1.3 MB a record).
+CLIP_CACHE_CHUNK = 64
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,7 @@ class FaceTrainingDataset(Dataset):
         buckets: Sequence[tuple[int, int]] | None = None,
         latent_cache: LatentCache | None = None,
         text_cache: TextCache | None = None,
+        clip_cache: ClipFeatureCache | None = None,
     ):
         if len(prepared) == 0:
             raise TrainingError(f"{prepared.root}: the data set has no records; prepare some images first")
@@ -188,6 +191,7 @@ class FaceTrainingDataset(Dataset):
         self.members = prepared.identities()
         self.latent_cache = latent_cache
         self.text_cache = text_cache
+        self.clip_cache = clip_cache
 
     def __len__(self) -> int:
         return len(self.prepared)
@@ -242,21 +246,23 @@ class FaceTrainingDataset(Dataset):
         else:
             sample["caption"] = caption
         sample["id_embeds"] = self._id_embeds(plan)
+        if options.clip_faces and self.clip_cache is not None:
+            sample["clip_embeds"] = self.clip_cache.unconditional() if plan.drop_id else self.clip_cache.get(index)
+        elif options.clip_faces:
+            dropped = torch.zeros(3, CLIP_IMAGE_SIZE, CLIP_IMAGE_SIZE)
+            sample["clip_pixel_values"] = dropped if plan.drop_id else self.face_pixel_values(index, plan.color)
         if options.clip_faces:
-            sample["clip_pixel_values"] = (
-                torch.zeros(3, CLIP_IMAGE_SIZE, CLIP_IMAGE_SIZE) if plan.drop_id else self._face_pixel_values(index, plan)
-            )
             sample["clip_keep"] = torch.tensor(1.0 if plan.keep_clip else 0.0)
         if options.sdxl:
             sample["time_ids"] = torch.tensor([*original_size, *crop_top_left, height, width], dtype=torch.float32)
         return sample
 
-    def _face_pixel_values(self, index: int, plan: SamplePlan) -> torch.Tensor:
+    def face_pixel_values(self, index: int, color: ColorChange | None = None) -> torch.Tensor:
         """CLIP pixel values ``[3, 224, 224]`` of record ``index``'s face crop (background-free for Full-Face), with
         the sample's colour change."""
         face = self.prepared.face(index, segmented=self.options.segmented_faces)
-        if plan.color is not None:
-            changed = apply_color_change(_unit_pixels(face), plan.color)
+        if color is not None:
+            changed = apply_color_change(_unit_pixels(face), color)
             face = (changed * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
         return clip_pixel_values([face])[0]
 
@@ -435,3 +441,46 @@ def build_text_cache(
     save_file(tensors, str(folder / "text.safetensors"))
     (folder / "captions.json").write_text(json.dumps(captions))
     return TextCache(folder)
+
+
+class ClipFeatureCache:
+    """The frozen CLIP encoder's penultimate hidden states of every record's face crop (the one the variant reads)
+    and of the all-zero image (a dropped face), on disk."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        with safe_open(str(self.folder / "unconditional.safetensors"), framework="pt") as handle:
+            self._unconditional = handle.get_tensor("features")
+
+    def get(self, index: int) -> torch.Tensor:
+        path = self.folder / f"features-{index // CLIP_CACHE_CHUNK:05d}.safetensors"
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.get_tensor(str(index))
+
+    def unconditional(self) -> torch.Tensor:
+        return self._unconditional.clone()
+
+
+def build_clip_cache(
+    dataset: FaceTrainingDataset,
+    folder: str | os.PathLike,
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    progress: Callable[[Iterator], Iterator] = iter,
+) -> ClipFeatureCache:
+    """Encode every record's face crop with ``encode`` (CLIP pixel values ``[n, 3, 224, 224]`` -> hidden states
+    ``[n, L, D]``), and the all-zero image, and write the cache under ``folder``."""
+    if dataset.options.color_jitter.enabled:
+        raise TrainingError("CLIP features can only be cached without colour augmentation (color_jitter_* 0)")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    chunk: dict[str, torch.Tensor] = {}
+    for index in progress(range(len(dataset))):
+        pixels = dataset.face_pixel_values(index)
+        chunk[str(index)] = encode(pixels[None])[0].float().cpu().contiguous()
+        if (index + 1) % CLIP_CACHE_CHUNK == 0 or index + 1 == len(dataset):
+            save_file(chunk, str(folder / f"features-{index // CLIP_CACHE_CHUNK:05d}.safetensors"))
+            chunk = {}
+    zero = encode(torch.zeros(1, 3, CLIP_IMAGE_SIZE, CLIP_IMAGE_SIZE))[0].float().cpu().contiguous()
+    save_file({"features": zero}, str(folder / "unconditional.safetensors"))
+    return ClipFeatureCache(folder)

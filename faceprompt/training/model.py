@@ -1,4 +1,5 @@
-"""The trainable adapter of each FaceID variant (and face IP-Adapter) around a frozen Stable Diffusion (1.5 or XL) base: forward + loss.
+"""The trainable adapter of each FaceID variant and face IP-Adapter around a frozen Stable Diffusion (1.5 or XL)
+base: forward + loss.
 
 The adapter is attached with :func:`faceprompt.adapters.attach_adapter` (LoRA ``"unfused"``), so training runs
 through the same attention processor as inference and an exported checkpoint reproduces the trained model
@@ -212,7 +213,11 @@ class AdapterTrainingModel(nn.Module):
     # --- conditioning -------------------------------------------------------------------------------
 
     def identity_tokens(
-        self, id_embeds: torch.Tensor, clip_pixel_values: torch.Tensor | None = None, clip_keep: torch.Tensor | None = None
+        self,
+        id_embeds: torch.Tensor,
+        clip_pixel_values: torch.Tensor | None = None,
+        clip_keep: torch.Tensor | None = None,
+        clip_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Image-prompt tokens ``[B, T, C]`` of a batch of (possibly zeroed, i.e. dropped) face embeddings.
 
@@ -220,16 +225,19 @@ class AdapterTrainingModel(nn.Module):
         Plus: the CLIP encoder's penultimate hidden states of ``clip_pixel_values`` refine the ID tokens; PlusV2 adds
         them to the ID tokens as a shortcut branch weighted per sample by ``clip_keep`` (see :meth:`_plus_tokens`).
         The face IP-Adapters (Plus-Face, Full-Face) read only those hidden states (of the face crop); ``id_embeds``
-        is unused.
+        is unused. ``clip_embeds``: those hidden states already computed (a CLIP feature cache), instead of the pixels.
         """
         parameter = next(self.projection.parameters())
         embeds = id_embeds.to(device=parameter.device, dtype=parameter.dtype)
+        reads_clip = is_image_projection(self.projection) or isinstance(self.projection, FaceIDPlusProjection)
+        if reads_clip and clip_embeds is None:
+            clip_embeds = self.clip_hidden_states(clip_pixel_values)
         if is_image_projection(self.projection):
-            return self.projection(self.clip_hidden_states(clip_pixel_values).to(embeds))
+            return self.projection(clip_embeds.to(embeds))
         if isinstance(self.projection, PortraitResampler):
             return self.projection(embeds if embeds.ndim == 3 else embeds[:, None])
         if isinstance(self.projection, FaceIDPlusProjection):
-            return self._plus_tokens(embeds, clip_pixel_values, clip_keep)
+            return self._plus_tokens(embeds, clip_embeds.to(embeds), clip_keep)
         if embeds.ndim == 3:
             batch, faces, dim = embeds.shape
             tokens = self.projection(embeds.reshape(batch * faces, dim))
@@ -237,13 +245,12 @@ class AdapterTrainingModel(nn.Module):
         return self.projection(embeds)
 
     def _plus_tokens(
-        self, embeds: torch.Tensor, clip_pixel_values: torch.Tensor | None, clip_keep: torch.Tensor | None
+        self, embeds: torch.Tensor, clip_embeds: torch.Tensor, clip_keep: torch.Tensor | None
     ) -> torch.Tensor:
         """Plus: the resampler's tokens. PlusV2 (drop-path on the CLIP branch): ``x + keep_i * resampler(x, clip)``
         where ``x`` are the ID tokens and ``keep_i`` is 0 for the samples whose CLIP branch is dropped and 1 for the
         others. Kept branches are *not* rescaled by ``1 / (1 - p)``, so inference with ``s_scale = 1`` sees the
         branch at the strength it was trained with."""
-        clip_embeds = self.clip_hidden_states(clip_pixel_values).to(embeds)
         if not self.variant.shortcut:
             return self.projection(embeds, clip_embeds)
         keep = torch.ones(embeds.shape[0]) if clip_keep is None else clip_keep
@@ -308,7 +315,9 @@ class AdapterTrainingModel(nn.Module):
             pooled = pooled.to(device) if pooled is not None else None
         else:
             prompt_embeds, pooled = self.encode_captions(batch["caption"])
-        tokens = self.identity_tokens(batch["id_embeds"], batch.get("clip_pixel_values"), batch.get("clip_keep"))
+        tokens = self.identity_tokens(
+            batch["id_embeds"], batch.get("clip_pixel_values"), batch.get("clip_keep"), batch.get("clip_embeds")
+        )
         prediction = self.predict(noisy_latents, timesteps, prompt_embeds, tokens, pooled, batch.get("time_ids"))
         return F.mse_loss(prediction.float(), target.float(), reduction="mean")
 

@@ -34,11 +34,13 @@ from ..files import free_file_name, write_file
 from .config import TINY_BASES, TrainConfig
 from .data import (
     BucketBatchSampler,
+    ClipFeatureCache,
     FaceTrainingDataset,
     LatentCache,
     SampleOptions,
     TextCache,
     aspect_ratio_buckets,
+    build_clip_cache,
     build_latent_cache,
     build_text_cache,
 )
@@ -332,8 +334,12 @@ class Trainer:
             dataset.text_cache = self._cached("text", lambda folder: build_text_cache(
                 dataset.prepared, folder, model.encode_captions
             ), TextCache)
+        if config.cache_clip_features:
+            dataset.clip_cache = self._cached("clip", lambda folder: build_clip_cache(
+                dataset, folder, model.clip_hidden_states, progress=self._progress("caching CLIP features"),
+            ), ClipFeatureCache, {"image_encoder": config.image_encoder, "segmented": dataset.options.segmented_faces})
 
-    def _cached(self, name: str, build, reader):
+    def _cached(self, name: str, build, reader, extra: dict[str, Any] | None = None):
         """The cache ``name`` under the output folder: built once (main process), then read by every process.
 
         A cache is tied to what it was computed from; a folder made with other settings is refused, not replaced.
@@ -344,7 +350,7 @@ class Trainer:
             "base_model": config.base_model, "vae": config.vae, "data": str(Path(config.data).resolve()),
             "resolution": config.resolution, "crops": config.crops, "random_flip": config.random_flip,
             "buckets": config.buckets, "bucket_step": config.bucket_step, "max_aspect_ratio": config.max_aspect_ratio,
-            "seed": config.seed if config.base_model in TINY_BASES else None,
+            "seed": config.seed if config.base_model in TINY_BASES else None, **(extra or {}),
         }
         marker = folder / "fingerprint.json"
         if self.accelerator.is_main_process:
@@ -596,7 +602,7 @@ _RESUMABLE_CHANGES = frozenset({
     "output_dir", "max_steps", "checkpointing_steps", "checkpoints_total_limit", "log_with", "tracker_project",
     "validation_steps", "validation_prompts", "validation_identities", "validation_seed",
     "validation_num_inference_steps", "validation_guidance_scale", "progress", "num_workers",
-    "gradient_checkpointing", "cache_latents", "cache_text_embeddings",
+    "gradient_checkpointing", "cache_latents", "cache_text_embeddings", "cache_clip_features",
 })
 
 

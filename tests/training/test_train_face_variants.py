@@ -13,6 +13,7 @@ from torch.utils.data import default_collate
 from faceprompt import FacePipeline
 from faceprompt.adapters import (
     ImagePrompt,
+    clip_image_embeds,
     clip_pixel_values,
     get_runtime,
     image_prompt_tokens,
@@ -21,7 +22,11 @@ from faceprompt.errors import TrainingError
 from faceprompt.testing import tiny_clip_vision_model, tiny_sd15_pipeline
 from faceprompt.training.augment import ColorChange, ColorJitter, apply_color_change
 from faceprompt.training.config import config_from_dict, load_config
-from faceprompt.training.data import FaceTrainingDataset, SampleOptions
+from faceprompt.training.data import (
+    ClipFeatureCache,
+    FaceTrainingDataset,
+    SampleOptions,
+)
 from faceprompt.training.dataset import PreparedDataset
 from faceprompt.training.export import export_checkpoint
 from faceprompt.training.model import initial_adapter_state
@@ -140,6 +145,45 @@ def test_face_variant_trains_and_its_export_reloads_exactly(
     )  # the same processor and math: bit-identical
 
 
+def test_cached_clip_features_train_like_the_encoder_run_every_step(
+    segmented_data, tmp_path
+):
+    variant = "ip-adapter-full-face-sd15"
+    encoded = train(
+        run_config(variant, segmented_data, tmp_path / "encoded", max_steps=3)
+    )
+    cached = train(
+        run_config(
+            variant,
+            segmented_data,
+            tmp_path / "cached",
+            max_steps=3,
+            cache_clip_features=True,
+        )
+    )
+    assert sorted(
+        path.name for path in (tmp_path / "cached" / "cache" / "clip").iterdir()
+    ) == [
+        "features-00000.safetensors",
+        "fingerprint.json",
+        "unconditional.safetensors",
+    ]
+    # encoded one at a time vs batched
+    torch.testing.assert_close(cached.losses, encoded.losses, rtol=1e-5, atol=0)
+
+    # the samples carry the cached features (of the background-free crop) instead of the pixels
+    prepared = PreparedDataset(segmented_data)
+    options = SampleOptions(
+        resolution=64, crops=("closeup",), clip_faces=True, segmented_faces=True
+    )
+    cache = ClipFeatureCache(tmp_path / "cached" / "cache" / "clip")
+    sample = FaceTrainingDataset(prepared, options, clip_cache=cache)[(0, 5)]
+    assert "clip_pixel_values" not in sample
+    face = clip_pixel_values([prepared.face(5, segmented=True)])
+    expected, _ = clip_image_embeds(tiny_clip_vision_model(0), face)
+    torch.testing.assert_close(sample["clip_embeds"], expected[0], rtol=0, atol=0)
+
+
 def test_full_face_refuses_a_data_set_without_segmented_crops(
     synthetic_dataset, tmp_path
 ):
@@ -249,9 +293,17 @@ def test_colour_change_matches_independent_formulas():
             {"variant": "ip-adapter-plus-sd15"},
             r"not a FaceID variant; choose one of .*ip-adapter-full-face-sd15",
         ),
+        (
+            {"color_jitter_hue": 0.01, "cache_clip_features": True},
+            r"cache_clip_features needs deterministic images",
+        ),
+        (
+            {"variant": "faceid-sd15", "cache_clip_features": True},
+            r"cache_clip_features applies to the variants that read face crops .*faceid-sd15 reads none",
+        ),
     ],
 )
-def test_colour_jitter_settings_are_checked(changes, message, tmp_path):
+def test_face_training_settings_are_checked(changes, message, tmp_path):
     with pytest.raises(TrainingError, match=message):
         run_config(
             changes.pop("variant", "ip-adapter-plus-face-sd15"),
