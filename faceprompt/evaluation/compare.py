@@ -217,53 +217,26 @@ def run_comparison(
         raise EvaluationError(f"nothing to score for {unscored[0]}: give its scorer (face similarity) or a CLIP model")
     person_folders = comparison_folders(out_dir, methods, list(people))
     names = [f"{index:04d}-seed{seed}.png" for index, (_, seed) in enumerate(jobs)]
-    prompts = [prompt for prompt, _ in jobs]
     baselines: list[Path] = []
     results: dict[str, MethodResult] = {}
     for info in sorted(methods, key=lambda info: info.family is None):  # a known base loads first
         face = pipelines.load(info.method)
         folders = person_folders[info.label]
-        _warm_up(face, info, next(iter(people.values())), settings)
-        seconds: list[float] = []
-        images = {
-            person: generate_all(
-                _generator(face, info, identity, settings),
-                settings,
-                folders[person],
-                names,
-                f"{info.label}, {person}",
-                progress,
-                seconds,
-            )
-            for person, identity in people.items()
-        }
+        images, seconds = _generate_method(face, info, people, folders, names, settings, progress)
         conditioned_on = _conditioning_face_model(face, info, people)
         pipelines.release(face)
-        if settings.baseline and clip is not None and not baselines:
-            baselines = generate_all(
-                _base_generator(face, settings),
-                settings,
-                out_dir / BASELINE_FOLDER,
-                names,
-                "base model (no identity)",
-                progress,
-            )
+        if settings.baseline and clip is not None and not baselines:  # the bare base model, once
+            base = _base_generator(face, settings)
+            baselines = generate_all(base, settings, out_dir / BASELINE_FOLDER, names, "base model (no identity)",
+                                     progress)  # fmt: skip
         del face
-        reports = {}
-        for person, paths in images.items():
-            reports[person] = evaluate_images(
-                paths, prompts=prompts, identity=(scorers or {}).get(person), clip=clip, baselines=baselines or None
-            )
-            reports[person].evaluator["person"] = person
+        reports = {
+            person: _score(person, paths, [prompt for prompt, _ in jobs], scorers, clip, baselines)
+            for person, paths in images.items()
+        }
         folder = next(iter(folders.values())).parent
-        results[info.label] = MethodResult(
-            info.label,
-            info.method.kind,
-            folder,
-            reports,
-            statistics.median(seconds) if seconds else None,
-            conditioned_on,
-        )
+        median = statistics.median(seconds) if seconds else None
+        results[info.label] = MethodResult(info.label, info.method.kind, folder, reports, median, conditioned_on)
     evaluator = _evaluator(scorers, clip)
     for result in (results[info.label] for info in methods):
         if result.conditioned_on is not None and result.conditioned_on == evaluator.get("face_model"):
@@ -294,6 +267,48 @@ def comparison_folders(out_dir: Path, methods: Sequence[MethodInfo], people: lis
     if taken:
         raise OutputExistsError(f"{taken[0]} already exists; choose another output folder (nothing is overwritten)")
     return {label: protocol_folders(folder, people) for label, folder in folders.items()}
+
+
+def _generate_method(
+    face: FacePipeline,
+    info: MethodInfo,
+    people: Mapping[str, Identity],
+    folders: Mapping[str, Path],
+    names: list[str],
+    settings: ProtocolSettings,
+    progress: Callable[[str, int], None] | None,
+) -> tuple[dict[str, list[Path]], list[float]]:
+    """Every person's protocol images through one method, and its seconds per image of each call."""
+    _warm_up(face, info, next(iter(people.values())), settings)
+    seconds: list[float] = []
+    images = {
+        person: generate_all(
+            _generator(face, info, identity, settings),
+            settings,
+            folders[person],
+            names,
+            f"{info.label}, {person}",
+            progress,
+            seconds,
+        )
+        for person, identity in people.items()
+    }
+    return images, seconds
+
+
+def _score(
+    person: str,
+    paths: list[Path],
+    prompts: list[str],
+    scorers: Mapping[str, IdentityScorer] | None,
+    clip: ClipScorer | None,
+    baselines: list[Path],
+) -> EvaluationReport:
+    report = evaluate_images(
+        paths, prompts=prompts, identity=(scorers or {}).get(person), clip=clip, baselines=baselines or None
+    )
+    report.evaluator["person"] = person
+    return report
 
 
 def _generator(face: FacePipeline, info: MethodInfo, identity: Identity, settings: ProtocolSettings):
