@@ -66,8 +66,9 @@ class TrainConfig:
         data: a folder written by ``faceprompt prepare``.
         output_dir: where checkpoints, logs, validation images and caches go (a folder of an earlier run is only
             reused with ``--resume``).
-        image_encoder: Plus variants: the CLIP ViT-H image encoder (Hub id, folder, or ``tiny``); default
-            ``h94/IP-Adapter`` ``models/image_encoder``.
+        image_encoder: Plus variants and the face IP-Adapters: the CLIP ViT-H image encoder (Hub id, folder, or
+            ``tiny``); default ``h94/IP-Adapter`` ``models/image_encoder``. ``cache_clip_features`` computes its
+            features of every face crop once.
         vae: a VAE to use instead of the base's (Hub id or folder).
         lora_rank: LoRA rank (default 128 for variants with a LoRA; 0 trains none; Portrait variants have none).
         num_faces: Portrait: reference photos of the identity per sample (5, as the model card feeds).
