@@ -153,6 +153,14 @@ def test_kill_9_with_queued_jobs_then_restart_runs_them_all(
             for job_id in (interrupted, twin)
         )
         assert np.array_equal(again, once)  # same seed, same image
+        url = f"/v1/jobs/{quick}?token={TOKEN}"
+        assert httpx.get(f"{client.base_url}{url}").status_code == 200
+        _wait(
+            lambda: "?token=***" in log.read_text(),
+            timeout=10,
+            what="the access log line",
+        )
+        assert TOKEN not in log.read_text()  # tokens are never logged
     finally:
         _stop(process)
         client.close()
