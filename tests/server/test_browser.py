@@ -337,6 +337,12 @@ def _watch_reload_and_cancel(page: Page) -> None:
     long_job.locator("button.cancel").click()
     expect(long_job.locator(".status")).to_have_text("cancelled", timeout=SLOW)
     assert 0 < _steps_done(long_job) < LONG_STEPS
+    _clear_form(page)
+    long_job.locator(
+        "button.again"
+    ).click()  # a cancelled (or failed) job can be made again too
+    expect(page.locator("#steps")).to_have_value(str(LONG_STEPS))
+    expect(page.locator("#width")).to_have_value(LONG_SIZE)
     expect(page.locator("#gallery li.result-card")).to_have_count(2)
 
 

@@ -370,6 +370,7 @@ function updateJob(update, older = false) {
   item.querySelector(".steps").textContent = total ? `${step}/${total}` : "";
   item.querySelector(".job-error").textContent = job.error || "";
   item.querySelector(".cancel").hidden = FINAL.has(job.status);
+  item.querySelector(".again").hidden = !FINAL.has(job.status); // failed and cancelled jobs too
   if (job.status === "succeeded" && job.images && job.images.length) addToGallery(job, older);
   return job;
 }
@@ -392,6 +393,7 @@ function jobItem(job, older) {
     el("span", { className: "steps muted" }),
     el("span", { className: "prompt" }, prompt),
     el("button", { type: "button", className: "cancel", onclick: () => cancelJob(job.id) }, "Cancel"),
+    el("button", { type: "button", className: "again", onclick: () => refillForm(state.jobs.get(job.id)) }, "Make again"),
     el("div", { className: "job-error error" }),
   );
   state.jobItems.set(job.id, item);
