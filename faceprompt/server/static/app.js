@@ -302,6 +302,10 @@ function identityId(value) {
   return value && typeof value === "object" ? value.id : value;
 }
 
+function promptText(request) {
+  return Array.isArray(request.prompt) ? request.prompt.join(" | ") : request.prompt || "";
+}
+
 /** Who a job shows: the identity's name (FaceID) or each placeholder word and its identity (AdaFace). */
 function whoText(request) {
   const name = (value) => {
@@ -368,6 +372,7 @@ function updateJob(update, older = false) {
     bar.value = job.status === "succeeded" ? 1 : 0;
   }
   item.querySelector(".steps").textContent = total ? `${step}/${total}` : "";
+  item.querySelector(".prompt").textContent = promptText(job.request || {});
   item.querySelector(".job-error").textContent = job.error || "";
   item.querySelector(".cancel").hidden = FINAL.has(job.status);
   item.querySelector(".again").hidden = !FINAL.has(job.status); // failed and cancelled jobs too
@@ -383,15 +388,13 @@ function statusText(job) {
 
 function jobItem(job, older) {
   if (state.jobItems.has(job.id)) return state.jobItems.get(job.id);
-  const request = job.request || {};
-  const prompt = Array.isArray(request.prompt) ? request.prompt.join(" | ") : request.prompt || "";
   const item = el(
     "li",
     { className: "job", "data-id": job.id },
     el("span", { className: "status" }),
-    el("progress", { max: 1, value: 0 }),
+    el("progress", { max: 1, value: 0, "aria-label": "progress" }),
     el("span", { className: "steps muted" }),
-    el("span", { className: "prompt" }, prompt),
+    el("span", { className: "prompt" }),
     el("button", { type: "button", className: "cancel", onclick: () => cancelJob(job.id) }, "Cancel"),
     el("button", { type: "button", className: "again", onclick: () => refillForm(state.jobs.get(job.id)) }, "Make again"),
     el("div", { className: "job-error error" }),
@@ -510,7 +513,7 @@ function galleryCard(job, path, k) {
     "li",
     { className: "card result-card", "data-job": job.id },
     image,
-    el("div", { className: "prompt" }, Array.isArray(request.prompt) ? request.prompt.join(" | ") : request.prompt || ""),
+    el("div", { className: "prompt" }, promptText(request)),
     el("div", { className: "muted who" }, whoText(request)),
     el("div", { className: "muted" }, summary),
     el("details", {}, el("summary", {}, "Parameters"), el("pre", { className: "parameters" }, JSON.stringify(request, null, 2))),
