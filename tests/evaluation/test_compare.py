@@ -64,19 +64,20 @@ def _arguments(tmp_path, astronaut_path, *extra):
 
 
 def test_compare_runs_every_method_on_the_same_protocol(tmp_path, astronaut_path, astronaut, capsys):
-    code = main(
-        _arguments(tmp_path, astronaut_path, "--model", "tiny", "--clip", "tiny", "--compare", "tiny", "adaface:tiny")
-    )
+    methods = ["tiny", "ip-adapter-full-face-sd15", "adaface:tiny"]
+    code = main(_arguments(tmp_path, astronaut_path, "--model", "tiny", "--clip", "tiny", "--compare", *methods))
     captured = capsys.readouterr()
     assert code == 0, captured.err
     out = tmp_path / "run"
     report = json.loads((out / "comparison.json").read_text())
-    assert [row["method"] for row in report["table"]] == ["tiny", "adaface:tiny"]
-    assert [row["images"] for row in report["table"]] == [2, 2]
-    assert all(row["conditioned_on"] == "dlib/resnet_v1" and row["seconds_per_image"] > 0 for row in report["table"])
+    assert [row["method"] for row in report["table"]] == methods
+    assert [row["images"] for row in report["table"]] == [2, 2, 2]
+    assert [row["conditioned_on"] for row in report["table"]] == ["dlib/resnet_v1", None, "dlib/resnet_v1"]
+    assert all(row["seconds_per_image"] > 0 for row in report["table"])
     assert report["evaluator"]["face_model"] == "dlib/resnet_v1"  # no insightface here: said, and warned about
     assert "tiny is conditioned on dlib/resnet_v1 embeddings and scored with the same face model" in captured.err
-    assert "tiny" in captured.out and "adaface:tiny" in captured.out
+    assert "full-face-sd15 is conditioned" not in captured.err  # it reads face crops, no embeddings
+    assert all(method in captured.out for method in methods)
 
     # the baseline is the base model's own image of the prompt and seed, made once for every method
     base = tiny_sd15_pipeline(0)
@@ -95,10 +96,14 @@ def test_compare_runs_every_method_on_the_same_protocol(tmp_path, astronaut_path
 
     # each method's images are what its own pipeline makes for the person, prompt and seed
     adapter = FacePipeline.tiny(id_embeddings_dim=128, projection="plus")
+    full_face = FacePipeline.tiny(id_embeddings_dim=128, projection="image_full")
     adaface = FacePipeline.tiny(projection=None, adaface=True, id_embeddings_dim=128, face_model="dlib/resnet_v1")
     made = {
         "01-tiny": adapter(PROMPT, identity=astronaut, seed=0, num_images=2, output_type="np", **GENERATION).images,
-        "02-adaface-tiny": adaface(
+        "02-ip-adapter-full-face-sd15": full_face(
+            PROMPT, identity=astronaut, seed=0, num_images=2, output_type="np", **GENERATION
+        ).images,
+        "03-adaface-tiny": adaface(
             f"{PROMPT} z",
             identities={"z": astronaut},
             adaface_prompt="append",
@@ -129,7 +134,8 @@ def test_compare_runs_every_method_on_the_same_protocol(tmp_path, astronaut_path
     assert (
         row.index('src="baseline/0000-seed0.png"')
         < row.index('src="01-tiny/astro/0000-seed0.png"')
-        < row.index('src="02-adaface-tiny/astro/0001-seed1.png"')
+        < row.index('src="02-ip-adapter-full-face-sd15/astro/0000-seed0.png"')
+        < row.index('src="03-adaface-tiny/astro/0001-seed1.png"')
     )
 
     assert main(_arguments(tmp_path, astronaut_path, "--model", "tiny", "--clip", "none", "--compare", "tiny")) == 2
