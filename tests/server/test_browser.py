@@ -28,7 +28,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 TOKEN = "browser-test-token"
 #: Debian's chromium: the test fails (never skips) without it, so CI cannot pass without running the browser.
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-#: Seconds the page may take for what involves the server's models (face analysis, a tiny generation).
+#: Milliseconds the page may take for what involves the server's models (face analysis, a tiny generation).
 SLOW = 30_000
 #: Steps (and size) of the job that is still running while the test reloads the page and cancels it: it is stopped
 #: long before its end, also on a fast machine.
