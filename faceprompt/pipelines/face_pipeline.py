@@ -91,7 +91,8 @@ class FacePipeline:
             :meth:`add_style_adapter` instead.
         variant: registry name when it cannot be told from the file (e.g. PlusV2 weights under another name).
         lora: ``"fused"`` (default), ``"unfused"`` (reference math at run time) or ``"off"``.
-        image_encoder: CLIP vision model for FaceID-Plus (default: ``pipeline.image_encoder``).
+        image_encoder: CLIP vision model for FaceID-Plus and the face IP-Adapters (default:
+            ``pipeline.image_encoder``).
         name: name of the attached adapter (to attach several adapters to one pipeline).
         adaface: an :class:`~faceprompt.adaface.AdaFaceEncoder`: identities as words of the prompt
             (``identities={"z": me}`` with "a photo of z"), with or without the image-prompt adapter.
