@@ -183,6 +183,8 @@ def test_methods_share_one_base_model_and_leave_it_as_it_was(tmp_path, astronaut
         (["adaface:tiny"], [], "add --model tiny"),
         (["ip-adapter-plus-sd15"], ["--model", "tiny"], "is a style adapter"),
         (["ENCODER"], [], "is an AdaFace encoder file, not an adapter: write it as adaface:"),
+        (["adaface:tiny"], ["--model", "tiny", "--adaface", "tiny"], "method adaface:tiny is given twice"),
+        (["faceid-sd15"], ["--model", "tiny", "--adapter", "faceid-sdxl"], "faceid-sdxl for sdxl"),  # --adapter joins
         (
             ["faceid-sd15"],
             ["--variant", "faceid-sd15", "--model", "tiny"],
