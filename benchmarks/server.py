@@ -6,7 +6,7 @@ requests; jobs per minute from the first submit to the last image; and the serve
 job spends from claim to result (``finished_at - started_at``) minus the time the same request takes on a
 ``FacePipeline`` called directly.
 
-    python benchmarks/server.py --clients 20 --jobs 100
+    OMP_NUM_THREADS=1 python benchmarks/server.py --clients 20 --jobs 60
 """
 
 from __future__ import annotations
@@ -39,8 +39,14 @@ def main() -> None:
     parser.add_argument(
         "--jobs",
         type=int,
-        default=100,
+        default=60,
         help="jobs in all (each: submit, status polls, image)",
+    )
+    parser.add_argument(
+        "--poll",
+        type=float,
+        default=1.0,
+        help="seconds between a client's status requests",
     )
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--size", type=int, default=64)
@@ -98,7 +104,7 @@ def main() -> None:
                     _record(latencies, lock, "status", started)
                     if state["status"] in ("succeeded", "failed", "cancelled"):
                         break
-                    time.sleep(0.2)
+                    time.sleep(args.poll)
                 assert state["status"] == "succeeded", state["error"]
                 for url in state["images"]:
                     started = time.perf_counter()
