@@ -202,7 +202,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
     from uvicorn.config import LOGGING_CONFIG
 
-    from ..server import create_app
+    from ..server import Store, create_app
     from ..server.auth import RedactTokens
     from ..server.settings import Limits, read_token_file
 
@@ -225,7 +225,11 @@ def run_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, tokens, limits)
     options = model_options(args)
     _log_to_stderr()
-    app = create_app(settings, options, workers=0 if args.no_worker else args.workers)
+    store = Store(settings.database_url)
+    store.create_tables()  # a database that cannot be opened is reported here, in one line
+    app = create_app(
+        settings, options, workers=0 if args.no_worker else args.workers, store=store
+    )
     log_config = {**LOGGING_CONFIG, "filters": {"redact_tokens": {"()": RedactTokens}}}
     log_config["handlers"] = {**LOGGING_CONFIG["handlers"]}
     log_config["handlers"]["access"] = {
@@ -244,7 +248,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_worker(args: argparse.Namespace) -> int:
     from ..server.jobs import Worker
-    from ..server.store import Store
+    from ..server.store import Store, shown_url
 
     settings = _settings(args)
     options = model_options(args)
@@ -256,7 +260,7 @@ def run_worker(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stderr.print(
-        f"worker {worker.name}: taking jobs from {_shown_url(settings.database_url)}",
+        f"worker {worker.name}: taking jobs from {shown_url(settings.database_url)}",
         highlight=False,
         markup=False,
     )
@@ -267,10 +271,3 @@ def run_worker(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 0
-
-
-def _shown_url(url: str) -> str:
-    """The database URL without its password."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)

@@ -28,8 +28,11 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from ..errors import SettingError
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "queued",
@@ -110,11 +113,27 @@ class Store:
     """Queries of the API and the workers. Methods return detached rows (plain attribute access, no lazy loads)."""
 
     def __init__(self, url: str):
-        self.engine = create_store_engine(url)
+        try:
+            self.engine = create_store_engine(url)
+        except (
+            ArgumentError,
+            ImportError,
+        ) as error:  # NoSuchModuleError is an ArgumentError
+            raise SettingError(
+                f"database URL {shown_url(url)}: {error}; give sqlite:///path/file.db or "
+                "postgresql+psycopg://user@host:port/database"
+            ) from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def create_tables(self) -> None:
-        Base.metadata.create_all(self.engine)
+        """The tables, where missing; a database that cannot be reached is a :class:`SettingError` naming it."""
+        try:
+            Base.metadata.create_all(self.engine)
+        except OperationalError as error:
+            raise SettingError(
+                f"cannot open the database {shown_url(str(self.engine.url))}: {error.orig}; check that it runs and "
+                "the URL (host, port, user, database) is right"
+            ) from None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -348,3 +367,11 @@ class Store:
         with self.session() as session:
             query = select(JobRow.worker).where(JobRow.status == RUNNING).distinct()
             return [worker for worker in session.scalars(query) if worker]
+
+
+def shown_url(url: str) -> str:
+    """``url`` without its password (URLs are shown in errors and logs)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return repr(url)

@@ -138,3 +138,21 @@ def test_serve_refuses_a_short_token(tmp_path, capsys):
         == 2
     )
     assert "token 1 is shorter than 16 characters" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("nonsense://x", "database URL nonsense://x: Can't load plugin"),
+        (
+            "postgresql+psycopg://me:secret@127.0.0.1:1/db",
+            "cannot open the database postgresql+psycopg://me:***@",
+        ),
+    ],
+)
+def test_a_database_that_cannot_be_used_is_one_error_line(tmp_path, capsys, url, words):
+    assert (
+        main(["worker", "--model", "tiny", "--db", url, "--data", str(tmp_path)]) == 2
+    )
+    error = capsys.readouterr().err
+    assert words in error and "secret" not in error and "Traceback" not in error
