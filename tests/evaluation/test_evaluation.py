@@ -49,7 +49,12 @@ def test_face_similarity_is_the_cosine_to_the_references_and_follows_the_person(
     other_person = scorer.score(images[2]).similarity
     assert min(same_person) > 0.95 and min(same_person) - other_person > 0.05, (same_person, other_person)
     assert scorer.score(images[3]).faces == 0 and scorer.score(images[3]).similarity is None
-    assert scorer.score_files(images, workers=2) == [scorer.score(path) for path in images]  # two processes
+    in_two_processes, in_this_one = scorer.score_files(images, workers=2), [scorer.score(path) for path in images]
+    assert [score.faces for score in in_two_processes] == [score.faces for score in in_this_one]
+    # the same to float32 rounding: the torch face descriptor may sum in another order in another process
+    assert [score.similarity for score in in_two_processes] == [
+        None if score.similarity is None else pytest.approx(score.similarity, abs=1e-6) for score in in_this_one
+    ]
     from_identity = IdentityScorer.from_identity(Identity.from_images(astronaut_path, dlib_analyzer), dlib_analyzer)
     np.testing.assert_allclose(from_identity.reference, scorer.reference, atol=1e-6)
 
