@@ -61,7 +61,7 @@ def add_parser(subparsers) -> None:
     protocol.add_argument("--clip", default=None, metavar="MODEL|tiny|none", help="CLIP model, as for eval")
     protocol.add_argument("--out", required=True, metavar="DIR", help="output folder (never overwritten)")
     protocol.add_argument("--eval-backend", choices=["auto", "insightface", "dlib"],
-                          help="face backend that scores the images (default: --backend's; with several methods, the "
+                          help="face backend that scores the images (default: --backend's; in a comparison, the "
                                "other backend when it is installed); another model than the one the adapter is "
                                "conditioned on gives unbiased scores")
     protocol.add_argument("--compare", nargs="+", metavar="METHOD",
