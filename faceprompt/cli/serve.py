@@ -225,6 +225,7 @@ def run_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, tokens, limits)
     options = model_options(args)
     _log_to_stderr()
+    settings.create_folders()
     store = Store(settings.database_url)
     store.create_tables()  # a database that cannot be opened is reported here, in one line
     app = create_app(
@@ -253,9 +254,9 @@ def run_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
     options = model_options(args)
     _log_to_stderr()
+    settings.create_folders()
     store = Store(settings.database_url)
     store.create_tables()
-    settings.jobs_dir.mkdir(parents=True, exist_ok=True)
     worker = Worker(store, settings, options, name=args.name)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -77,8 +77,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        settings.identities_dir.mkdir(parents=True, exist_ok=True)
-        settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+        settings.create_folders()
         store.create_tables()
         recover_interrupted(store, settings)
         threads = (

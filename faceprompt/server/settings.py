@@ -96,6 +96,16 @@ class ServiceSettings:
     def auth_required(self) -> bool:
         return bool(self.token_digests)
 
+    def create_folders(self) -> None:
+        """The data folder and its identities/ and jobs/ folders, where missing."""
+        for folder in (self.data_dir, self.identities_dir, self.jobs_dir):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise SettingError(
+                    f"--data {self.data_dir}: cannot create {folder} ({error.strerror})"
+                ) from None
+
     @property
     def identities_dir(self) -> Path:
         return self.data_dir / "identities"
