@@ -45,7 +45,7 @@ from .request import (
     Region,
     check_strength_steps,
 )
-from .schedulers import apply_scheduler
+from .schedulers import apply_scheduler, check_steps
 from .text_identities import (
     describe_text_identities,
     identity_token_embeddings,
@@ -431,6 +431,7 @@ class FacePipeline:
         with self._scheduler(pipeline, request.scheduler), conditioning, words_for_identities(
             pipeline, words, batch, request.adaface_prompt
         ) as prompt_options:
+            check_steps(pipeline.scheduler, steps)
             scheduler = type(pipeline.scheduler).__name__
             output = pipeline(
                 generator=generators, guidance_scale=guidance, num_inference_steps=steps, output_type=output_type,

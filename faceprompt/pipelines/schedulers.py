@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..adapters.registry import MODEL_CARD_DDIM
-from ..errors import AdapterError
+from ..errors import AdapterError, RequestError
 
 #: name -> (diffusers class name, config overrides)
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -38,3 +38,25 @@ def apply_scheduler(pipeline: Any, name: str | None, **overrides: Any) -> None:
         pipeline.scheduler = scheduler_class(**{**MODEL_CARD_DDIM, **overrides})
         return
     pipeline.scheduler = scheduler_class.from_config(pipeline.scheduler.config, **{**named_overrides, **overrides})
+
+
+def max_steps(scheduler: Any) -> int:
+    """The most denoising steps ``scheduler`` can take: diffusers fails deep inside ``set_timesteps`` or the first
+    step beyond it (DDIM/PNDM's ``steps_offset`` of 1 pushes step 1000 of 1000 past the last training timestep; LCM
+    samples from its ``original_inference_steps`` grid)."""
+    config = scheduler.config
+    limit = int(config.get("num_train_timesteps", 1000))
+    if config.get("timestep_spacing", "leading") == "leading":
+        limit -= int(config.get("steps_offset", 0))
+    if "original_inference_steps" in config:
+        limit = min(limit, int(config["original_inference_steps"]))
+    return limit
+
+
+def check_steps(scheduler: Any, steps: int) -> None:
+    """Refuse ``steps`` beyond :func:`max_steps` with a message naming the scheduler and the limit."""
+    limit = max_steps(scheduler)
+    if steps > limit:
+        raise RequestError(
+            f"steps={steps} is more than {type(scheduler).__name__} can take ({limit} here); use steps <= {limit}"
+        )
