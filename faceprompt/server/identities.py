@@ -7,6 +7,7 @@ last, so a failed or interrupted upload leaves no identity behind.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import threading
@@ -179,12 +180,13 @@ def _from_file(
     except FacepromptError as error:
         message = str(error).replace(str(path), _label(upload))
         raise HTTPException(422, f"identity file {_label(upload)}: {message}") from None
-    if name:
-        person.name = name
     path.unlink()
-    return person, [
-        {"photo_file": None, "file": source.get("file")} for source in person.sources
-    ] or [{"photo_file": None, "file": None} for _ in range(len(person))]
+    if name:
+        try:  # replace() checks the new name as the constructor does
+            person = dataclasses.replace(person, name=name)
+        except FacepromptError as error:
+            raise HTTPException(422, f"name: {error}") from None
+    return person, [{"photo_file": None, "file": None} for _ in range(len(person))]
 
 
 def _keep(

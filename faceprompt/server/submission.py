@@ -8,7 +8,7 @@ over HTTP a path would name a file on the server, not one the caller has.
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -58,6 +58,13 @@ def _submission_model() -> type[BaseModel]:
         )
         for name in PLAIN_FIELDS
     }
+    fields["task"] = (
+        Literal["txt2img"] | None,
+        Field(
+            None,
+            description="txt2img (the other tasks need uploaded images or write videos: command line)",
+        ),
+    )
     fields["identity"] = (
         str | list[str] | None,
         Field(

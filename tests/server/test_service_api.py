@@ -139,6 +139,27 @@ def test_identity_file_upload_and_a_damaged_one(client, identity_id):
     assert response.json()["detail"].startswith("identity file broken.safetensors:")
 
 
+def test_identity_file_upload_takes_a_new_name_and_checks_it(
+    client, astronaut_identity_file
+):
+    upload = {"identity": ("a.safetensors", astronaut_identity_file.read_bytes())}
+    renamed = client.post(
+        "/v1/identities", headers=AUTH, files=upload, data={"name": "Ann"}
+    )
+    assert renamed.status_code == 201 and renamed.json()["name"] == "Ann"
+    assert renamed.json()["photos"][0]["sha256"] is not None
+    refused = client.post(
+        "/v1/identities", headers=AUTH, files=upload, data={"name": "bad\x07name"}
+    )
+    assert refused.status_code == 422 and refused.json()["detail"].startswith("name:")
+    assert (
+        client.delete(
+            f"/v1/identities/{renamed.json()['id']}", headers=AUTH
+        ).status_code
+        == 204
+    )
+
+
 # --- jobs ----------------------------------------------------------------------------------------------
 
 
