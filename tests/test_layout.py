@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "faceprompt"
 #: Stage of each top-level module or folder; a module may import only from stages with a lower or equal number.
 STAGES = {
     "errors": 0,
-    "files": 1, "images": 1, "samples": 1, "weights": 1,
+    "devices": 1, "files": 1, "images": 1, "samples": 1, "weights": 1,
     "faces": 2,
     "identity": 3,
     "adapters": 4, "adaface": 4,

@@ -123,6 +123,10 @@ def add_analyzer_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-face-size", type=non_negative_float, default=0.0,
                         help="drop faces smaller than this (px)")
     parser.add_argument("--max-faces", type=positive_int, help="keep at most this many faces per photo, largest first")
+    parser.add_argument("--dlib-descriptor", default="torch", choices=["torch", "dlib"],
+                        help="dlib backend's 128-d descriptor: torch (default, dlib's network run by torch, same output) "
+                             "or dlib (dlib's own, ~3x slower)")
+    parser.add_argument("--face-device", help="device of the dlib descriptor (cpu, cuda, ...; default cpu)")
 
 
 def make_analyzer(args: argparse.Namespace, backend: str | None = None):
@@ -132,6 +136,8 @@ def make_analyzer(args: argparse.Namespace, backend: str | None = None):
         backend or args.backend,
         model_root=args.model_root,
         pack=args.pack,
+        dlib_descriptor=args.dlib_descriptor,
+        device=args.face_device,
         quality=QualityFilter(min_face_size=args.min_face_size, max_faces=args.max_faces),
     )
     stderr.print(f"face backend: [bold]{analyzer.backend_name}[/] ({markup_free(analyzer.face_model)})", highlight=False)
@@ -169,7 +175,7 @@ def model_options(args: argparse.Namespace, *, video: bool = False, image_prompt
 
 def check_device(device: str, option: str = "--device") -> None:
     """Refuse a device torch does not know, or one this machine does not have, before any model loads."""
-    from ..pipelines.loading import check_device as check
+    from ..devices import check_device as check
 
     try:
         check(device)

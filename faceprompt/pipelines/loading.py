@@ -21,6 +21,7 @@ from ..adapters.registry import (
     AdapterVariant,
     get_variant,
 )
+from ..devices import check_device
 from ..errors import RequestError
 from ..weights import split_hub_file
 from .fast import FAST_MODES, get_fast_mode
@@ -113,8 +114,6 @@ class ModelOptions(BaseModel):
                 raise ValueError(f"model=tiny builds its own random models; drop {', '.join(given)}")
             if self.adapter is not None and self.adapter not in VARIANTS:
                 raise ValueError("model=tiny builds a random adapter of a registry variant: give a registry name")
-            if self.adaface not in (None, "tiny"):
-                raise ValueError("model=tiny runs the tiny AdaFace encoder: give adaface=tiny")
         elif self.adaface == "tiny":
             raise ValueError("adaface=tiny is the random test encoder of the tiny models: give model=tiny too")
         return self
@@ -141,29 +140,6 @@ class ModelOptions(BaseModel):
         return cls(**record)
 
 
-def check_device(device: str) -> torch.device:
-    """``device`` parsed, and present on this machine (a CUDA device on a CPU-only torch is refused here)."""
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ValueError("not a device name; use cpu, cuda, cuda:N, mps or xpu") from None
-    backends = {
-        "cuda": (torch.cuda.is_available, torch.cuda.device_count),
-        "xpu": (lambda: hasattr(torch, "xpu") and torch.xpu.is_available(), lambda: torch.xpu.device_count()),
-        "mps": (lambda: torch.backends.mps.is_available(), lambda: 1),
-    }
-    if parsed.type == "cpu":
-        return parsed
-    if parsed.type not in backends:
-        raise ValueError("not a supported device; use cpu, cuda, cuda:N, mps or xpu")
-    available, count = backends[parsed.type]
-    if not available():
-        raise ValueError(f"this machine's torch has no {parsed.type} device; use cpu (or install a {parsed.type} build)")
-    if parsed.index is not None and parsed.index >= count():
-        raise ValueError(f"there are {count()} {parsed.type} device(s); use an index below {count()}")
-    return parsed
-
-
 def load_face_pipeline(
     options: ModelOptions, *, id_embeddings_dim: int = 512, face_model: str | None = None
 ) -> FacePipeline:
@@ -181,6 +157,10 @@ def load_face_pipeline(
             id_embeddings_dim=id_embeddings_dim, fast=options.fast, style_adapter=options.style_adapter is not None,
             adaface=options.adaface == "tiny", face_model=face_model,
         )
+        if options.adaface not in (None, "tiny"):  # an encoder trained on the tiny base (its width is checked per call)
+            from ..adaface import load_encoder
+
+            face.adaface = load_encoder(options.adaface)
     else:
         face = FacePipeline.from_pretrained(
             options.base, options.adapter, vae=options.vae, image_encoder=options.image_encoder,

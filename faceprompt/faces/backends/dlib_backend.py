@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 import dlib
 import numpy as np
 
+from ...devices import check_device
 from ...errors import BackendError, ModelFilesMissingError
 from .base import Detection
 
@@ -132,6 +133,11 @@ class DlibBackend:
             raise BackendError(f"dlib descriptor must be 'torch' or 'dlib', got {descriptor!r}")
         if device is not None and descriptor != "torch":
             raise BackendError(f"device={device!r} needs descriptor='torch'; dlib's own descriptor runs on the CPU")
+        if device is not None:
+            try:
+                check_device(device)
+            except ValueError as error:
+                raise BackendError(f"device={device!r}: {error}") from None
         self.detector_kind = detector
         self.upsample = upsample
         self.max_upsampled_pixels = max_upsampled_pixels
