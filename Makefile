@@ -40,8 +40,10 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 system-packages:
 	@if ! command -v chromium >/dev/null || ! test -d /usr/lib/postgresql; then \
 		echo "Installing chromium, chromium-driver and postgresql (apt-get)"; \
-		$(SUDO) apt-get update -q >/dev/null && \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver postgresql >/dev/null; \
+		{ $(SUDO) apt-get update -q && \
+		  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver postgresql; \
+		} >$(VENV)/apt.log 2>&1 || { echo "error: apt-get failed; last lines of $(VENV)/apt.log:" >&2; \
+		  tail -n 30 $(VENV)/apt.log >&2; exit 1; }; \
 	fi
 
 test: $(STAMP) system-packages
