@@ -217,19 +217,12 @@ def test_compare_refuses_an_encoder_of_another_embedding_size_before_the_diffusi
 
 
 def test_a_comparison_is_scored_with_the_other_face_backend_when_it_is_installed(tmp_path, dlib_analyzer):
-    from argparse import Namespace
-
+    from faceprompt.cli import build_parser
     from faceprompt.cli.evaluate import _comparison_evaluator
     from faceprompt.testing import write_standin_insightface_pack
 
-    args = Namespace(
-        eval_backend=None,
-        pack="buffalo_l",
-        model_root=str(tmp_path / "insightface"),
-        min_face_size=0.0,
-        max_faces=None,
-        backend="dlib",
-    )
+    command = ["eval-run", "--person", "a", "a.png", "--out", "run", "--compare", "tiny", "--backend", "dlib"]
+    args = build_parser().parse_args([*command, "--model-root", str(tmp_path / "insightface")])
     assert _comparison_evaluator(args, dlib_analyzer) is dlib_analyzer  # no insightface files: dlib, and warned
     write_standin_insightface_pack(tmp_path / "insightface", "buffalo_l")
     assert _comparison_evaluator(args, dlib_analyzer).face_model == "insightface/buffalo_l"
