@@ -26,13 +26,13 @@ from sse_starlette import EventSourceResponse
 
 from .. import __version__
 from ..pipelines.loading import ModelOptions
-from . import identities
+from . import identities, uploads
 from .auth import bearer_scheme, check_token
 from .jobs import WorkerThreads, recover_interrupted
 from .limits import BodySizeLimit
 from .settings import ServiceSettings
 from .store import FINAL_STATUSES, QUEUED, STATUSES, JobRow, Store
-from .submission import JobSubmission, request_from_body
+from .submission import Capabilities, JobSubmission, Lookups, request_from_body
 
 logger = logging.getLogger("faceprompt.server")
 
@@ -43,13 +43,38 @@ EVENT_POLL_SECONDS = 0.2
 
 @dataclass
 class Service:
-    """What the routes share: settings, store, the face analyzer for uploads (loaded on first use)."""
+    """What the routes share: settings, store, the face analyzer for uploads and the tokenizer placeholders are
+    checked with (each loaded on first use)."""
 
     settings: ServiceSettings
     store: Store
     options: ModelOptions | None = None
     _analyzer: Any = field(default=None, repr=False)
+    _tokenizer: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities.of(self.options)
+
+    def lookups(self) -> Lookups:
+        return Lookups(
+            identity_exists=lambda identity_id: self.store.get_identity(identity_id) is not None,
+            upload=self.store.get_upload,
+            uploads_dir=self.settings.uploads_dir,
+            tokenizer=self.tokenizer,
+        )
+
+    def tokenizer(self) -> Any:
+        """The base model's tokenizer alone (not the pipeline: the API process may run no worker)."""
+        with self._lock:
+            if self._tokenizer is None and self.options is not None:
+                try:
+                    self._tokenizer = load_tokenizer(self.options)
+                except (OSError, ValueError) as error:  # placeholders are then checked when the job runs
+                    logger.warning("no tokenizer to check placeholders at submit (%s)", error)
+                    self._tokenizer = False
+            return self._tokenizer or None
 
     def analyzer(self) -> Any:
         from ..faces import FaceAnalyzer
@@ -80,11 +105,7 @@ def create_app(
         settings.create_folders()
         store.create_tables()
         recover_interrupted(store, settings)
-        threads = (
-            WorkerThreads(store, settings, options, workers)
-            if workers and options is not None
-            else None
-        )
+        threads = WorkerThreads(store, settings, options, workers) if workers and options is not None else None
         if threads:
             threads.start()
         try:
@@ -102,6 +123,7 @@ def create_app(
     app.state.service = svc
     app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)
     app.include_router(identities.router, dependencies=[Depends(authorized)])
+    app.include_router(uploads.router, dependencies=[Depends(authorized)])
     app.include_router(jobs_router)
     app.add_api_route(
         "/healthz",
@@ -115,13 +137,33 @@ def create_app(
 
 def health(request: Request) -> dict[str, Any]:
     svc = request.app.state.service
+    capabilities = svc.capabilities
     return {
         "status": "ok",
         "version": __version__,
-        "model": svc.options.to_dict() if svc.options else None,
+        # every option, defaults resolved: the page names the adapter and encoder that run
+        "model": svc.options.model_dump(mode="json") if svc.options else None,
+        "tasks": list(capabilities.tasks),
+        "style_image": capabilities.style_image,
         "limits": svc.settings.limits.__dict__,
         "auth": svc.settings.auth_required,
     }
+
+
+def load_tokenizer(options: ModelOptions) -> Any:
+    """The CLIP tokenizer of the base model ``options`` name (a single checkpoint file: its family's default)."""
+    if options.model == "tiny":
+        from ..testing import tiny_clip_tokenizer
+
+        return tiny_clip_tokenizer()
+    from transformers import CLIPTokenizer
+
+    from ..pipelines.sources import FAMILY_DEFAULTS
+
+    base = options.base or FAMILY_DEFAULTS[options.family].base
+    if Path(base).is_file():
+        base = FAMILY_DEFAULTS[options.family].base
+    return CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")
 
 
 def _add_page(app: FastAPI) -> None:
@@ -140,9 +182,7 @@ def _add_page(app: FastAPI) -> None:
 
 # --- jobs ---------------------------------------------------------------------------------------------
 
-jobs_router = APIRouter(
-    prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(authorized)]
-)
+jobs_router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(authorized)])
 
 
 def job_json(svc: Service, job: JobRow) -> dict[str, Any]:
@@ -170,9 +210,7 @@ def job_json(svc: Service, job: JobRow) -> dict[str, Any]:
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {
-                "application/json": {"schema": JobSubmission.model_json_schema()}
-            },
+            "content": {"application/json": {"schema": JobSubmission.model_json_schema()}},
         }
     },
     responses={
@@ -180,9 +218,7 @@ def job_json(svc: Service, job: JobRow) -> dict[str, Any]:
         429: {"description": "too many queued jobs for this token"},
     },
 )
-async def submit_job(
-    request: Request, owner: Annotated[str, Depends(authorized)]
-) -> JSONResponse:
+async def submit_job(request: Request, owner: Annotated[str, Depends(authorized)]) -> JSONResponse:
     svc: Service = request.app.state.service
     try:
         body = json.loads(await request.body())
@@ -195,9 +231,8 @@ async def submit_job(
             }
         ]
         return JSONResponse({"detail": detail}, status_code=422)
-    exists = lambda identity_id: svc.store.get_identity(identity_id) is not None
-    generate, errors = await run_in_threadpool(
-        request_from_body, body, svc.settings.limits, exists
+    _, record, errors = await run_in_threadpool(
+        request_from_body, body, svc.settings.limits, svc.lookups(), svc.capabilities
     )
     if errors:
         return JSONResponse({"detail": errors}, status_code=422)
@@ -205,7 +240,7 @@ async def submit_job(
         id=uuid.uuid4().hex,
         owner=owner,
         status=QUEUED,
-        request=generate.to_dict(),
+        request=record,
         progress_step=0,
         created_at=time.time(),
         attempts=0,
@@ -219,9 +254,7 @@ async def submit_job(
             f"this token has {limit} jobs queued, the limit; wait for some to finish or cancel some",
         )
     position = await run_in_threadpool(svc.store.position, job)
-    return JSONResponse(
-        {"id": job.id, "status": QUEUED, "position": position}, status_code=202
-    )
+    return JSONResponse({"id": job.id, "status": QUEUED, "position": position}, status_code=202)
 
 
 @jobs_router.get("", summary="Jobs, newest first, one page at a time")
@@ -241,9 +274,7 @@ def list_jobs(
     }
 
 
-@jobs_router.get(
-    "/{job_id}", summary="A job: status, progress, times, request, image URLs"
-)
+@jobs_router.get("/{job_id}", summary="A job: status, progress, times, request, image URLs")
 def get_job(job_id: str, request: Request) -> dict[str, Any]:
     svc = request.app.state.service
     return job_json(svc, _job(svc, job_id))
@@ -257,9 +288,7 @@ def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
     svc = request.app.state.service
     job = _job(svc, job_id)
     if job.status in FINAL_STATUSES:
-        raise HTTPException(
-            409, f"job {job_id} already {job.status}; there is nothing to cancel"
-        )
+        raise HTTPException(409, f"job {job_id} already {job.status}; there is nothing to cancel")
     return job_json(svc, svc.store.cancel(job_id))
 
 
@@ -276,9 +305,7 @@ def get_image(job_id: str, index: int, request: Request) -> FileResponse:
             404,
             f"job {job_id} has {len(job.images or [])} image(s) ({job.status}); no image {index}",
         )
-    return FileResponse(
-        svc.settings.jobs_dir / job.id / job.images[index], media_type="image/png"
-    )
+    return FileResponse(svc.settings.jobs_dir / job.id / job.images[index], media_type="image/png")
 
 
 @jobs_router.get(
@@ -326,7 +353,5 @@ async def _status_event(svc: Service, job: JobRow) -> dict[str, str]:
 def _job(svc: Service, job_id: str) -> JobRow:
     job = svc.store.get_job(job_id)
     if job is None:
-        raise HTTPException(
-            404, f"no job has id {job_id!r}; list them with GET /v1/jobs"
-        )
+        raise HTTPException(404, f"no job has id {job_id!r}; list them with GET /v1/jobs")
     return job

@@ -27,6 +27,7 @@ from ..pipelines.loading import ModelOptions, load_face_pipeline
 from ..pipelines.outputs import save_image
 from .settings import ServiceSettings
 from .store import CANCELLED, FAILED, SUCCEEDED, JobRow, Store
+from .uploads import with_upload_paths
 
 logger = logging.getLogger("faceprompt.server")
 
@@ -54,11 +55,7 @@ def dead_local_workers(workers: list[str]) -> list[str]:
     for name in workers:
         worker_host, _, rest = name.partition(":")
         pid_text = rest.partition(":")[0]
-        if (
-            worker_host != host
-            or not pid_text.isdigit()
-            or int(pid_text) == os.getpid()
-        ):
+        if worker_host != host or not pid_text.isdigit() or int(pid_text) == os.getpid():
             continue
         try:
             os.kill(int(pid_text), 0)
@@ -76,9 +73,7 @@ def recover_interrupted(store: Store, settings: ServiceSettings) -> list[str]:
         dead_workers=dead_local_workers(store.running_workers()),
     )
     if requeued:
-        logger.info(
-            "requeued %d interrupted job(s): %s", len(requeued), ", ".join(requeued)
-        )
+        logger.info("requeued %d interrupted job(s): %s", len(requeued), ", ".join(requeued))
     return requeued
 
 
@@ -88,9 +83,7 @@ def identity_lookup(settings: ServiceSettings):
     def lookup(identity_id: str) -> Identity:
         path = settings.identities_dir / identity_id / IDENTITY_FILE
         if not path.is_file():
-            raise GenerationError(
-                f"identity {identity_id} no longer exists (it was deleted); upload it again"
-            )
+            raise GenerationError(f"identity {identity_id} no longer exists (it was deleted); upload it again")
         return Identity.load(path)
 
     return lookup
@@ -137,9 +130,7 @@ class Worker:
                     last_recovery = time.monotonic()
                 if not self.run_once():
                     stop.wait(self.poll_seconds)
-            except (
-                OperationalError
-            ) as error:  # the database is away for a moment: try again, do not die
+            except OperationalError as error:  # the database is away for a moment: try again, do not die
                 logger.warning("database unavailable (%s); retrying in 5 s", error.orig)
                 stop.wait(5)
 
@@ -163,9 +154,7 @@ class Worker:
     # --- one job ----------------------------------------------------------------------------------
 
     def run_job(self, job: JobRow) -> None:
-        logger.info(
-            "job %s: running (attempt %d) on %s", job.id, job.attempts, self.name
-        )
+        logger.info("job %s: running (attempt %d) on %s", job.id, job.attempts, self.name)
         try:
             images = self._generate(job)
         except JobCancelled:
@@ -182,33 +171,22 @@ class Worker:
             self.store.finish(job.id, self.name, FAILED, error=str(error))
             logger.info("job %s: failed: %s", job.id, error)
             return
-        except (
-            Exception
-        ) as error:  # a worker outlives any one job: record the failure and go on
+        except Exception as error:  # a worker outlives any one job: record the failure and go on
             logger.exception("job %s: failed", job.id)
-            self.store.finish(
-                job.id, self.name, FAILED, error=f"{type(error).__name__}: {error}"
-            )
+            self.store.finish(job.id, self.name, FAILED, error=f"{type(error).__name__}: {error}")
             return
         if self.store.finish(job.id, self.name, SUCCEEDED, images=images):
-            _remove_other_runs(
-                self.settings.jobs_dir / job.id, keep=Path(images[0]).parts[0]
-            )
+            _remove_other_runs(self.settings.jobs_dir / job.id, keep=Path(images[0]).parts[0])
             logger.info("job %s: succeeded (%d image(s))", job.id, len(images))
 
     def _generate(self, job: JobRow) -> list[str]:
         """Run the job's request; its images written under ``jobs/<id>/run-<attempt>/``, names relative to the job."""
-        request = GenerateRequest.from_dict(job.request)
-        people = [
-            resolve_identity(reference, self.lookup)
-            for reference in _references(request)
-        ]
+        request = GenerateRequest.from_dict(with_upload_paths(job.request, self.store, self.settings.uploads_dir))
+        people = [resolve_identity(reference, self.lookup) for reference in _references(request)]
         face = self.pipeline_for(people[0] if people else None)
 
         def on_step(pipeline, step, timestep, callback_kwargs):
-            mine, cancelled = self.store.report_progress(
-                job.id, self.name, step + 1, pipeline.num_timesteps
-            )
+            mine, cancelled = self.store.report_progress(job.id, self.name, step + 1, pipeline.num_timesteps)
             if not mine:
                 raise LeaseLost()
             if cancelled:
@@ -221,25 +199,17 @@ class Worker:
         result = face(request, callback_on_step_end=on_step)
         run_folder = f"run-{job.attempts}"
         out = self.settings.jobs_dir / job.id / run_folder
-        shutil.rmtree(
-            out, ignore_errors=True
-        )  # a run with this number that died part way
+        shutil.rmtree(out, ignore_errors=True)  # a run with this number that died part way
         out.mkdir(parents=True)
         names = []
         for index in range(request.num_outputs):
-            png, _ = save_image(
-                result.images[index], result.metadata[index], out / f"image-{index}.png"
-            )
+            png, _ = save_image(result.images[index], result.metadata[index], out / f"image-{index}.png")
             names.append(f"{run_folder}/{png.name}")
         return names
 
     def pipeline_for(self, identity: Identity | None) -> Any:
         """The loaded pipeline; the tiny test models are sized to the identity's face model, so one per model."""
-        key = (
-            (identity.embedding_dim, identity.face_model)
-            if identity and self.options.model == "tiny"
-            else None
-        )
+        key = (identity.embedding_dim, identity.face_model) if identity and self.options.model == "tiny" else None
         if key not in self._pipelines:
             sizes = {"id_embeddings_dim": key[0], "face_model": key[1]} if key else {}
             face = load_face_pipeline(self.options, **sizes)
@@ -251,12 +221,8 @@ class Worker:
 
 def _references(request: GenerateRequest) -> list[Any]:
     """Every identity reference of a request, the main identity first."""
-    main = (
-        request.identity if isinstance(request.identity, list) else [request.identity]
-    )
-    return [item for item in main if item is not None] + list(
-        (request.identities or {}).values()
-    )
+    main = request.identity if isinstance(request.identity, list) else [request.identity]
+    return [item for item in main if item is not None] + list((request.identities or {}).values())
 
 
 def _remove_other_runs(job_folder: Path, keep: str) -> None:
@@ -269,13 +235,9 @@ def _remove_other_runs(job_folder: Path, keep: str) -> None:
 class WorkerThreads:
     """``count`` workers as daemon threads of the serving process (``faceprompt serve --workers N``)."""
 
-    def __init__(
-        self, store: Store, settings: ServiceSettings, options: ModelOptions, count: int
-    ):
+    def __init__(self, store: Store, settings: ServiceSettings, options: ModelOptions, count: int):
         self.stop = threading.Event()
-        self.workers = [
-            Worker(store, settings, options, number=number) for number in range(count)
-        ]
+        self.workers = [Worker(store, settings, options, number=number) for number in range(count)]
         self.threads = [
             threading.Thread(
                 target=worker.run_forever,

@@ -37,13 +37,9 @@ class Limits:
     def __post_init__(self) -> None:
         for name, value in self.__dict__.items():
             if not isinstance(value, int) or value < 1:
-                raise SettingError(
-                    f"limit {name}={value!r} must be a positive whole number"
-                )
+                raise SettingError(f"limit {name}={value!r} must be a positive whole number")
         if self.max_pixels > DEFAULT_MAX_PIXELS * 4:
-            raise SettingError(
-                f"limit max_pixels={self.max_pixels} is over {DEFAULT_MAX_PIXELS * 4}; choose less"
-            )
+            raise SettingError(f"limit max_pixels={self.max_pixels} is over {DEFAULT_MAX_PIXELS * 4}; choose less")
 
 
 @dataclass(frozen=True)
@@ -77,9 +73,7 @@ class ServiceSettings:
         """Settings with the data folder made absolute and the database defaulting to SQLite inside it."""
         data = Path(data_dir).expanduser().resolve()
         if data.exists() and not data.is_dir():
-            raise SettingError(
-                f"--data {data} is a file; give a folder (it is created when missing)"
-            )
+            raise SettingError(f"--data {data} is a file; give a folder (it is created when missing)")
         if lease_seconds <= 0:
             raise SettingError(f"lease_seconds={lease_seconds} must be positive")
         url = database_url or f"sqlite:///{data / DATABASE_FILE}"
@@ -97,14 +91,12 @@ class ServiceSettings:
         return bool(self.token_digests)
 
     def create_folders(self) -> None:
-        """The data folder and its identities/ and jobs/ folders, where missing."""
-        for folder in (self.data_dir, self.identities_dir, self.jobs_dir):
+        """The data folder and its identities/, jobs/ and uploads/ folders, where missing."""
+        for folder in (self.data_dir, self.identities_dir, self.jobs_dir, self.uploads_dir):
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as error:
-                raise SettingError(
-                    f"--data {self.data_dir}: cannot create {folder} ({error.strerror})"
-                ) from None
+                raise SettingError(f"--data {self.data_dir}: cannot create {folder} ({error.strerror})") from None
 
     @property
     def identities_dir(self) -> Path:
@@ -113,6 +105,10 @@ class ServiceSettings:
     @property
     def jobs_dir(self) -> Path:
         return self.data_dir / "jobs"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
 
 
 def token_digest(token: str) -> str:
@@ -125,27 +121,13 @@ def read_token_file(path: str | Path) -> list[str]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as error:
-        raise SettingError(
-            f"--token-file {path}: cannot read it ({error.strerror}); give a readable file"
-        ) from None
+        raise SettingError(f"--token-file {path}: cannot read it ({error.strerror}); give a readable file") from None
     except UnicodeDecodeError:
-        raise SettingError(
-            f"--token-file {path}: not UTF-8 text; write one token per line"
-        ) from None
-    tokens = [
-        line.strip()
-        for line in lines
-        if line.strip() and not line.lstrip().startswith("#")
-    ]
+        raise SettingError(f"--token-file {path}: not UTF-8 text; write one token per line") from None
+    tokens = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not tokens:
-        raise SettingError(
-            f"--token-file {path} holds no token; write one token per line"
-        )
-    short = [
-        index + 1
-        for index, token in enumerate(tokens)
-        if len(token) < 16 or any(c.isspace() for c in token)
-    ]
+        raise SettingError(f"--token-file {path} holds no token; write one token per line")
+    short = [index + 1 for index, token in enumerate(tokens) if len(token) < 16 or any(c.isspace() for c in token)]
     if short:
         raise SettingError(
             f"--token-file {path}: token {short[0]} is shorter than 16 characters or holds spaces; use long random "

@@ -89,17 +89,30 @@ class JobRow(Base):
     images: Mapped[list[str]] = mapped_column(JSON, default=list)
 
 
+class UploadRow(Base):
+    """An uploaded input image of jobs (img2img, inpaint, ...); its file lives in ``<data>/uploads/<id>/``."""
+
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    #: SHA-256 digest of the uploading token ("" without auth).
+    owner: Mapped[str] = mapped_column(String(64))
+    #: The uploaded file's name (a label only) and the stored file's name in the upload's folder.
+    name: Mapped[str] = mapped_column(String(200))
+    file: Mapped[str] = mapped_column(String(200))
+    sha256: Mapped[str] = mapped_column(String(64))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
 def create_store_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL (readers never block the writer) and a 30 s busy wait between writers."""
     if url.startswith("sqlite"):
-        engine = create_engine(
-            url, connect_args={"timeout": 30, "check_same_thread": False}
-        )
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(
-            connection, record
-        ):  # per connection: WAL is persistent, the rest is not
+        def _sqlite_pragmas(connection, record):  # per connection: WAL is persistent, the rest is not
             cursor = connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
@@ -155,11 +168,7 @@ class Store:
 
     def list_identities(self) -> list[IdentityRow]:
         with self.session() as session:
-            return list(
-                session.scalars(
-                    select(IdentityRow).order_by(IdentityRow.created_at.desc())
-                )
-            )
+            return list(session.scalars(select(IdentityRow).order_by(IdentityRow.created_at.desc())))
 
     def delete_identity(self, identity_id: str) -> bool:
         with self.session() as session:
@@ -169,47 +178,41 @@ class Store:
             session.delete(row)
             return True
 
+    # --- uploads --------------------------------------------------------------------------------
+
+    def add_upload(self, row: UploadRow) -> None:
+        with self.session() as session:
+            session.add(row)
+
+    def get_upload(self, upload_id: str) -> UploadRow | None:
+        with self.session() as session:
+            return session.get(UploadRow, upload_id)
+
     # --- jobs: the API's side ---------------------------------------------------------------------
 
     def add_job(self, row: JobRow, *, max_queued: int | None = None) -> bool:
         """Store a queued job; ``False`` (nothing stored) when its owner already has ``max_queued`` jobs waiting."""
         with self.session() as session:
-            if (
-                max_queued is not None
-                and self._count_queued(session, row.owner) >= max_queued
-            ):
+            if max_queued is not None and self._count_queued(session, row.owner) >= max_queued:
                 return False
             session.add(row)
             return True
 
     @staticmethod
     def _count_queued(session: Session, owner: str) -> int:
-        query = (
-            select(func.count())
-            .select_from(JobRow)
-            .where(JobRow.owner == owner, JobRow.status == QUEUED)
-        )
+        query = select(func.count()).select_from(JobRow).where(JobRow.owner == owner, JobRow.status == QUEUED)
         return session.scalar(query) or 0
 
     def get_job(self, job_id: str) -> JobRow | None:
         with self.session() as session:
             return session.get(JobRow, job_id)
 
-    def list_jobs(
-        self, *, limit: int, offset: int, status: str | None = None
-    ) -> tuple[list[JobRow], int]:
+    def list_jobs(self, *, limit: int, offset: int, status: str | None = None) -> tuple[list[JobRow], int]:
         """One page of jobs, newest first, and the number of jobs in all pages."""
         with self.session() as session:
             where = [JobRow.status == status] if status else []
-            total = (
-                session.scalar(select(func.count()).select_from(JobRow).where(*where))
-                or 0
-            )
-            query = (
-                select(JobRow)
-                .where(*where)
-                .order_by(JobRow.created_at.desc(), JobRow.id.desc())
-            )
+            total = session.scalar(select(func.count()).select_from(JobRow).where(*where)) or 0
+            query = select(JobRow).where(*where).order_by(JobRow.created_at.desc(), JobRow.id.desc())
             return list(session.scalars(query.limit(limit).offset(offset))), total
 
     def position(self, job: JobRow) -> int | None:
@@ -220,14 +223,7 @@ class Store:
             ahead = (JobRow.created_at < job.created_at) | (
                 (JobRow.created_at == job.created_at) & (JobRow.id < job.id)
             )
-            return (
-                session.scalar(
-                    select(func.count())
-                    .select_from(JobRow)
-                    .where(JobRow.status == QUEUED, ahead)
-                )
-                or 0
-            )
+            return session.scalar(select(func.count()).select_from(JobRow).where(JobRow.status == QUEUED, ahead)) or 0
 
     def cancel(self, job_id: str) -> JobRow | None:
         """A queued job becomes cancelled at once; a running one is asked to stop (its worker checks every step)."""
@@ -239,9 +235,7 @@ class Store:
                 .values(status=CANCELLED, finished_at=now, cancel_requested=True)
             )
             session.execute(
-                update(JobRow)
-                .where(JobRow.id == job_id, JobRow.status == RUNNING)
-                .values(cancel_requested=True)
+                update(JobRow).where(JobRow.id == job_id, JobRow.status == RUNNING).values(cancel_requested=True)
             )
         return self.get_job(job_id)
 
@@ -275,9 +269,7 @@ class Store:
             claimed = session.execute(claim).scalar_one_or_none()
         return self.get_job(claimed) if claimed is not None else None
 
-    def report_progress(
-        self, job_id: str, worker: str, step: int, total: int | None
-    ) -> tuple[bool, bool]:
+    def report_progress(self, job_id: str, worker: str, step: int, total: int | None) -> tuple[bool, bool]:
         """Record progress (and a sign of life); returns (still this worker's job, cancel requested)."""
         with self.session() as session:
             result = session.execute(
@@ -287,9 +279,7 @@ class Store:
                     JobRow.worker == worker,
                     JobRow.status == RUNNING,
                 )
-                .values(
-                    progress_step=step, progress_total=total, heartbeat_at=time.time()
-                )
+                .values(progress_step=step, progress_total=total, heartbeat_at=time.time())
                 .returning(JobRow.cancel_requested)
             ).scalar_one_or_none()
         return result is not None, bool(result)
@@ -336,23 +326,17 @@ class Store:
             ).scalar_one_or_none()
         return result is not None
 
-    def requeue_interrupted(
-        self, *, lease_seconds: float, dead_workers: Iterable[str] = ()
-    ) -> list[str]:
+    def requeue_interrupted(self, *, lease_seconds: float, dead_workers: Iterable[str] = ()) -> list[str]:
         """Running jobs whose worker is gone go back to the queue (or become cancelled, when that was asked).
 
         A worker is gone when it is in ``dead_workers`` (known dead on this machine) or silent for longer than
         ``lease_seconds``. The job runs again from the start with its recorded seed: the same images.
         """
-        gone = (JobRow.heartbeat_at < time.time() - lease_seconds) | JobRow.worker.in_(
-            list(dead_workers)
-        )
+        gone = (JobRow.heartbeat_at < time.time() - lease_seconds) | JobRow.worker.in_(list(dead_workers))
         with self.session() as session:
             session.execute(
                 update(JobRow)
-                .where(
-                    JobRow.status == RUNNING, gone, JobRow.cancel_requested.is_(True)
-                )
+                .where(JobRow.status == RUNNING, gone, JobRow.cancel_requested.is_(True))
                 .values(status=CANCELLED, finished_at=time.time())
             )
             requeued = session.execute(

@@ -7,8 +7,10 @@ from fastapi.testclient import TestClient
 from service_helpers import AUTH, OTHER_TOKEN, QUICK_JOB, TINY, make_settings
 
 from faceprompt.cli import main
+from faceprompt.pipelines import ModelOptions
 from faceprompt.server import Store, Worker, create_app
 from faceprompt.server.jobs import recover_interrupted
+from faceprompt.testing import tiny_clip_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +158,29 @@ def test_a_database_that_cannot_be_used_is_one_error_line(tmp_path, capsys, url,
     )
     error = capsys.readouterr().err
     assert words in error and "secret" not in error and "Traceback" not in error
+
+
+def test_a_placeholder_that_is_not_one_token_is_refused_at_submit_without_a_worker(tmp_path, astronaut_identity_file):
+    """``--no-worker`` with AdaFace: the API loads only the base model's tokenizer to check placeholders."""
+    options = ModelOptions(model="tiny", adapter=None, adaface="tiny")
+    app = create_app(make_settings(tmp_path), options, workers=0)
+    with TestClient(app) as client, astronaut_identity_file.open("rb") as file:
+        identity_id = client.post(
+            "/v1/identities", headers=AUTH, files={"identity": ("a.safetensors", file)}
+        ).json()["id"]
+        health = client.get("/healthz").json()
+        assert (health["model"]["adapter"], health["model"]["adaface"]) == (None, "tiny")
+
+        def submit(prompt: str, placeholder: str):
+            body = {**QUICK_JOB, "prompt": prompt, "identities": {placeholder: identity_id}}
+            return client.post("/v1/jobs", headers=AUTH, json=body)
+
+        several = submit("a photo of sks", "sks")
+        assert several.status_code == 422
+        [error] = several.json()["detail"]
+        assert error["loc"] == ["body", "identities"]
+        tokens = len(tiny_clip_tokenizer().tokenize("sks"))
+        assert tokens > 1 and f"placeholder 'sks' is {tokens} tokens" in error["msg"]
+        missing = submit("a photo", "z")
+        assert missing.status_code == 422 and "'z' does not appear in the prompt" in str(missing.json())
+        assert submit("a photo of z", "z").status_code == 202
