@@ -296,7 +296,6 @@ def test_placeholder_identities_with_the_tiny_adaface_encoder(tmp_path, astronau
     (["--identity", "z=ID"], "give the encoder with --adaface"),
     (["--identity", "q=ID", "--adaface", "tiny"], "placeholder 'q' does not appear in the prompt"),
     (["--identity", "z=ID", "--adaface", "tiny", "--adaface-scale", "nan"], "adaface_scale=nan"),
-    (["--identity", "z=ID", "--adaface", "/nowhere.pt", "--model", "tiny"], "model=tiny runs the tiny AdaFace encoder"),
 ])
 def test_placeholder_identity_mistakes(tmp_path, astronaut_path, dlib_analyzer, extra, message, capsys):
     identity_file = Identity.from_images(astronaut_path, dlib_analyzer).save(tmp_path / "me.safetensors")

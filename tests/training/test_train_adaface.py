@@ -84,14 +84,10 @@ def sampled_gap(model: DistillationModel, id_embeds: torch.Tensor) -> float:
     """Mean squared distance between the student's and the teacher's 5-step DDIM generations from the same noises."""
     scheduler = DDIMScheduler.from_config(model.components.noise_scheduler.config)
     scheduler.set_timesteps(5)
-    noise = torch.randn(
-        len(id_embeds), 4, 4, 4, generator=torch.Generator().manual_seed(5)
-    )
+    noise = torch.randn(len(id_embeds), 4, 4, 4, generator=torch.Generator().manual_seed(5))
     unet = model.components.unet
     with torch.no_grad():
-        student_text = model.subject_embeddings(
-            model.encoder(id_embeds), ["a photo of z"]
-        )
+        student_text = model.subject_embeddings(model.encoder(id_embeds), ["a photo of z"])
         teacher_text = arc2face_context(model.encoder, id_embeds)
         results = []
         for text, denoiser in (
@@ -100,44 +96,30 @@ def sampled_gap(model: DistillationModel, id_embeds: torch.Tensor) -> float:
         ):
             latents = noise.clone()
             for timestep in scheduler.timesteps:
-                prediction = denoiser(
-                    latents, timestep.expand(len(latents)), encoder_hidden_states=text
-                ).sample
+                prediction = denoiser(latents, timestep.expand(len(latents)), encoder_hidden_states=text).sample
                 latents = scheduler.step(prediction, timestep, latents).prev_sample
             results.append(latents)
     return ((results[0] - results[1]) ** 2).mean().item()
 
 
-def test_distillation_lowers_the_loss_and_moves_student_generations_towards_the_teacher(
-    data, tmp_path
-):
-    config = config_from_dict(
-        settings(data, tmp_path / "run", delta_loss_weight=0.0, kv_widen=1)
-    )
+def test_distillation_lowers_the_loss_and_moves_student_generations_towards_the_teacher(data, tmp_path):
+    config = config_from_dict(settings(data, tmp_path / "run", delta_loss_weight=0.0, kv_widen=1))
     from faceprompt.training.dataset import PreparedDataset
 
     prepared = PreparedDataset(config.data)
     components = load_components(config, config.adapter_variant)
-    model = DistillationModel.create(
-        config, components, check_teacher(config, prepared), FACE_MODEL, ID_DIM
-    )
+    model = DistillationModel.create(config, components, check_teacher(config, prepared), FACE_MODEL, ID_DIM)
     options = SampleOptions(resolution=32, crops=("closeup",), random_flip=False)
     batch = default_collate(  # records 0 and 1: the two identities of the data set
         [FaceTrainingDataset(prepared, options)[(0, index)] for index in range(2)]
     )
-    batch["latent_moments"] = model.latent_distribution(
-        batch.pop("pixel_values")
-    ).parameters
+    batch["latent_moments"] = model.latent_distribution(batch.pop("pixel_values")).parameters
     id_embeds = batch["id_embeds"].float()
     before = sampled_gap(model, id_embeds)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=1e-3
-    )
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     losses = []
     for _ in range(8):
-        loss = model(
-            batch, step_generator(0, 0, 0)
-        )  # the same noise, timesteps and composition every step
+        loss = model(batch, step_generator(0, 0, 0))  # the same noise, timesteps and composition every step
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -151,15 +133,11 @@ def test_widening_keys_and_values_keeps_the_translator_outputs(data):
     from faceprompt.testing import tiny_adaface_encoder
 
     translator = tiny_adaface_encoder(ID_DIM).translator
-    tokens = torch.randn(
-        2, 7, translator.config.hidden_size, generator=torch.Generator().manual_seed(0)
-    )
+    tokens = torch.randn(2, 7, translator.config.hidden_size, generator=torch.Generator().manual_seed(0))
     widened = widen_keys_values(translator, 3)
     assert widened.kv_multipliers == [6, 3]
     assert widened.encoder.layers[0].self_attn.k_proj.weight.shape == (6 * 64, 64)
-    torch.testing.assert_close(
-        widened(tokens), translator(tokens), rtol=1e-5, atol=1e-5
-    )
+    torch.testing.assert_close(widened(tokens), translator(tokens), rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -240,9 +218,7 @@ def test_the_export_loads_and_generates_through_the_cli(straight, tmp_path, caps
 
     base = save_tiny_sd15(tmp_path / "base")
     vector = np.random.default_rng(0).standard_normal((1, ID_DIM)).astype(np.float32)
-    identity = Identity(embeddings=vector, face_model=FACE_MODEL).save(
-        tmp_path / "me.safetensors"
-    )
+    identity = Identity(embeddings=vector, face_model=FACE_MODEL).save(tmp_path / "me.safetensors")
     arguments = [
         "generate",
         "--adaface",
@@ -264,6 +240,36 @@ def test_the_export_loads_and_generates_through_the_cli(straight, tmp_path, caps
     ]
     assert main(arguments) == 0, capsys.readouterr().err
     assert (tmp_path / "o" / "faceprompt-1.png").is_file()
+
+
+def test_an_encoder_trained_on_the_tiny_base_runs_on_model_tiny(straight, tmp_path, capsys):
+    from faceprompt.adaface import save_encoder
+    from faceprompt.pipelines.outputs import read_metadata
+    from faceprompt.testing import tiny_adaface_encoder
+
+    out = tmp_path / "encoder.safetensors"
+    assert main(["train", "export", str(straight.output_dir), "--out", str(out)]) == 0
+    vector = np.random.default_rng(0).standard_normal((1, ID_DIM)).astype(np.float32)
+    identity = Identity(embeddings=vector, face_model=FACE_MODEL).save(tmp_path / "me.safetensors")
+    common = ["generate", "--identity", f"z={identity}", "--prompt", "a photo of z", "--model", "tiny",
+              "--steps", "1", "--size", "64x64", "--seed", "1"]  # fmt: skip
+    assert main([*common, "--adaface", str(out), "--out", str(tmp_path / "o")]) == 0, capsys.readouterr().err
+    record = read_metadata(tmp_path / "o" / "faceprompt-1.png")
+    assert record["adaface"]["identities"]["z"]["face_model"] == FACE_MODEL
+    assert record["model"]["adaface"] == str(out)
+
+    missing = tmp_path / "missing.safetensors"
+    assert main([*common, "--adaface", str(missing), "--out", str(tmp_path / "m")]) == 2
+    assert f"{missing} (not found" in capsys.readouterr().err
+
+    # an encoder for another text width (another base) is refused, naming both widths
+    narrow = save_encoder(
+        tiny_adaface_encoder(ID_DIM, hidden_size=32, face_model=FACE_MODEL), tmp_path / "narrow.safetensors"
+    )
+    capsys.readouterr()
+    assert main([*common, "--adaface", str(narrow), "--out", str(tmp_path / "n")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "are 32 wide" in err[0] and "64-wide token embeddings" in err[0], err
 
 
 def test_faceid_teacher_trains(data, tmp_path):
@@ -311,22 +317,14 @@ def test_faceid_teacher_trains(data, tmp_path):
 @pytest.fixture()
 def no_model_loads(monkeypatch):
     def refuse(*args, **kwargs):
-        raise AssertionError(
-            "a model was loaded before the configuration mistake was found"
-        )
+        raise AssertionError("a model was loaded before the configuration mistake was found")
 
     monkeypatch.setattr(trainer_module, "load_components", refuse)
 
 
-def test_teacher_mistakes_are_refused_before_any_model_loads(
-    data, tmp_path, no_model_loads, monkeypatch
-):
-    other_face = write_tiny_arc2face(
-        tmp_path / "dlib", face_model="dlib/resnet_v1", id_embeddings_dim=128
-    )
-    other_base = write_tiny_arc2face(
-        tmp_path / "wide", cross_attention_dim=32, id_embeddings_dim=ID_DIM
-    )
+def test_teacher_mistakes_are_refused_before_any_model_loads(data, tmp_path, no_model_loads, monkeypatch):
+    other_face = write_tiny_arc2face(tmp_path / "dlib", face_model="dlib/resnet_v1", id_embeddings_dim=128)
+    other_base = write_tiny_arc2face(tmp_path / "wide", cross_attention_dim=32, id_embeddings_dim=ID_DIM)
     cases = [
         (
             {"teacher_model": str(other_face)},
@@ -348,19 +346,9 @@ def test_teacher_mistakes_are_refused_before_any_model_loads(
         with pytest.raises(FacepromptError) as error:
             train(config_from_dict(settings(data, tmp_path / "run", **changes)))
         assert message in str(error.value), (changes, str(error.value))
-    with pytest.raises(
-        FacepromptError
-    ) as error:  # a Hub teacher not cached: both of its folders named at once
-        train(
-            config_from_dict(
-                settings(
-                    data, tmp_path / "run", teacher_model="nobody/arc2face-missing"
-                )
-            )
-        )
-    assert "encoder/config.json" in str(error.value) and "arc2face/config.json" in str(
-        error.value
-    )
+    with pytest.raises(FacepromptError) as error:  # a Hub teacher not cached: both of its folders named at once
+        train(config_from_dict(settings(data, tmp_path / "run", teacher_model="nobody/arc2face-missing")))
+    assert "encoder/config.json" in str(error.value) and "arc2face/config.json" in str(error.value)
 
 
 @pytest.mark.parametrize(
@@ -394,7 +382,5 @@ def test_setting_mistakes_are_refused(tmp_path, changes, message):
         "output_dir": str(tmp_path / "o"),
         **changes,
     }
-    with pytest.raises(
-        TrainingError, match=message.replace("[", r"\[").replace("]", r"\]")
-    ):
+    with pytest.raises(TrainingError, match=message.replace("[", r"\[").replace("]", r"\]")):
         config_from_dict(values)
