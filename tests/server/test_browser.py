@@ -44,9 +44,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _wait_until_up(
-    process: subprocess.Popen, url: str, log: Path, timeout: float = 90.0
-) -> None:
+def _wait_until_up(process: subprocess.Popen, url: str, log: Path, timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -125,9 +123,7 @@ def browser() -> Iterator[Browser]:
             pytrace=False,
         )
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox"]
-        )
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield browser
         browser.close()
 
@@ -166,15 +162,11 @@ def test_a_wrong_token_shows_the_servers_401_message(server, page):
     _use_token(page, "not-the-token")
     expect(page.locator("#token-error")).to_contain_text("Token refused (401)")
     # the server's own sentence, not a generic failure
-    request = urllib.request.Request(
-        f"{server}/v1/identities", headers={"Authorization": "Bearer not-the-token"}
-    )
+    request = urllib.request.Request(f"{server}/v1/identities", headers={"Authorization": "Bearer not-the-token"})
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=5)
     assert refused.value.code == 401
-    expect(page.locator("#token-error")).to_contain_text(
-        json.loads(refused.value.read())["detail"]
-    )
+    expect(page.locator("#token-error")).to_contain_text(json.loads(refused.value.read())["detail"])
 
 
 def test_upload_generate_watch_make_again_cancel_delete(server, page, astronaut_path):
@@ -187,12 +179,8 @@ def test_upload_generate_watch_make_again_cancel_delete(server, page, astronaut_
     page.fill("#prompt", "a portrait on the moon")
     page.fill("#width", "60")
     page.click("#generate-submit")
-    expect(page.locator("#generate-error")).to_contain_text(
-        "Invalid request (422): width"
-    )
-    expect(page.locator("#width")).to_have_class(
-        "invalid"
-    )  # the field it names is marked
+    expect(page.locator("#generate-error")).to_contain_text("Invalid request (422): width")
+    expect(page.locator("#width")).to_have_class("invalid")  # the field it names is marked
 
     # generate: the job runs and its image appears in the gallery at the size asked for
     for name, value in {
@@ -211,9 +199,7 @@ def test_upload_generate_watch_make_again_cancel_delete(server, page, astronaut_
     expect(job.locator(".steps")).to_have_text("3/3")
     result = page.locator("#gallery li.result-card")
     expect(result).to_have_count(1)
-    expect(result.locator("img.result")).to_have_js_property(
-        "naturalWidth", 64, timeout=SLOW
-    )
+    expect(result.locator("img.result")).to_have_js_property("naturalWidth", 64, timeout=SLOW)
     assert result.locator("img.result").evaluate("image => image.naturalHeight") == 96
     expect(result).to_contain_text("seed 11")
     expect(result.locator(".who")).to_have_text("FaceID: astronaut")
@@ -228,12 +214,10 @@ def test_upload_generate_watch_make_again_cancel_delete(server, page, astronaut_
     _clear_form(page)
     result.locator("button.again").click()
     _expect_form(page, identity_id, mode="adapter", seed="11", height="96", steps="3")
-    assert (
-        float(page.input_value("#guidance")) == 5
-        and float(page.input_value("#scale")) == 0.8
-    )
+    assert float(page.input_value("#guidance")) == 5 and float(page.input_value("#scale")) == 0.8
 
     _generate_with_adaface(page, identity_id)
+    _generate_img2img(page, identity_id)
     _watch_reload_and_cancel(page)
 
     # after a reload the gallery comes from the job list, and make again still refills the form
@@ -248,7 +232,7 @@ def test_upload_generate_watch_make_again_cancel_delete(server, page, astronaut_
     page.locator("#identities li.identity button.delete").click()
     expect(page.locator("#identities li.identity")).to_have_count(0)
     page.reload()
-    expect(page.locator("#gallery li.result-card")).to_have_count(2)
+    expect(page.locator("#gallery li.result-card")).to_have_count(3)
     expect(page.locator("#identities li.identity")).to_have_count(0)
     expect(page.locator("#identity")).to_have_value("")
 
@@ -274,9 +258,7 @@ def _upload_identity(page: Page, photo: Path) -> str:
     expect(card).to_have_count(1, timeout=SLOW)
     expect(page.locator("#identity-error")).to_be_hidden()
     expect(card).to_contain_text("astronaut")
-    expect(card.locator("img.face")).to_have_js_property(
-        "naturalWidth", 224, timeout=SLOW
-    )  # the aligned crop
+    expect(card.locator("img.face")).to_have_js_property("naturalWidth", 224, timeout=SLOW)  # the aligned crop
     identity_id = card.get_attribute("data-id")
     expect(page.locator("#identity")).to_have_value(identity_id)
     return identity_id
@@ -290,9 +272,7 @@ def _generate_with_adaface(page: Page, identity_id: str) -> None:
     page.fill("#height", "64")
     expect(_submit(page).locator(".status")).to_have_text("succeeded", timeout=SLOW)
     newest = page.locator("#gallery li.result-card").first
-    expect(newest.locator("img.result")).to_have_js_property(
-        "naturalHeight", 64, timeout=SLOW
-    )
+    expect(newest.locator("img.result")).to_have_js_property("naturalHeight", 64, timeout=SLOW)
     expect(newest.locator(".who")).to_have_text("AdaFace: z = astronaut")
     _clear_form(page)
     newest.locator("button.again").click()
@@ -306,6 +286,35 @@ def _generate_with_adaface(page: Page, identity_id: str) -> None:
         prompt="a photo of z",
     )
     expect(page.locator("#placeholder")).to_have_value("z")
+
+
+def _generate_img2img(page: Page, identity_id: str) -> None:
+    """img2img: the task shows its image input; the chosen file is uploaded and the job's image has its size; make
+    again keeps the upload."""
+    page.select_option("#mode", "adapter")
+    expect(page.locator("#image-label")).to_be_hidden()
+    page.select_option("#task", "img2img")
+    expect(page.locator("#image-label")).to_be_visible()
+    expect(page.locator("#mask_image-label")).to_be_hidden()
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 120, 40)).save(buffer, format="PNG")
+    page.set_input_files("#image", files=[{"name": "start.png", "mimeType": "image/png", "buffer": buffer.getvalue()}])
+    page.fill("#prompt", "a portrait on the moon")
+    page.fill("#steps", "4")
+    page.fill("#strength", "0.5")
+    job = _submit(page)
+    expect(job.locator(".status")).to_have_text("succeeded", timeout=SLOW)
+    expect(job.locator(".steps")).to_have_text("2/2")  # strength 0.5 of 4 steps
+    newest = page.locator("#gallery li.result-card").first
+    expect(newest.locator("img.result")).to_have_js_property("naturalWidth", 64, timeout=SLOW)
+    _clear_form(page)
+    page.select_option("#task", "txt2img")
+    newest.locator("button.again").click()
+    expect(page.locator("#task")).to_have_value("img2img")
+    expect(page.locator("#image-kept")).to_contain_text("using upload")
+    expect(page.locator("#strength")).to_have_value("0.5")
+    page.select_option("#task", "txt2img")
+    expect(page.locator("#strength-label")).to_be_hidden()
 
 
 def _watch_reload_and_cancel(page: Page) -> None:
@@ -322,9 +331,7 @@ def _watch_reload_and_cancel(page: Page) -> None:
     long_job, queued_job = _job_row(page, 1), _job_row(page, 0)
     first = _steps_done(long_job)
     page.reload()
-    expect(long_job.locator(".steps")).to_have_text(
-        re.compile(rf"^\d+/{LONG_STEPS}$"), timeout=SLOW
-    )
+    expect(long_job.locator(".steps")).to_have_text(re.compile(rf"^\d+/{LONG_STEPS}$"), timeout=SLOW)
     page.wait_for_function(
         "([row, first]) => parseInt(row.querySelector('.steps').textContent) > first",
         arg=[long_job.element_handle(), first],
@@ -338,12 +345,10 @@ def _watch_reload_and_cancel(page: Page) -> None:
     expect(long_job.locator(".status")).to_have_text("cancelled", timeout=SLOW)
     assert 0 < _steps_done(long_job) < LONG_STEPS
     _clear_form(page)
-    long_job.locator(
-        "button.again"
-    ).click()  # a cancelled (or failed) job can be made again too
+    long_job.locator("button.again").click()  # a cancelled (or failed) job can be made again too
     expect(page.locator("#steps")).to_have_value(str(LONG_STEPS))
     expect(page.locator("#width")).to_have_value(LONG_SIZE)
-    expect(page.locator("#gallery li.result-card")).to_have_count(2)
+    expect(page.locator("#gallery li.result-card")).to_have_count(3)
 
 
 def _clear_form(page: Page) -> None:

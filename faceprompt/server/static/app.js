@@ -13,10 +13,13 @@ const STATUS_TITLES = {
   422: "Invalid request (422)",
   429: "Too many requests (429)",
 };
-const FORM_FIELDS = ["prompt", "negative_prompt", "task", "scale", "steps", "guidance", "seed", "width", "height", "num_images"];
+const FORM_FIELDS = ["prompt", "negative_prompt", "task", "scale", "steps", "guidance", "seed", "width", "height", "num_images", "strength"];
+// The image inputs each task needs (uploaded with POST /v1/uploads, sent as {"upload": id}); strength goes with them.
+const TASK_IMAGES = { txt2img: [], img2img: ["image"], inpaint: ["image", "mask_image"], controlnet: ["control_image"] };
+const IMAGE_FIELDS = ["image", "mask_image", "control_image", "style_image"];
 const JOBS_PAGE = 50;
 const FORM_OF_ERROR = { "generate-error": "generate-form", "identity-error": "identity-form" };
-const NUMBER_FIELDS = new Set(["scale", "steps", "guidance", "seed", "width", "height", "num_images"]);
+const NUMBER_FIELDS = new Set(["scale", "steps", "guidance", "seed", "width", "height", "num_images", "strength"]);
 
 const state = {
   identities: [],
@@ -26,6 +29,8 @@ const state = {
   jobsListed: 0, // jobs read from the paged list so far
   streams: new Map(), // id -> AbortController of its open event stream
   blobs: new Map(), // API path -> object URL of the fetched image
+  uploads: {}, // image field -> upload id the next job uses when no new file is chosen ("make again" sets them)
+  styleImage: false, // whether the server takes style images
 };
 
 const $ = (id) => document.getElementById(id);
@@ -167,6 +172,8 @@ async function loadInfo() {
   if (model.adaface) modes.push(["adaface", `AdaFace (${model.adaface})`]);
   fillSelect($("mode"), modes);
   fillSelect($("task"), (health.tasks || ["txt2img"]).map((task) => [task, task]));
+  state.styleImage = Boolean(health.style_image);
+  updateTaskFields();
   const described = [model.model || model.base, model.adapter, model.adaface && `adaface ${model.adaface}`];
   $("server-info").textContent = `models: ${described.filter(Boolean).join(" · ")}`;
   updateModeFields();
@@ -176,6 +183,41 @@ function fillSelect(select, options) {
   const current = select.value;
   select.replaceChildren(...options.map(([value, label]) => el("option", { value }, label)));
   if (options.some(([value]) => value === current)) select.value = current;
+}
+
+/** The image inputs of the chosen task (and the style image when the server takes one). */
+function imageFieldsOfTask() {
+  return [...(TASK_IMAGES[$("task").value] || []), ...(state.styleImage ? ["style_image"] : [])];
+}
+
+function updateTaskFields() {
+  const shown = new Set(imageFieldsOfTask());
+  for (const field of IMAGE_FIELDS) $(`${field}-label`).hidden = !shown.has(field);
+  $("strength-label").hidden = !["img2img", "inpaint"].includes($("task").value);
+}
+
+/** The note beside an image input: the upload the next job uses unless another file is chosen. */
+function showKeptUpload(field) {
+  const id = state.uploads[field];
+  $(`${field}-kept`).textContent = id ? `using upload ${id.slice(0, 8)} (choose a file to replace it)` : "";
+}
+
+/** Uploads the chosen files of the task's image inputs; puts {"upload": id} references into the job body. */
+async function attachImages(body) {
+  for (const field of imageFieldsOfTask()) {
+    const file = $(field).files[0];
+    if (file) {
+      const form = new FormData();
+      form.append("file", file);
+      const upload = await api("/v1/uploads", { method: "POST", form });
+      state.uploads[field] = upload.id;
+      $(field).value = "";
+      showKeptUpload(field);
+    }
+    if (state.uploads[field]) body[field] = { upload: state.uploads[field] };
+  }
+  if (body.strength !== undefined && $("strength-label").hidden) delete body.strength;
+  return body;
 }
 
 function updateModeFields() {
@@ -286,7 +328,7 @@ async function submitJob(event) {
   clearError("generate-error");
   $("generate-submit").disabled = true;
   try {
-    const accepted = await api("/v1/jobs", { method: "POST", json: requestFromForm() });
+    const accepted = await api("/v1/jobs", { method: "POST", json: await attachImages(requestFromForm()) });
     const job = await api(`/v1/jobs/${accepted.id}`).catch(() => accepted);
     updateJob({ ...accepted, ...job });
     watch(accepted.id);
@@ -336,7 +378,14 @@ function refillForm(job) {
     if ([...$("mode").options].some((option) => option.value === "adapter")) $("mode").value = "adapter";
     $("identity").value = identityId(request.identity) || "";
   }
+  for (const field of IMAGE_FIELDS) {
+    const reference = request[field];
+    state.uploads[field] = reference && typeof reference === "object" ? reference.upload : undefined;
+    $(field).value = "";
+    showKeptUpload(field);
+  }
   updateModeFields();
+  updateTaskFields();
   $("generate-section").scrollIntoView({ behavior: "smooth" });
   $("prompt").focus();
 }
@@ -556,6 +605,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("identity-form").addEventListener("submit", uploadIdentity);
   $("generate-form").addEventListener("submit", submitJob);
   $("mode").addEventListener("change", updateModeFields);
+  $("task").addEventListener("change", updateTaskFields);
   $("more-jobs").addEventListener("click", () => loadJobs(state.jobsListed).catch((error) => showTokenError(error)));
   start();
 });
