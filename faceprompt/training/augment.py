@@ -109,9 +109,7 @@ def _rgb_to_hsv(
     return hue, saturation, maximum
 
 
-def _hsv_to_rgb(
-    hue: torch.Tensor, saturation: torch.Tensor, value: torch.Tensor
-) -> torch.Tensor:
+def _hsv_to_rgb(hue: torch.Tensor, saturation: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """The inverse of :func:`_rgb_to_hsv`: each channel is ``v - v s max(0, min(k, 4 - k, 1))`` with
     ``k = (n + 6 h) mod 6`` for ``n`` = 5 (red), 3 (green), 1 (blue)."""
     channels = []
