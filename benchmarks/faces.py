@@ -12,13 +12,14 @@ redistributable). Stand-in rows measure the insightface code path and ONNX Runti
 
 What is measured:
 
-1. stages, per sample photo: decode (:func:`faceprompt.images.load_image`), detect (dlib: HOG boxes and 68-point
-   landmarks separately), align (the backend's recognition chip), embed (one batched call for all faces of the
-   photo), quality (the blur score's extra 112-px warp), and the whole ``FaceAnalyzer.analyze`` call;
-2. end to end: ``FaceAnalyzer.analyze_files`` on a set of 512-px single-portrait photos built from real photos
-   (the astronaut portrait and faces cut from the group photo; flips, crops, JPEG re-encodes), with ``workers=1``
-   and ``workers=2`` run alternately within each repeat, so their ratio is measured side by side on the same
-   machine state; and on copies of the group photo. Pool start-up is included: it is what a caller pays.
+1. stages, per sample photo and per dlib descriptor (torch, dlib's own): decode, detect (dlib: HOG boxes and
+   68-point landmarks separately), align, embed (one batched call for all faces of the photo), quality, and the whole
+   ``FaceAnalyzer.analyze`` call;
+2. end to end: ``FaceAnalyzer.analyze_files`` on 512-px single-portrait photos built from real photos, each setup
+   (descriptor x ``workers`` 1 and ``"auto"``) run once per repeat in a rotating order, so that their ratios are
+   measured side by side; pool start-up included;
+3. the descriptor's ms/face against the floor of its convolutions as BLAS products, ``prepare`` images/s (local and
+   Ray Data), and what the real insightface ``buffalo_l`` costs, from its shapes.
 
 Every figure is the median over ``--repeats`` runs (with min-max for throughput); one warm-up call precedes every
 timed series.
@@ -292,29 +293,11 @@ def portrait_chips(analyzer: FaceAnalyzer, paths: Sequence[Path]) -> list[np.nda
 
 
 def descriptor_conv_shapes() -> list[tuple[int, int, int, int]]:
-    """(in channels, out channels, kernel, output side) of the torch descriptor's 29 convolutions, read from the
-    network run on one chip: the multiply-adds it does, the feature maps dlib pads included."""
-    import torch
-
+    """(in channels, out channels, kernel, output side) of the torch descriptor's 29 convolutions."""
     from faceprompt.faces.backends.dlib_backend import dlib_model_dir
     from faceprompt.faces.backends.dlib_resnet import load_dlib_resnet
 
-    network = load_dlib_resnet(dlib_model_dir() / "dlib_face_recognition_resnet_model_v1.dat")
-    shapes = []
-
-    def record(module: torch.nn.Conv2d, _inputs: Any, output: torch.Tensor) -> None:
-        shapes.append((module.in_channels, module.out_channels, module.kernel_size[0], output.shape[-1]))
-
-    hooks = [
-        module.register_forward_hook(record) for module in network.modules() if isinstance(module, torch.nn.Conv2d)
-    ]
-    try:
-        with torch.inference_mode():
-            network(torch.zeros(1, 150, 150, 3, dtype=torch.uint8))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return shapes
+    return load_dlib_resnet(dlib_model_dir() / "dlib_face_recognition_resnet_model_v1.dat").conv_shapes()
 
 
 def gemm_ms(repeats: int) -> float:
@@ -458,15 +441,9 @@ def prepare_images_per_s(folder: Path, output: Path, engine: str, workers: Worke
     count = len(list(folder.iterdir()))
     start = time.perf_counter()
     dataset = prepare_dataset(
-        [folder],
-        output,
-        engine=engine,
-        workers=workers,
-        shard_size=max(1, count // 4),
-        min_resolution=PREPARE_MIN_RESOLUTION,
-        min_face_size=PREPARE_MIN_FACE_SIZE,
-        progress=False,
-    )
+        [folder], output, engine=engine, workers=workers, shard_size=max(1, count // 4),
+        min_resolution=PREPARE_MIN_RESOLUTION, min_face_size=PREPARE_MIN_FACE_SIZE, progress=False,
+    )  # fmt: skip
     wall = time.perf_counter() - start
     return count / wall, len(dataset)
 

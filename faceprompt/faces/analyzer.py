@@ -286,11 +286,17 @@ def create_backend(
     device: str | None = None,
 ) -> FaceBackend:
     """Instantiate a backend by name; ``"auto"`` picks insightface when its files are on disk, else dlib.
-    ``dlib_descriptor`` and ``device`` apply to the dlib backend only."""
+    ``dlib_descriptor`` and ``device`` apply to the dlib backend only (insightface refuses a device other than the
+    CPU rather than ignore it)."""
     from .backends.insightface_backend import InsightFaceBackend, find_pack_dir
 
     if backend == "auto":
         backend = "insightface" if find_pack_dir(pack, model_root) is not None else "dlib"
+    if backend == "insightface" and device not in (None, "cpu"):
+        raise BackendError(
+            f"device={device!r} is for the dlib backend's torch descriptor; the insightface backend runs on ONNX "
+            "Runtime, whose providers= (e.g. 'CUDAExecutionProvider') pick the device: leave the device out"
+        )
     if backend == "insightface":
         return InsightFaceBackend(pack=pack, model_root=model_root, providers=providers)
     if backend == "dlib":

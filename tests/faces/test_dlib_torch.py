@@ -1,5 +1,7 @@
 """dlib's face descriptor network read from its ``.dat`` file and run in torch, checked against dlib itself."""
 
+import os
+
 import dlib
 import numpy as np
 import pytest
@@ -64,20 +66,10 @@ def test_the_file_parses_into_the_resnet_layout(model_path):
 def test_feature_maps_grow_where_dlib_pads_a_smaller_block_output(model_path):
     """Strided 3x3 convolutions without padding shrink 8 -> 3 and 4 -> 1 while the 2x2 average-pool shortcut gives
     4 and 2: dlib's add_prev keeps the larger size, so the blocks after run at 4x4."""
-    network = load_dlib_resnet(model_path)
-    sides = []
-    hooks = [
-        module.register_forward_hook(lambda _module, _inputs, output: sides.append(output.shape[-1]))
-        for module in network.modules()
-        if isinstance(module, torch.nn.Conv2d)
-    ]
-    try:
-        with torch.inference_mode():
-            network(torch.zeros(1, 150, 150, 3, dtype=torch.uint8))
-    finally:
-        for hook in hooks:
-            hook.remove()
+    shapes = load_dlib_resnet(model_path).conv_shapes()
+    sides = [side for _inputs, _outputs, _kernel, side in shapes]
     assert sides == [72] + [35] * 6 + [17] * 8 + [8] * 6 + [3, 3] + [4] * 4 + [1, 1]
+    assert shapes[0] == (3, 32, 7, 72) and shapes[-1] == (256, 256, 3, 1)
 
 
 def test_torch_descriptor_matches_dlib_on_the_sample_photos(model_path, sample_faces, dlib_reference):
@@ -141,10 +133,12 @@ def test_bad_descriptor_options_are_refused():
 
 def test_workers_share_the_cores_for_torch_threads(monkeypatch):
     before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "")  # restored after the test: the call sets it for this process
     monkeypatch.setattr("faceprompt.faces.workers.usable_cores", lambda: 4)
     try:
         assert share_cores_between_workers(2) == 2 and torch.get_num_threads() == 2
         assert share_cores_between_workers(8) == 1 and torch.get_num_threads() == 1
+        assert os.environ["OMP_NUM_THREADS"] == "1"
     finally:
         torch.set_num_threads(before)
 
@@ -156,3 +150,13 @@ def test_on_a_gpu_the_descriptor_runs_in_float16_and_still_matches(model_path, s
     descriptor = DlibTorchDescriptor(model_path, device="cuda")
     assert descriptor.dtype == torch.float16 and descriptor.network.fc.weight.device.type == "cuda"
     assert _cosine(descriptor(chips), expected).min() >= 0.999
+
+
+def test_a_device_is_refused_where_it_would_be_ignored(tmp_path):
+    from faceprompt.faces import create_backend
+    from faceprompt.testing import write_standin_insightface_pack
+
+    write_standin_insightface_pack(tmp_path, "buffalo_l")
+    with pytest.raises(BackendError, match="insightface backend runs on ONNX Runtime"):
+        create_backend("auto", tmp_path, device="cuda")
+    assert DlibBackend(descriptor="dlib", device="cpu").descriptor == "dlib"  # the CPU is where it runs anyway

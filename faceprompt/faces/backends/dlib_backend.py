@@ -131,7 +131,7 @@ class DlibBackend:
             raise BackendError(f"dlib detector must be 'hog' or 'cnn', got {detector!r}")
         if descriptor not in ("torch", "dlib"):
             raise BackendError(f"dlib descriptor must be 'torch' or 'dlib', got {descriptor!r}")
-        if device is not None and descriptor != "torch":
+        if device not in (None, "cpu") and descriptor != "torch":
             raise BackendError(f"device={device!r} needs descriptor='torch'; dlib's own descriptor runs on the CPU")
         if device is not None:
             try:

@@ -119,6 +119,23 @@ class DlibResNet(nn.Module):
             x = block(x)
         return self.fc(x.mean(dim=(2, 3)))
 
+    @torch.inference_mode()
+    def conv_shapes(self) -> list[tuple[int, int, int, int]]:
+        """``(in channels, out channels, kernel side, output side)`` of each convolution, in forward order, read
+        from a run on one chip: the work the network does, the feature maps dlib's ``add_prev`` pads included."""
+        shapes: list[tuple[int, int, int, int]] = []
+
+        def record(module: nn.Conv2d, _inputs: tuple, output: torch.Tensor) -> None:
+            shapes.append((module.in_channels, module.out_channels, module.kernel_size[0], output.shape[-1]))
+
+        hooks = [module.register_forward_hook(record) for module in self.modules() if isinstance(module, nn.Conv2d)]
+        try:
+            self(torch.zeros(1, *self.input_size, 3, dtype=torch.uint8, device=self.fc.weight.device))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return shapes
+
 
 def _read_blocks(records: list[LayerRecord]) -> list[ResidualBlock]:
     """Residual blocks from the records between the stem and the head: ``con affine relu con affine
