@@ -65,8 +65,9 @@ def _wait_until_up(process: subprocess.Popen, url: str, log: Path, timeout: floa
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[str]:
-    """Base URL of a `faceprompt serve --model tiny` with one token, stopped after the module."""
+def serve_process(tmp_path_factory) -> Iterator[tuple[subprocess.Popen, str, Path]]:
+    """A `faceprompt serve --model tiny` with one token, starting (it answers once its imports are done), stopped
+    after the module: process, base URL and log."""
     folder = tmp_path_factory.mktemp("serve")
     token_file = folder / "tokens.txt"
     token_file.write_text(f"{TOKEN}\n")
@@ -99,12 +100,10 @@ def server(tmp_path_factory) -> Iterator[str]:
             command,
             stdout=output,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
         )
-    url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_up(process, url, log)
-        yield url
+        yield process, f"http://127.0.0.1:{port}", log
     finally:
         process.terminate()
         try:
@@ -112,6 +111,14 @@ def server(tmp_path_factory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(serve_process, browser) -> str:
+    """Base URL of the server once it answers (chromium was launched while it started)."""
+    process, url, log = serve_process
+    _wait_until_up(process, url, log)
+    return url
 
 
 @pytest.fixture(scope="module")

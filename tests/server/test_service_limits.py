@@ -162,14 +162,15 @@ def test_a_database_that_cannot_be_used_is_one_error_line(tmp_path, capsys, url,
 
 def test_a_placeholder_that_is_not_one_token_is_refused_at_submit_without_a_worker(tmp_path, astronaut_identity_file):
     """``--no-worker`` with AdaFace: the API loads only the base model's tokenizer to check placeholders."""
-    options = ModelOptions(model="tiny", adapter=None, adaface="tiny")
+    options = ModelOptions(model="tiny", adaface="tiny")  # the adapter left at its default
     app = create_app(make_settings(tmp_path), options, workers=0)
     with TestClient(app) as client, astronaut_identity_file.open("rb") as file:
         identity_id = client.post(
             "/v1/identities", headers=AUTH, files={"identity": ("a.safetensors", file)}
         ).json()["id"]
         health = client.get("/healthz").json()
-        assert (health["model"]["adapter"], health["model"]["adaface"]) == (None, "tiny")
+        # every option listed, defaults resolved: the page names the adapter that runs
+        assert (health["model"]["adapter"], health["model"]["adaface"]) == ("faceid-plusv2-sd15", "tiny")
 
         def submit(prompt: str, placeholder: str):
             body = {**QUICK_JOB, "prompt": prompt, "identities": {placeholder: identity_id}}
