@@ -27,7 +27,7 @@ from ..pipelines.loading import ModelOptions, load_face_pipeline
 from ..pipelines.outputs import save_image
 from .settings import ServiceSettings
 from .store import CANCELLED, FAILED, SUCCEEDED, JobRow, Store
-from .uploads import with_upload_paths
+from .uploads import UPLOAD_FIELDS, with_upload_paths
 
 logger = logging.getLogger("faceprompt.server")
 
@@ -197,6 +197,9 @@ class Worker:
         if cancelled:
             raise JobCancelled()
         result = face(request, callback_on_step_end=on_step)
+        uploads = {name: job.request[name] for name in UPLOAD_FIELDS if name in job.request}
+        for record in result.metadata:  # inputs recorded as the job names them, not by a path on the server
+            record["request"].update(uploads)
         run_folder = f"run-{job.attempts}"
         out = self.settings.jobs_dir / job.id / run_folder
         shutil.rmtree(out, ignore_errors=True)  # a run with this number that died part way

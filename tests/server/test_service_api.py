@@ -315,7 +315,9 @@ def test_img2img_and_inpaint_jobs_equal_a_direct_call(client, tmp_path, identity
         job = wait_for(client, job_id)
         assert job["status"] == "succeeded", job["error"]
         assert job["request"]["image"] == {"upload": image["id"]}
-        served = np.asarray(Image.open(io.BytesIO(client.get(job["images"][0], headers=AUTH).content)))
+        png = Image.open(io.BytesIO(client.get(job["images"][0], headers=AUTH).content))
+        assert json.loads(png.text[METADATA_KEY])["request"]["image"] == {"upload": image["id"]}
+        served = np.asarray(png)
         direct = face(
             GenerateRequest(
                 **{**common, "identity": IdentityRef(file=str(astronaut_identity_file))},
