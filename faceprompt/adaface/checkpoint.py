@@ -150,7 +150,7 @@ def read_encoder_file(path: Path, source: str) -> EncoderFile:
         raise CheckpointError(f"{source}: is a folder; pass the encoder file (.pt or .safetensors)")
     with open(path, "rb") as handle:
         zipped = handle.read(4) == b"PK\x03\x04"
-    if zipped:
+    if zipped or path.suffix.lower() == ".pt":  # a .pt that is not a zip gets the release reader's message
         return _from_release(read_release(path, source), source)
     tensors, metadata = read_safetensors(path, source)
     return _from_safetensors(tensors, metadata, source)
@@ -273,13 +273,7 @@ def _from_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
         face_model = metadata["face_model"]
     except (KeyError, ValueError, TypeError) as error:
         raise CheckpointError(f"{source}: damaged AdaFace metadata ({type(error).__name__}: {error})") from None
-    sections: dict[str, dict[str, torch.Tensor]] = {"translator": {}, "arc2face": {}, "consistentid": {}}
-    for key, tensor in tensors.items():
-        section, _, name = key.partition(".")
-        if section in sections and name:
-            sections[section][name] = tensor
-        elif key != "layer_weights":
-            raise CheckpointError(f"{source}: unexpected tensor {key!r} in an AdaFace encoder file")
+    sections = _sections(tensors, ("translator", "arc2face", "consistentid"), source)
     if "layer_weights" not in tensors:
         raise CheckpointError(f"{source}: the file has no layer_weights")
     consistent_id = _consistentid_from_safetensors(sections["consistentid"], metadata, source)
@@ -299,6 +293,21 @@ def _from_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     )
 
 
+def _sections(
+    tensors: dict[str, torch.Tensor], names: tuple[str, ...], source: str, prefix: str = ""
+) -> dict[str, dict[str, torch.Tensor]]:
+    """``{name: {key: tensor}}`` for the tensors keyed ``<name>.<key>``; besides them only ``layer_weights`` may be
+    there (``prefix``: what the file's keys start with before ``<name>``, for the message)."""
+    sections: dict[str, dict[str, torch.Tensor]] = {name: {} for name in names}
+    for key, tensor in tensors.items():
+        section, _, name = key.partition(".")
+        if section in sections and name:
+            sections[section][name] = tensor
+        elif key != "layer_weights":
+            raise CheckpointError(f"{source}: unexpected tensor {prefix + key!r} in an AdaFace encoder file")
+    return sections
+
+
 def _consistentid_from_safetensors(
     tensors: dict[str, torch.Tensor], metadata: dict[str, str], source: str
 ) -> EncoderFile | None:
@@ -314,13 +323,7 @@ def _consistentid_from_safetensors(
         image_encoder_config = described.get("image_encoder")
     except (KeyError, ValueError, TypeError) as error:
         raise CheckpointError(f"{where}: damaged metadata ({type(error).__name__}: {error})") from None
-    parts: dict[str, dict[str, torch.Tensor]] = {"translator": {}, "projection": {}, "image_encoder": {}}
-    for key, tensor in tensors.items():
-        part, _, name = key.partition(".")
-        if part in parts and name:
-            parts[part][name] = tensor
-        elif key != "layer_weights":
-            raise CheckpointError(f"{where}: unexpected tensor 'consistentid.{key}'")
+    parts = _sections(tensors, ("translator", "projection", "image_encoder"), where, prefix="consistentid.")
     if "layer_weights" not in tensors or not parts["translator"]:
         raise CheckpointError(f"{where}: the file has no ConsistentID translator or layer weights")
     return EncoderFile(

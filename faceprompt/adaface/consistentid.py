@@ -72,18 +72,12 @@ def read_projection(path: Path, source: str) -> FaceIDPlusProjection:
 def projection_state(content: Any, source: str) -> dict[str, torch.Tensor]:
     """The ``image_proj`` section of a ConsistentID weights file (nested or flat ``image_proj.<key>`` keys)."""
     if not isinstance(content, dict):
-        raise CheckpointError(
-            f"{source}: not a ConsistentID weights file (it holds a {type(content).__name__})"
-        )
+        raise CheckpointError(f"{source}: not a ConsistentID weights file (it holds a {type(content).__name__})")
     for section in PROJECTION_SECTIONS:
         nested = content.get(section)
         if isinstance(nested, dict) and nested:
             return dict(nested)
-        flat = {
-            k[len(section) + 1 :]: v
-            for k, v in content.items()
-            if k.startswith(section + ".")
-        }
+        flat = {k[len(section) + 1 :]: v for k, v in content.items() if k.startswith(section + ".")}
         if flat:
             return flat
     raise CheckpointError(
@@ -92,9 +86,7 @@ def projection_state(content: Any, source: str) -> dict[str, torch.Tensor]:
     )
 
 
-def build_projection(
-    state: dict[str, torch.Tensor], source: str
-) -> FaceIDPlusProjection:
+def build_projection(state: dict[str, torch.Tensor], source: str) -> FaceIDPlusProjection:
     """A :class:`FaceIDPlusProjection` holding exactly ``state``, its sizes read from the shapes."""
     needed = (
         "norm.weight",
@@ -126,24 +118,18 @@ def build_projection(
         projection.load_state_dict(state, strict=True)
     except RuntimeError as error:
         detail = str(error).split("\n\t", 1)[-1].splitlines()[0]
-        raise CheckpointError(
-            f"{source}: the ConsistentID projection weights do not load ({detail})"
-        ) from None
+        raise CheckpointError(f"{source}: the ConsistentID projection weights do not load ({detail})") from None
     return projection.eval()
 
 
-def face_foreground(
-    crops: np.ndarray, segmenter: LandmarkSegmenter | None = None
-) -> np.ndarray:
+def face_foreground(crops: np.ndarray, segmenter: LandmarkSegmenter | None = None) -> np.ndarray:
     """ArcFace-aligned ``uint8 [n, S, S, 3]`` crops with the background painted CLIP's mean colour.
 
     The face outline comes from the template's five points (where alignment put the eyes, nose and mouth)."""
     segmenter = segmenter or LandmarkSegmenter()
     size = crops.shape[1]
     points = arcface_template(size)
-    return np.stack(
-        [apply_mask(crop, segmenter(crop, points), CLIP_MEAN_RGB) for crop in crops]
-    )
+    return np.stack([apply_mask(crop, segmenter(crop, points), CLIP_MEAN_RGB) for crop in crops])
 
 
 class ConsistentIDBranch(nn.Module):
@@ -176,10 +162,7 @@ class ConsistentIDBranch(nn.Module):
     ):
         super().__init__()
         width = translator.config.hidden_size
-        if (
-            projection.cross_attention_dim != width
-            or projection.num_tokens != num_tokens
-        ):
+        if projection.cross_attention_dim != width or projection.num_tokens != num_tokens:
             raise AdaFaceError(
                 f"the ConsistentID projection makes {projection.num_tokens} vectors of width "
                 f"{projection.cross_attention_dim}, but its translator takes {num_tokens} of width {width}: the "
@@ -194,16 +177,12 @@ class ConsistentIDBranch(nn.Module):
         self.projection = projection
         self.image_encoder = image_encoder
         self.translator = translator
-        self.layer_weights = nn.Parameter(
-            layer_weights.detach().clone(), requires_grad=False
-        )
+        self.layer_weights = nn.Parameter(layer_weights.detach().clone(), requires_grad=False)
         self.templates = templates
         self.num_tokens = num_tokens
         self.default_scale = default_scale
         self.mask_background = mask_background
-        self.register_buffer(
-            "translator_ids", torch.tensor([templates.translator_ids]), persistent=False
-        )
+        self.register_buffer("translator_ids", torch.tensor([templates.translator_ids]), persistent=False)
 
     @property
     def id_embeddings_dim(self) -> int:
@@ -215,15 +194,11 @@ class ConsistentIDBranch(nn.Module):
         if self.mask_background:
             crops = face_foreground(crops)
         parameter = next(self.image_encoder.parameters())
-        pixels = clip_pixel_values(list(crops)).to(
-            device=parameter.device, dtype=parameter.dtype
-        )
+        pixels = clip_pixel_values(list(crops)).to(device=parameter.device, dtype=parameter.dtype)
         hidden = self.image_encoder(pixels, output_hidden_states=True).hidden_states[-2]
         return hidden.mean(dim=0, keepdim=True)
 
-    def id_prompt(
-        self, id_embeds: torch.Tensor, clip_embeds: torch.Tensor
-    ) -> torch.Tensor:
+    def id_prompt(self, id_embeds: torch.Tensor, clip_embeds: torch.Tensor) -> torch.Tensor:
         """ConsistentID's projection: ``[B, d]`` + ``[B, L, D]`` -> ``[B, N, C]`` image-prompt vectors."""
         parameter = self.layer_weights
         return self.projection(id_embeds.to(parameter), clip_embeds.to(parameter))
@@ -238,13 +213,9 @@ class ConsistentIDBranch(nn.Module):
         )
 
     def pad_embeddings(self) -> torch.Tensor:
-        return pad_embeddings(
-            self.translator, self.translator_ids, self.templates, self.num_tokens
-        )
+        return pad_embeddings(self.translator, self.translator_ids, self.templates, self.num_tokens)
 
-    def forward(
-        self, id_embeds: torch.Tensor, clip_embeds: torch.Tensor, scale: float = 1.0
-    ) -> torch.Tensor:
+    def forward(self, id_embeds: torch.Tensor, clip_embeds: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         """``[B, d]`` unit face embeddings and ``[B, L, D]`` CLIP features -> ``[B, N, C]``; the ID scale is
         ``scale * default_scale``."""
         ada = self.translate(self.id_prompt(id_embeds, clip_embeds))

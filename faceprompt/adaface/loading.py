@@ -119,6 +119,11 @@ def load_encoder(
                 [file for source in joint_sources for file in source.hub], cache_dir=cache_dir,
                 local_files_only=offline, local_problems=[source.problem for source in joint_sources if source.problem],
             )
+    if content.consistent_id is None and (consistentid is not None or image_encoder is not None):
+        raise CheckpointError(
+            f"{encoder_source.text}: an Arc2Face-only encoder (no ConsistentID branch), so consistentid= and "
+            "image_encoder= have nothing to load into; leave them out, or pass a joint release"
+        )
     arc2face_model = (
         _load_arc2face(arc2face_source, **download) if arc2face_source is not None else content.build_arc2face()
     )

@@ -19,8 +19,8 @@ no identity declares is refused, because a forgotten identity would otherwise si
 from __future__ import annotations
 
 import copy
-import weakref
 import re
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
