@@ -304,7 +304,7 @@ def adaface_comparison(repeats: int, memory: bool, fmt: str) -> str:
         rows.append((name, f"{statistics.median(cpu):.1f}", f"{min(cpu):.1f}-{max(cpu):.1f}",
                      f"{statistics.median(wall):.1f}", peaks.get(name, "-"),
                      f"{flops[name]['total'] / 1e9:.0f}", f"{flops[name].get(UNET_NAME, 0.0) / flops[name]['total']:.0%}",
-                     f"{real / 1e12:.2f}", *(f"{value:.0f}" for value in hours)))
+                     f"{real / 1e12:.2f}", *(f"{value:.1f}" for value in hours)))
     info = machine_info(["torch", "diffusers"])
     ratio = statistics.median(a[1] / f[1] for a, f in zip(times["AdaFace"], times["FaceID"]))
     lines = [f"machine: {info['cpu']}; torch {info['torch']}; diffusers {info['diffusers']}; {info['date']}",
