@@ -195,7 +195,8 @@ class Identity:
             IdentityError: the identity was made without crops.
         """
         if self.crops is None:
-            raise IdentityError(f"identity{f' {self.name!r}' if self.name else ''} has no face crops; {CROPS_HINT}")
+            who = f"identity {self.name!r}" if self.name else "the identity"
+            raise IdentityError(f"{who} has no face crops; {CROPS_HINT}")
         if not segmented:
             return self.crops
         segmenter, points = LandmarkSegmenter(), arcface_template(CROP_SIZE)

@@ -21,8 +21,12 @@ FACE_IMAGE_ADAPTERS = tuple(name for name, variant in VARIANTS.items() if varian
 
 
 def adapter_label(adapter: AttachedAdapter) -> str:
-    """The adapter's registry name, or its source for a custom file, for messages."""
-    return adapter.variant.name if adapter.variant is not None else f"the face IP-Adapter {adapter.source}"
+    """The adapter's registry name, its file for a custom one, or what it is for a state dict, for messages."""
+    if adapter.variant is not None:
+        return adapter.variant.name
+    if adapter.source == "<dict>":
+        return f"the face IP-Adapter attached as {adapter.name!r}"
+    return f"the face IP-Adapter {adapter.source}"
 
 
 def check_identity_adapter(adapter: AttachedAdapter, face_input: FaceInput | None) -> None:
@@ -76,10 +80,8 @@ def face_crops_per_prompt(
 
 def _identity_crops(person: Identity, face_input: FaceInput, label: str) -> list:
     if person.crops is None:
-        name = f" {person.name!r}" if person.name else ""
-        raise GenerationError(
-            f"{label} reads the person's aligned face crops, and identity{name} has none; {CROPS_HINT}"
-        )
+        who = f"identity {person.name!r}" if person.name else "the identity"
+        raise GenerationError(f"{label} reads the person's aligned face crops, and {who} has none; {CROPS_HINT}")
     return list(person.face_crops(segmented=face_input == "segmented_crop"))
 
 

@@ -17,7 +17,7 @@ from faceprompt.pipelines.outputs import read_metadata
 from faceprompt.testing import tiny_clip_vision_model, tiny_sd15_pipeline
 from faceprompt.testing.adapters import random_id_embeds, random_ip_adapter_state_dict
 
-STEPS = dict(num_inference_steps=2, height=64, width=64, output_type="latent")
+STEPS = dict(num_inference_steps=1, height=64, width=64, output_type="latent")
 KINDS = {"plus-face": "image_resampler", "full-face": "image_full"}
 
 
