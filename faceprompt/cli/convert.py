@@ -94,14 +94,15 @@ def _convert_adaface(args: argparse.Namespace) -> int:
         *(("note", note) for note in content.notes),
     ]
     if content.consistent_id is not None:
-        branch = (f"ConsistentID prompt translator, {content.consistent_id.num_tokens} tokens (needs "
-                  "ConsistentID-v1.bin and the CLIP ViT-H/14 image encoder to load)")
+        branch = f"ConsistentID prompt translator, {content.consistent_id.num_tokens} tokens"
         lines.insert(1, ("branch", branch))
     stdout.print(f"read {args.input}", highlight=False, markup=False)
     for label, value in lines:
         stdout.print(f"  {label:<11}{value}", highlight=False, markup=False)
     save_encoder(content, output, overwrite=args.force)
     tensors = len(content.translator) + 1 + (len(content.consistent_id.translator) + 1 if content.consistent_id else 0)
+    needs = "the Arc2Face encoder and the CLIP tokenizer" + (
+        " (and ConsistentID-v1.bin and the CLIP ViT-H/14 image encoder)" if content.consistent_id else "")
     stdout.print(f"wrote {output} (safetensors, {tensors} tensors, {output.stat().st_size / 1e6:.1f} MB); load it "
-                 "with the Arc2Face encoder and the CLIP tokenizer", highlight=False, markup=False)
+                 f"with {needs}", highlight=False, markup=False)
     return 0
