@@ -146,11 +146,15 @@ def test_generate_with_the_joint_encoder(joint, astronaut_path, tmp_path, capsys
     assert len(record["adaface"]["identities"]["z"]["sources"]) == 1  # the photo's hash
 
 
-def test_conversion_round_trip_loads_without_the_reader(joint, person, tmp_path):
+def test_conversion_round_trip_loads_without_the_reader(joint, person, tmp_path, capsys):
+    from faceprompt.cli import main
+
     root, encoder, expected, _ = joint
     content = read_encoder_file(root / "joint.pt", "joint.pt")
     assert content.num_tokens == 16 and content.consistent_id.num_tokens == 4 and content.notes == []
-    save_encoder(content, tmp_path / "joint.safetensors")
+    assert main(["convert", str(root / "joint.pt"), str(tmp_path / "joint.safetensors")]) == 0
+    printed = capsys.readouterr().out
+    assert "branch     ConsistentID prompt translator, 4 tokens" in printed and "ConsistentID-v1.bin" in printed
     back = read_encoder_file(tmp_path / "joint.safetensors", "joint.safetensors")
     for branch, state in ((back.consistent_id, expected[0]), (back, expected[1])):
         assert set(branch.translator) | {"layer_weights"} == set(state)
