@@ -247,19 +247,8 @@ def _load_image_encoder(
         repo, subfolder = "/".join(parts[:2]), "/".join(parts[2:])
         options = {"cache_dir": cache_dir, **({"subfolder": subfolder} if subfolder else {})}
         location = repo
-    try:
-        model, info = CLIPVisionModelWithProjection.from_pretrained(
-            location, output_loading_info=True, local_files_only=bool(local_files_only), **options
-        )
-    except OSError as error:
-        raise CheckpointNotFoundError(f"CLIP image encoder {source.text}: cannot be loaded ({error})") from None
-    missing = list(info.get("missing_keys") or []) + [str(k) for k in info.get("mismatched_keys") or []]
-    if missing:
-        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
-        raise CheckpointError(
-            f"CLIP image encoder {source.text}: {len(missing)} weights were not in the files and would be random "
-            f"({shown}); it is not a CLIP vision model folder"
-        )
+    what = f"CLIP image encoder {source.text}"
+    model = _from_pretrained_complete(CLIPVisionModelWithProjection, location, options, local_files_only, what)
     return model.eval()
 
 
@@ -322,19 +311,8 @@ def _load_arc2face(
         location, options = str(source.local), {}
     else:
         location, options = source.text, dict(subfolder=ARC2FACE_SUBFOLDER, cache_dir=cache_dir)
-    try:
-        model, info = CLIPTextModel.from_pretrained(
-            location, output_loading_info=True, local_files_only=bool(local_files_only), **options
-        )
-    except OSError as error:
-        raise CheckpointNotFoundError(f"Arc2Face encoder {source.text}: cannot be loaded ({error})") from None
-    missing = list(info.get("missing_keys") or []) + [str(k) for k in info.get("mismatched_keys") or []]
-    if missing:
-        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
-        raise CheckpointError(
-            f"Arc2Face encoder {source.text}: {len(missing)} weights were not in the files and would be random "
-            f"({shown}); it is not a CLIP text encoder folder"
-        )
+    what = f"Arc2Face encoder {source.text}"
+    model = _from_pretrained_complete(CLIPTextModel, location, options, local_files_only, what)
     return build_text_model(model.config, model.state_dict(), None, source.text, "Arc2Face encoder")
 
 
@@ -355,3 +333,24 @@ def _templates(tokenizer: Any, content: EncoderFile) -> Templates:
         raise CheckpointError(f"{content.source}: records no templates; pass tokenizer=")
     length = int(content.translator_config.max_position_embeddings)
     return Templates.from_tokenizer(tokenizer, content.num_tokens, length)
+
+
+def _from_pretrained_complete(
+    model_class: Any, location: str, options: dict[str, Any], local_files_only: bool | None, what: str
+) -> Any:
+    """``model_class.from_pretrained``, refusing a folder that left weights random (transformers only warns: a
+    folder of another model class loads into this one with fresh random weights where the names differ)."""
+    try:
+        model, info = model_class.from_pretrained(
+            location, output_loading_info=True, local_files_only=bool(local_files_only), **options
+        )
+    except OSError as error:
+        raise CheckpointNotFoundError(f"{what}: cannot be loaded ({error})") from None
+    missing = list(info.get("missing_keys") or []) + [str(k) for k in info.get("mismatched_keys") or []]
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise CheckpointError(
+            f"{what}: {len(missing)} weights were not in the files and would be random ({shown}); it is not a "
+            f"{model_class.__name__} folder"
+        )
+    return model

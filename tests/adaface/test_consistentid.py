@@ -138,7 +138,8 @@ def test_generate_with_the_joint_encoder(joint, astronaut_path, tmp_path, capsys
     write_standin_insightface_pack(tmp_path / "insightface", "buffalo_l")
     argv = ["generate", "--base", str(base), "--adaface", str(tmp_path / "joint.safetensors"), "--face",
             f"z={astronaut_path}", "--backend", "insightface", "--model-root", str(tmp_path / "insightface"),
-            "--prompt", "a photo of z", "--steps", "1", "--size", "64x64", "--seed", "3", "--out", str(tmp_path / "o")]  # fmt: skip
+            "--prompt", "a photo of z", "--steps", "1", "--size", "64x64", "--seed", "3",
+            "--out", str(tmp_path / "o")]  # fmt: skip
     assert main(argv) == 0, capsys.readouterr().err
     record = read_metadata(tmp_path / "o" / "faceprompt-3.png")
     assert record["adaface"]["identities"]["z"]["face_model"] == "insightface/buffalo_l"
