@@ -145,7 +145,7 @@ class TrainConfig:
     log_with: str = "tensorboard"
     tracker_project: str = "faceprompt-train"
     validation_steps: int = 0
-    validation_prompts: list[str] = field(default_factory=lambda: ["a photo of a person"])
+    validation_prompts: list[str] | None = None  # default: "a photo of a person" (AdaFace: "a photo of z")
     validation_identities: list[str] = field(default_factory=list)
     validation_seed: int = 0
     validation_num_inference_steps: int = 30
@@ -308,8 +308,8 @@ def _validate(config: TrainConfig) -> None:
     validate_adaface_settings(config)
     if config.variant not in TRAINABLE_VARIANTS and not config.is_adaface:
         raise TrainingError(
-            f"variant {config.variant!r} is not a FaceID variant; choose one of {', '.join(TRAINABLE_VARIANTS)} (the "
-            "FaceID variants and the face IP-Adapters)"
+            f"variant {config.variant!r} cannot be trained here; choose one of {', '.join(TRAINABLE_VARIANTS)} (the "
+            "FaceID variants and the face IP-Adapters) or adaface-sd15 (an AdaFace encoder)"
         )
     _check_numbers(config)
     _check_names_and_paths(config)
@@ -334,6 +334,8 @@ def _validate(config: TrainConfig) -> None:
         )
     if config.lora_rank and not get_variant(config.variant).has_lora:
         raise TrainingError(f"{config.variant} is trained without LoRA (Portrait variants have none); drop lora_rank")
+    if config.validation_prompts is None:
+        config.validation_prompts = ["a photo of a person"]
     if not config.validation_prompts:
         raise TrainingError("validation_prompts must list at least one prompt")
 

@@ -113,9 +113,7 @@ def validate_adaface_settings(config: TrainConfig) -> None:
         raise TrainingError(
             f"class_words must list single words such as person, woman, man; got {config.class_words!r}"
         )
-    if config.validation_prompts == [
-        "a photo of a person"
-    ]:  # the FaceID default names no placeholder
+    if config.validation_prompts is None:
         config.validation_prompts = [f"a photo of {PLACEHOLDER}"]
     without = [
         prompt

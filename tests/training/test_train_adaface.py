@@ -360,7 +360,7 @@ def test_teacher_mistakes_are_refused_before_any_model_loads(data, tmp_path, no_
         ({"teacher": "faceid-sd15"}, "teacher_model names Arc2Face's files"),
         ({"class_words": ["a person"]}, "class_words must list single words"),
         (
-            {"validation_prompts": ["a portrait of a person"]},
+            {"validation_prompts": ["a photo of a person"]},
             "do not hold the placeholder word 'z'",
         ),
         (
