@@ -322,12 +322,12 @@ def _adaface_info(method: Method, *, tiny: bool) -> MethodInfo:
         if not tiny:
             raise EvaluationError("method adaface:tiny is the random test encoder of the tiny models: add --model tiny")
         return MethodInfo(method, None, None, None, "adaface:tiny")
-    if tiny:
-        raise EvaluationError(
-            f"method {method.label}: the tiny models run the tiny AdaFace encoder only (adaface:tiny); leave out "
-            "--model tiny to compare encoder files"
-        )
     path = Path(RELEASES.get(source, source)).expanduser()
+    if tiny and not (path.is_file() and _adaface_metadata(path) is not None):
+        raise EvaluationError(
+            f"method {method.label}: the tiny models run adaface:tiny or an encoder file trained on the tiny base "
+            "(`faceprompt train export`); leave out --model tiny to compare released encoders"
+        )
     if path.is_file():
         metadata = _adaface_metadata(path)
         if path.suffix.lower() == ".safetensors":

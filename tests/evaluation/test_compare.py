@@ -184,6 +184,7 @@ def test_methods_share_one_base_model_and_leave_it_as_it_was(tmp_path, astronaut
         (["ip-adapter-plus-sd15"], ["--model", "tiny"], "is a style adapter"),
         (["ENCODER"], [], "is an AdaFace encoder file, not an adapter: write it as adaface:"),
         (["adaface:tiny"], ["--model", "tiny", "--adaface", "tiny"], "method adaface:tiny is given twice"),
+        (["adaface:adaface-joint-2025-05"], ["--model", "tiny"], "the tiny models run adaface:tiny or an encoder file"),
         (["faceid-sd15"], ["--model", "tiny", "--adapter", "faceid-sdxl"], "faceid-sdxl for sdxl"),  # --adapter joins
         (
             ["faceid-sd15"],
@@ -244,3 +245,13 @@ def test_compare_lists_every_missing_adapter_file_before_any_model_loads(tmp_pat
     ):
         assert expected in err
     assert "face backend:" not in err and not (tmp_path / "run").exists()
+
+
+def test_an_encoder_trained_on_the_tiny_base_is_a_method_of_the_tiny_models(tmp_path):
+    from faceprompt.evaluation.methods import check_methods
+
+    encoder = tmp_path / "student.safetensors"
+    save_encoder(tiny_adaface_encoder(128, face_model="dlib/resnet_v1", seed=1), encoder)
+    infos = check_methods(["tiny", f"adaface:{encoder}"], tiny=True)
+    assert [info.id_embeddings_dim for info in infos] == [None, 128]
+    assert infos[1].face_model == "dlib/resnet_v1"
