@@ -159,11 +159,12 @@ def model_options(args: argparse.Namespace, *, video: bool = False, image_prompt
     identity goes through the image-prompt adapter (without one and without ``--adapter``, none loads: the people
     are words of the prompt only)."""
     from ..pipelines import ModelOptions
-    from ..pipelines.loading import DEFAULT_ADAPTER
+    from ..pipelines.loading import ADAFACE_PARTS, DEFAULT_ADAPTER
 
     adaface = getattr(args, "adaface", None)
     adapter = args.adapter or (DEFAULT_ADAPTER if image_prompt else None)
     return ModelOptions(
+        **{name: getattr(args, name, None) for name in ADAFACE_PARTS},
         adapter=adapter, adaface=adaface, variant=args.variant, base=args.base, vae=args.vae, image_encoder=args.image_encoder,
         controlnet=getattr(args, "controlnet", None), motion_adapter=getattr(args, "motion_adapter", None),
         style_adapter=args.style_adapter if getattr(args, "style_image", None) else None, model=args.model,

@@ -39,6 +39,14 @@ def add_parser(subparsers) -> None:
     generate.add_argument("--adaface", metavar="PATH|tiny",
                           help="AdaFace encoder for placeholder identities: a released .pt, a converted .safetensors "
                                "(local or owner/repo/path), or tiny (the offline random test encoder, with --model tiny)")
+    generate.add_argument("--adaface-arc2face", metavar="FOLDER|REPO",
+                          help="the encoder's Arc2Face text encoder (default FoivosPar/Arc2Face)")
+    generate.add_argument("--adaface-tokenizer", metavar="FOLDER|REPO",
+                          help="the encoder's CLIP tokenizer (default openai/clip-vit-large-patch14)")
+    generate.add_argument("--adaface-consistentid", metavar="FILE",
+                          help="a joint release's ConsistentID-v1.bin (default from JackAILab/ConsistentID)")
+    generate.add_argument("--adaface-image-encoder", metavar="FOLDER|REPO",
+                          help="a joint release's CLIP ViT-H image encoder (default h94/IP-Adapter models/image_encoder)")
     generate.add_argument("--embedding", action="append", metavar="FILE[:z=w]",
                           help="a subject embedding from `faceprompt adaface invert` (its placeholder is a word of the "
                                "prompt; FILE:z=w renames it); repeat for several people")

@@ -30,11 +30,16 @@ from .schedulers import apply_scheduler
 from .sources import FAMILY_DEFAULTS, Source, load_base_pipeline, load_component, raise_if_missing
 
 if TYPE_CHECKING:
+    from ..adaface import AdaFaceEncoder
     from .face_pipeline import FacePipeline
 
 #: The motion adapter the video task loads when none is named (AnimateDiff v1.5-2, for SD1.5 bases).
 MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-2"
 DEFAULT_ADAPTER = "faceid-plusv2-sd15"
+
+
+#: The files of an AdaFace encoder besides the encoder file (ModelOptions fields -> load_encoder arguments).
+ADAFACE_PARTS = ("adaface_arc2face", "adaface_tokenizer", "adaface_consistentid", "adaface_image_encoder")
 
 
 class ModelOptions(BaseModel):
@@ -46,6 +51,18 @@ class ModelOptions(BaseModel):
         DEFAULT_ADAPTER, description="registry name, adapter file, or Hub file owner/repo/file (none: AdaFace only)"
     )
     adaface: str | None = Field(None, description="AdaFace encoder: a .pt/.safetensors file, owner/repo/path, or tiny")
+    adaface_arc2face: str | None = Field(
+        None, description="the AdaFace encoder's Arc2Face text encoder: folder or Hub repo (default FoivosPar/Arc2Face)"
+    )
+    adaface_tokenizer: str | None = Field(
+        None, description="the AdaFace encoder's CLIP tokenizer: folder or Hub repo (default openai/clip-vit-large-patch14)"
+    )
+    adaface_consistentid: str | None = Field(
+        None, description="a joint AdaFace release's ConsistentID-v1.bin (default from JackAILab/ConsistentID)"
+    )
+    adaface_image_encoder: str | None = Field(
+        None, description="a joint AdaFace release's CLIP ViT-H image encoder (default h94/IP-Adapter models/image_encoder)"
+    )
     variant: str | None = Field(None, description="registry variant when the adapter file's name cannot tell")
     base: str | None = Field(None, description="base model: Hub id, diffusers folder or single checkpoint file")
     vae: str | None = Field(None, description="a VAE instead of the base model's")
@@ -116,7 +133,21 @@ class ModelOptions(BaseModel):
                 raise ValueError("model=tiny builds a random adapter of a registry variant: give a registry name")
         elif self.adaface == "tiny":
             raise ValueError("adaface=tiny is the random test encoder of the tiny models: give model=tiny too")
+        parts = [name for name in ADAFACE_PARTS if getattr(self, name)]
+        if parts and self.adaface in (None, "tiny"):
+            raise ValueError(f"{', '.join(parts)} are files of an AdaFace encoder: give adaface=FILE too, or drop them")
         return self
+
+    def load_adaface(self) -> str | AdaFaceEncoder | None:
+        """``adaface`` as ``from_pretrained`` takes it: the encoder loaded with its parts' files when some are given."""
+        if self.adaface is None or not any(getattr(self, name) for name in ADAFACE_PARTS):
+            return self.adaface
+        from ..adaface import load_encoder
+
+        return load_encoder(
+            self.adaface, self.adaface_arc2face, self.adaface_tokenizer,
+            consistentid=self.adaface_consistentid, image_encoder=self.adaface_image_encoder,
+        )  # fmt: skip
 
     @property
     def known_variant(self) -> AdapterVariant | None:
@@ -167,7 +198,7 @@ def load_face_pipeline(
             controlnet=options.controlnet, motion_adapter=options.motion_adapter or (MOTION_ADAPTER if options.video else None),
             torch_dtype=getattr(torch, options.dtype), device="cpu" if options.offload else options.device,
             variant=options.variant, lora=options.lora, scheduler=options.scheduler, fast=options.fast,
-            adaface=options.adaface,
+            adaface=options.load_adaface(),
         )
         if options.style_adapter:
             face.add_style_adapter(options.style_adapter)

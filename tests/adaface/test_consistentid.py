@@ -147,6 +147,31 @@ def test_generate_with_the_joint_encoder(joint, astronaut_path, tmp_path, capsys
     assert len(record["adaface"]["identities"]["z"]["sources"]) == 1  # the photo's hash
 
 
+def test_generate_takes_the_release_and_each_part_from_local_files(joint, astronaut_path, tmp_path, capsys):
+    """`generate --adaface joint.pt` with the Arc2Face encoder, tokenizer, ConsistentID projection and ViT-H given
+    as local files (nothing from the Hub); the options are recorded, so the image can be made again."""
+    from faceprompt.cli import main
+    from faceprompt.pipelines.outputs import read_metadata
+    from faceprompt.testing.insightface_models import write_standin_insightface_pack
+
+    root = joint[0]
+    base = save_tiny_sd15_for_identity_width(tmp_path / "sd15_512")
+    write_standin_insightface_pack(tmp_path / "insightface", "buffalo_l")
+    parts = ["--adaface-arc2face", str(root / "arc2face"), "--adaface-tokenizer", str(root / "tokenizer"),
+             "--adaface-consistentid", str(root / "ConsistentID-v1.bin"), "--adaface-image-encoder", str(root / "vit_h")]
+    argv = ["generate", "--base", str(base), "--adaface", str(root / "joint.pt"), *parts, "--face", f"z={astronaut_path}",
+            "--backend", "insightface", "--model-root", str(tmp_path / "insightface"), "--prompt", "a photo of z",
+            "--steps", "1", "--size", "64x64", "--seed", "3", "--out", str(tmp_path / "o")]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    record = read_metadata(tmp_path / "o" / "faceprompt-3.png")
+    assert record["model"]["adaface_consistentid"] == str(root / "ConsistentID-v1.bin")
+    assert record["model"]["adaface_image_encoder"] == str(root / "vit_h")
+    capsys.readouterr()
+    assert main(["generate", "--adaface-consistentid", str(root / "ConsistentID-v1.bin"), "--model", "tiny",
+                 "--face", str(astronaut_path), "--prompt", "a photo", "--out", str(tmp_path / "p")]) == 2  # fmt: skip
+    assert "adaface_consistentid are files of an AdaFace encoder: give adaface=FILE too" in capsys.readouterr().err
+
+
 def test_conversion_round_trip_loads_without_the_reader(joint, person, tmp_path, capsys):
     from faceprompt.cli import main
 
