@@ -49,7 +49,7 @@ NUMBERS = [
     (["train", "--config", "x.yaml", "--max-steps", "0"], "argument --max-steps: must be a whole number >= 1"),
     (["analyze", "PHOTO", "--face-device", "cuda:7"], "device='cuda:7'"),
     (["analyze", "PHOTO", "--face-device", "nowhere"], "device='nowhere': not a device name; use cpu, cuda"),
-    (["analyze", "PHOTO", "--face-device", "cpu", "--dlib-descriptor", "dlib"], "dlib's own descriptor runs on the CPU"),
+    (["analyze", "PHOTO", "--face-device", "cuda", "--dlib-descriptor", "dlib"], "dlib's own descriptor runs on the CPU"),
     (["analyze", "PHOTO", "--no-such-option"], "unrecognized arguments: --no-such-option (see `faceprompt --help`)"),
     (["identity"], "faceprompt identity: the following arguments are required"),
 ]

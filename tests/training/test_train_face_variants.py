@@ -251,7 +251,7 @@ def test_colour_change_matches_independent_formulas():
         ),
         (
             {"variant": "ip-adapter-plus-sd15"},
-            r"not a FaceID variant; choose one of .*ip-adapter-full-face-sd15",
+            r"cannot be trained here; choose one of .*ip-adapter-full-face-sd15",
         ),
         (
             {"color_jitter_hue": 0.01, "cache_clip_features": True},
