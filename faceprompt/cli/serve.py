@@ -139,6 +139,15 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         help="AdaFace encoder for placeholder identities",
     )
     parser.add_argument(
+        "--video",
+        action="store_true",
+        help="load an AnimateDiff motion adapter (SD1.5) so jobs may have task video (the tiny SD1.5 models always can)",
+    )
+    parser.add_argument(
+        "--motion-adapter",
+        help="the motion adapter of --video: Hub id or folder (default guoyww/animatediff-motion-adapter-v1-5-2)",
+    )
+    parser.add_argument(
         "--fast",
         nargs="?",
         const="lcm-lora",
@@ -223,7 +232,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_mb * mb,
     )
     settings = _settings(args, tokens, limits)
-    options = model_options(args)
+    options = model_options(args, video=args.video)
     _log_to_stderr()
     settings.create_folders()
     store = Store(settings.database_url)
@@ -252,7 +261,7 @@ def run_worker(args: argparse.Namespace) -> int:
     from ..server.store import Store, shown_url
 
     settings = _settings(args)
-    options = model_options(args)
+    options = model_options(args, video=args.video)
     _log_to_stderr()
     settings.create_folders()
     store = Store(settings.database_url)

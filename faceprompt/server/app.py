@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import threading
 import time
 import uuid
@@ -20,7 +21,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sse_starlette import EventSourceResponse
 
@@ -37,6 +38,8 @@ from .submission import Capabilities, JobSubmission, Lookups, request_from_body
 logger = logging.getLogger("faceprompt.server")
 
 STATIC_DIR = Path(__file__).parent / "static"
+#: Media types of the files a job lists (images, or the GIFs of videos) and of a video's MP4.
+MEDIA_TYPES = {".png": "image/png", ".gif": "image/gif", ".mp4": "video/mp4"}
 #: How often an event stream looks at its job.
 EVENT_POLL_SECONDS = 0.2
 
@@ -198,6 +201,8 @@ def job_json(svc: Service, job: JobRow) -> dict[str, Any]:
         "finished_at": identities.iso_time(job.finished_at),
         "request": job.request,
         "images": [f"{base}/images/{index}" for index in range(len(job.images or []))],
+        # a video job's MP4s, one per GIF of "images"
+        "videos": [f"{base}/videos/{index}" for index, name in enumerate(job.images or []) if name.endswith(".gif")],
         "attempts": job.attempts,
         "cancel_requested": job.cancel_requested,
     }
@@ -292,20 +297,62 @@ def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
     return job_json(svc, svc.store.cancel(job_id))
 
 
+@jobs_router.delete(
+    "/{job_id}",
+    status_code=204,
+    summary="Delete a finished job: its row, its files, and the uploads no other job names",
+    responses={409: {"description": "the job is queued or running"}},
+)
+def delete_job(job_id: str, request: Request) -> Response:
+    svc = request.app.state.service
+    job, uploads_removed = svc.store.delete_finished_job(job_id)
+    if job is None:
+        job = _job(svc, job_id)  # 404 when there is none
+        raise HTTPException(
+            409,
+            f"job {job_id} is {job.status}; cancel it first (POST /v1/jobs/{job_id}/cancel), then delete it "
+            "once it is cancelled",
+        )
+    shutil.rmtree(svc.settings.jobs_dir / job.id, ignore_errors=True)
+    for upload in uploads_removed:
+        shutil.rmtree(svc.settings.uploads_dir / upload.id, ignore_errors=True)
+    logger.info("job %s: deleted (and %d upload(s))", job.id, len(uploads_removed))
+    return Response(status_code=204)
+
+
 @jobs_router.get(
     "/{job_id}/images/{index}",
-    summary="An image of a finished job: the PNG with its record",
+    summary="An image of a finished job: the PNG with its record (a video job: the GIF, record as its comment)",
     response_class=FileResponse,
 )
 def get_image(job_id: str, index: int, request: Request) -> FileResponse:
     svc = request.app.state.service
+    path = _output_file(svc, _job(svc, job_id), index)
+    return FileResponse(path, media_type=MEDIA_TYPES[path.suffix])
+
+
+@jobs_router.get(
+    "/{job_id}/videos/{index}",
+    summary="A video of a finished video job, as MP4 (its record is in the JSON beside it and in the GIF)",
+    response_class=FileResponse,
+)
+def get_video(job_id: str, index: int, request: Request) -> FileResponse:
+    svc = request.app.state.service
     job = _job(svc, job_id)
+    path = _output_file(svc, job, index)
+    if path.suffix != ".gif":
+        raise HTTPException(404, f"job {job_id} made images, not videos; fetch them from /v1/jobs/{job_id}/images/{index}")
+    return FileResponse(path.with_suffix(".mp4"), media_type=MEDIA_TYPES[".mp4"])
+
+
+def _output_file(svc: Service, job: JobRow, index: int) -> Path:
+    """The path of a finished job's image (or video GIF) ``index``; 404 when it has no such output."""
     if not 0 <= index < len(job.images or []):
         raise HTTPException(
             404,
-            f"job {job_id} has {len(job.images or [])} image(s) ({job.status}); no image {index}",
+            f"job {job.id} has {len(job.images or [])} output(s) ({job.status}); no output {index}",
         )
-    return FileResponse(svc.settings.jobs_dir / job.id / job.images[index], media_type="image/png")
+    return svc.settings.jobs_dir / job.id / job.images[index]
 
 
 @jobs_router.get(

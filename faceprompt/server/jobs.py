@@ -24,7 +24,7 @@ from ..identity import Identity
 from ..pipelines import GenerateRequest
 from ..pipelines.inputs import resolve_identity
 from ..pipelines.loading import ModelOptions, load_face_pipeline
-from ..pipelines.outputs import save_image
+from ..pipelines.outputs import save_image, save_video_files
 from .settings import ServiceSettings
 from .store import CANCELLED, FAILED, SUCCEEDED, JobRow, Store
 from .uploads import UPLOAD_FIELDS, with_upload_paths
@@ -33,6 +33,8 @@ logger = logging.getLogger("faceprompt.server")
 
 #: File holding an identity inside its folder.
 IDENTITY_FILE = "identity.safetensors"
+#: The files of one video, as ``faceprompt generate`` writes them by default (the GIF is the one a job lists).
+VIDEO_FORMATS = ("gif", "mp4")
 
 
 class JobCancelled(Exception):
@@ -180,7 +182,9 @@ class Worker:
             logger.info("job %s: succeeded (%d image(s))", job.id, len(images))
 
     def _generate(self, job: JobRow) -> list[str]:
-        """Run the job's request; its images written under ``jobs/<id>/run-<attempt>/``, names relative to the job."""
+        """Run the job's request; its images (or videos' GIFs, MP4s beside them) written under
+        ``jobs/<id>/run-<attempt>/``, names relative to the job. A file is listed only once written whole, and the
+        API serves only the files of a finished job's list: a half written file is never served."""
         request = GenerateRequest.from_dict(with_upload_paths(job.request, self.store, self.settings.uploads_dir))
         people = [resolve_identity(reference, self.lookup) for reference in _references(request)]
         face = self.pipeline_for(people[0] if people else None)
@@ -206,8 +210,14 @@ class Worker:
         out.mkdir(parents=True)
         names = []
         for index in range(request.num_outputs):
-            png, _ = save_image(result.images[index], result.metadata[index], out / f"image-{index}.png")
-            names.append(f"{run_folder}/{png.name}")
+            if request.resolved_task == "video":
+                stem = out / f"video-{index}"
+                first = save_video_files(
+                    result.images[index], result.metadata[index], stem, formats=VIDEO_FORMATS, fps=request.fps
+                )[0]
+            else:
+                first, _ = save_image(result.images[index], result.metadata[index], out / f"image-{index}.png")
+            names.append(f"{run_folder}/{first.name}")
         return names
 
     def pipeline_for(self, identity: Identity | None) -> Any:

@@ -22,7 +22,9 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    cast,
     create_engine,
+    delete,
     event,
     func,
     select,
@@ -239,6 +241,30 @@ class Store:
             )
         return self.get_job(job_id)
 
+    def delete_finished_job(self, job_id: str) -> tuple[JobRow | None, list[UploadRow]]:
+        """Delete a finished job's row and the rows of the uploads it named that no remaining job names.
+
+        Returns the deleted job (``None`` when it is not finished or not there: nothing is deleted) and the deleted
+        uploads, whose files the caller removes. One transaction, so a job is never left naming a deleted upload row.
+        """
+        with self.session() as session:
+            job = session.execute(
+                delete(JobRow)
+                .where(JobRow.id == job_id, JobRow.status.in_(FINAL_STATUSES))
+                .returning(JobRow)
+            ).scalar_one_or_none()
+            if job is None:
+                return None, []
+            removed = []
+            for upload_id in _upload_ids(job.request):
+                # upload ids are 32 hex digits: found in a request's JSON text only where that request names them
+                named = select(JobRow.id).where(cast(JobRow.request, Text).contains(upload_id)).limit(1)
+                row = session.get(UploadRow, upload_id)
+                if row is not None and session.scalar(named) is None:
+                    session.delete(row)
+                    removed.append(row)
+            return job, removed
+
     # --- jobs: the workers' side ------------------------------------------------------------------
 
     def claim(self, worker: str) -> JobRow | None:
@@ -351,6 +377,15 @@ class Store:
         with self.session() as session:
             query = select(JobRow.worker).where(JobRow.status == RUNNING).distinct()
             return [worker for worker in session.scalars(query) if worker]
+
+
+def _upload_ids(request: dict[str, Any]) -> list[str]:
+    """The upload ids a job's request names (its image fields hold ``{"upload": "<id>"}``)."""
+    return [
+        value["upload"]
+        for value in request.values()
+        if isinstance(value, dict) and set(value) == {"upload"} and isinstance(value["upload"], str)
+    ]
 
 
 def shown_url(url: str) -> str:

@@ -27,16 +27,21 @@ from .uploads import UPLOAD_FIELDS, upload_id_of, upload_path
 
 #: GenerateRequest fields that name server files or in-memory objects: refused over HTTP.
 FILE_FIELDS = ("face_image", "embeddings", "regions", "faceid_embeds")
-#: Fields of the video task, whose files (GIF/MP4) the service does not serve: refused with it.
-UNSUPPORTED_FIELDS = ("num_frames", "fps")
+#: Fields of the video task: taken only by a server whose pipeline has a motion adapter.
+VIDEO_FIELDS = ("num_frames", "fps")
 #: GenerateRequest fields a job body takes as they are.
 PLAIN_FIELDS = tuple(
     name
     for name in GenerateRequest.model_fields
-    if name not in (*FILE_FIELDS, *UNSUPPORTED_FIELDS, *UPLOAD_FIELDS, "identity", "identities")
+    if name not in (*FILE_FIELDS, *UPLOAD_FIELDS, "identity", "identities")
 )
 #: Tasks every loaded pipeline runs over HTTP (img2img and inpaint share the text-to-image components).
 IMAGE_TASKS = ("txt2img", "img2img", "inpaint")
+#: How to start a server that makes videos (its 422s say so).
+VIDEO_SERVER_HINT = (
+    "start the server with --video (or --motion-adapter NAME) and an SD1.5 adapter to make videos "
+    "(the tiny SD1.5 models always can)"
+)
 #: Keys of the identity references in a job's stored request: such a reference may be sent back as it is.
 STORED_REFERENCE_KEYS = {"id", "backend", "min_face_size"}
 #: Seeds drawn for jobs that give none (stored with the job, so a re-run makes the same images).
@@ -53,12 +58,17 @@ class Capabilities:
 
     @classmethod
     def of(cls, options: ModelOptions | None) -> Capabilities:
-        """From the model options every worker loads (the tiny models always carry a ControlNet)."""
+        """From the model options every worker loads (the tiny models always carry a ControlNet, and a motion
+        adapter when they are SD1.5)."""
         if options is None:
             return cls()
         controlnet = options.model == "tiny" or options.controlnet is not None
+        if options.model == "tiny":
+            video = options.family == "sd15"
+        else:
+            video = options.video or options.motion_adapter is not None
         return cls(
-            tasks=IMAGE_TASKS + (("controlnet",) if controlnet else ()),
+            tasks=IMAGE_TASKS + (("controlnet",) if controlnet else ()) + (("video",) if video else ()),
             style_image=options.style_adapter is not None,
             adaface=options.adaface is not None,
         )
@@ -97,11 +107,11 @@ def _submission_model() -> type[BaseModel]:
         for name in PLAIN_FIELDS
     }
     fields["task"] = (
-        Literal[tuple(task for task in TASKS if task != "video")] | None,
+        Literal[TASKS] | None,
         Field(
             None,
-            description="txt2img, img2img, inpaint or controlnet (GET /healthz lists this server's); default: "
-            "inferred from the images given",
+            description="txt2img, img2img, inpaint, controlnet or video (GET /healthz lists this server's); default: "
+            "inferred from the inputs given",
         ),
     )
     for name in UPLOAD_FIELDS:
@@ -148,23 +158,35 @@ def request_from_body(
         )
     errors = []
     fields = dict(body)
-    for name in (*FILE_FIELDS, *UNSUPPORTED_FIELDS):
+    for name in FILE_FIELDS:
         if name in fields:
             errors.append(
                 _error(
                     [name],
-                    f"{name} is not taken over HTTP (it needs a file on the server or writes videos); "
-                    "use the command line for it",
+                    f"{name} is not taken over HTTP (it needs a file on the server); use the command line for it",
                     "not_supported",
                 )
             )
             del fields[name]
+    if "video" not in capabilities.tasks:
+        for name in VIDEO_FIELDS:
+            if name in fields:
+                errors.append(
+                    _error(
+                        [name],
+                        f"{name} is a field of the video task, which this server cannot run (no motion adapter "
+                        f"loaded); {VIDEO_SERVER_HINT}",
+                        "not_supported",
+                    )
+                )
+                del fields[name]
     if fields.get("task") not in (None, *capabilities.tasks):
+        hint = VIDEO_SERVER_HINT if fields["task"] == "video" else "or use the command line"
         errors.append(
             _error(
                 ["task"],
                 f"task {fields['task']!r} is not served over HTTP by this server; use one of "
-                f"{', '.join(capabilities.tasks)} (GET /healthz), or the command line",
+                f"{', '.join(capabilities.tasks)} (GET /healthz); {hint}",
                 "not_supported",
             )
         )
