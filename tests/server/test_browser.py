@@ -243,6 +243,20 @@ def test_upload_generate_watch_make_again_cancel_delete(server, page, astronaut_
     expect(page.locator("#identities li.identity")).to_have_count(0)
     expect(page.locator("#identity")).to_have_value("")
 
+    # delete a finished job: gone from the list and the gallery, and from the server (a reload shows it no more)
+    jobs, cards = page.locator("#jobs li.job"), page.locator("#gallery li.result-card")
+    job_count, card_count = jobs.count(), cards.count()
+    finished = page.locator("#jobs li.job[data-status='succeeded']").first
+    job_id = finished.get_attribute("data-id")
+    its_cards = page.locator(f"#gallery li.result-card[data-job='{job_id}']").count()
+    assert its_cards >= 1
+    finished.locator("button.delete").click()
+    expect(jobs).to_have_count(job_count - 1)
+    expect(cards).to_have_count(card_count - its_cards)
+    page.reload()
+    expect(cards).to_have_count(card_count - its_cards)
+    expect(page.locator(f"#jobs li.job[data-id='{job_id}']")).to_have_count(0)
+
 
 def _upload_identity(page: Page, photo: Path) -> str:
     """Upload: a file over the size limit is refused (413, naming it); the photo gives an identity with its face."""

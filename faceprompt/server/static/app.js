@@ -425,6 +425,7 @@ function updateJob(update, older = false) {
   item.querySelector(".job-error").textContent = job.error || "";
   item.querySelector(".cancel").hidden = FINAL.has(job.status);
   item.querySelector(".again").hidden = !FINAL.has(job.status); // failed and cancelled jobs too
+  item.querySelector(".delete").hidden = !FINAL.has(job.status); // the server refuses (409) until a job is finished
   if (job.status === "succeeded" && job.images && job.images.length) addToGallery(job, older);
   return job;
 }
@@ -446,6 +447,7 @@ function jobItem(job, older) {
     el("span", { className: "prompt" }),
     el("button", { type: "button", className: "cancel", onclick: () => cancelJob(job.id) }, "Cancel"),
     el("button", { type: "button", className: "again", onclick: () => refillForm(state.jobs.get(job.id)) }, "Make again"),
+    el("button", { type: "button", className: "delete", onclick: () => deleteJob(job.id) }, "Delete"),
     el("div", { className: "job-error error" }),
   );
   state.jobItems.set(job.id, item);
@@ -460,6 +462,21 @@ async function cancelJob(id) {
   } catch (error) {
     updateJob({ id, error: error.message });
   }
+}
+
+/** Deletes a finished job on the server (its images too) and drops it from the list and the gallery. */
+async function deleteJob(id) {
+  try {
+    await api(`/v1/jobs/${id}`, { method: "DELETE" });
+  } catch (error) {
+    updateJob({ id, error: error.message });
+    return;
+  }
+  state.jobItems.get(id)?.remove();
+  state.jobItems.delete(id);
+  state.jobs.delete(id);
+  state.galleryJobs.delete(id);
+  document.querySelectorAll(`.result-card[data-job="${id}"]`).forEach((card) => card.remove());
 }
 
 async function refreshJob(id) {
@@ -544,7 +561,8 @@ function galleryCard(job, path, k) {
   const request = job.request || {};
   const seed = request.seed;
   const image = el("img", { className: "result", alt: `result ${k} of job ${job.id}` });
-  const download = el("a", { className: "download", download: `faceprompt-${job.id}-${k}.png` }, "Download");
+  const suffix = job.videos && job.videos.length ? "gif" : "png"; // a video job's images are its GIFs
+  const download = el("a", { className: "download", download: `faceprompt-${job.id}-${k}.${suffix}` }, "Download");
   imageUrl(path).then(
     (url) => {
       image.src = url;
