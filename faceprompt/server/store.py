@@ -379,13 +379,16 @@ class Store:
             return [worker for worker in session.scalars(query) if worker]
 
 
+def upload_id_of(value: Any) -> str | None:
+    """The id of an upload reference ``{"upload": "<id>"}``; ``None`` for anything else."""
+    if isinstance(value, dict) and set(value) == {"upload"} and isinstance(value["upload"], str):
+        return value["upload"]
+    return None
+
+
 def _upload_ids(request: dict[str, Any]) -> list[str]:
     """The upload ids a job's request names (its image fields hold ``{"upload": "<id>"}``)."""
-    return [
-        value["upload"]
-        for value in request.values()
-        if isinstance(value, dict) and set(value) == {"upload"} and isinstance(value["upload"], str)
-    ]
+    return [upload_id for value in request.values() if (upload_id := upload_id_of(value)) is not None]
 
 
 def shown_url(url: str) -> str:

@@ -23,7 +23,7 @@ from PIL import Image
 from ..files import write_file
 from .auth import check_token
 from .limits import check_image_header, check_upload_size
-from .store import UploadRow
+from .store import UploadRow, upload_id_of
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
 
@@ -103,13 +103,6 @@ def get_upload(upload_id: str, request: Request) -> FileResponse:
 
 #: GenerateRequest fields that take an image: over HTTP, each holds an upload reference ``{"upload": "<id>"}``.
 UPLOAD_FIELDS = ("image", "mask_image", "control_image", "style_image")
-
-
-def upload_id_of(value: Any) -> str | None:
-    """The id of an upload reference ``{"upload": "<id>"}``; ``None`` for anything else."""
-    if isinstance(value, dict) and set(value) == {"upload"} and isinstance(value["upload"], str):
-        return value["upload"]
-    return None
 
 
 def with_upload_paths(record: dict[str, Any], store: Any, uploads_dir: Path) -> dict[str, Any]:
