@@ -28,7 +28,7 @@ from transformers import CLIPTextConfig
 from .. import __version__
 from ..errors import CheckpointError
 from ..files import write_file
-from ..weights import check_tensors, read_safetensors
+from ..weights import check_tensors, is_zip, read_safetensors
 from .clip import InjectableCLIPText
 from .encoder import (
     RELEASE_FACE_MODEL,
@@ -148,9 +148,7 @@ def read_encoder_file(path: Path, source: str) -> EncoderFile:
     """
     if path.is_dir():
         raise CheckpointError(f"{source}: is a folder; pass the encoder file (.pt or .safetensors)")
-    with open(path, "rb") as handle:
-        zipped = handle.read(4) == b"PK\x03\x04"
-    if zipped or path.suffix.lower() == ".pt":  # a .pt that is not a zip gets the release reader's message
+    if is_zip(path) or path.suffix.lower() == ".pt":  # a .pt that is not a zip gets the release reader's message
         return _from_release(read_release(path, source), source)
     tensors, metadata = read_safetensors(path, source)
     return _from_safetensors(tensors, metadata, source)
