@@ -138,10 +138,11 @@ class ModelOptions(BaseModel):
             raise ValueError(f"{', '.join(parts)} are files of an AdaFace encoder: give adaface=FILE too, or drop them")
         return self
 
-    def load_adaface(self) -> str | AdaFaceEncoder | None:
-        """``adaface`` as ``from_pretrained`` takes it: the encoder loaded with its parts' files when some are given."""
-        if self.adaface is None or not any(getattr(self, name) for name in ADAFACE_PARTS):
-            return self.adaface
+    def load_adaface(self) -> AdaFaceEncoder | None:
+        """The AdaFace encoder file ``adaface`` names, loaded with its parts' files (``None`` without one; the tiny
+        models build ``adaface=tiny`` themselves)."""
+        if self.adaface in (None, "tiny"):
+            return None
         from ..adaface import load_encoder
 
         return load_encoder(
@@ -189,9 +190,7 @@ def load_face_pipeline(
             adaface=options.adaface == "tiny", face_model=face_model,
         )
         if options.adaface not in (None, "tiny"):  # an encoder trained on the tiny base (its width is checked per call)
-            from ..adaface import load_encoder
-
-            face.adaface = load_encoder(options.adaface)
+            face.adaface = options.load_adaface()
     else:
         face = FacePipeline.from_pretrained(
             options.base, options.adapter, vae=options.vae, image_encoder=options.image_encoder,
