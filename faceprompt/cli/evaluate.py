@@ -107,10 +107,9 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_eval_run(args: argparse.Namespace) -> int:
     from ..errors import OutputExistsError
-    from ..evaluation import FACE_PROMPT, IdentityScorer, ProtocolSettings, run_protocol
+    from ..evaluation import run_protocol
     from ..evaluation.protocol import protocol_folders
     from ..files import write_text_file
-    from ..identity import Identity
 
     if args.compare or args.adaface_methods:
         return run_comparison_command(args)
@@ -126,19 +125,8 @@ def run_eval_run(args: argparse.Namespace) -> int:
 
     analyzer = make_analyzer(args)
     evaluator = make_analyzer(args, args.eval_backend) if args.eval_backend else analyzer
-    people, scorers = {}, {}
-    for name, photos in photos_of.items():
-        people[name] = Identity.from_images(photos, analyzer, name=name)
-        if evaluator is analyzer:
-            scorers[name] = IdentityScorer.from_identity(people[name], analyzer)  # the same embeddings
-        else:
-            scorers[name] = IdentityScorer.from_photos(photos, evaluator)
-    settings = ProtocolSettings(
-        prompts=prompts,
-        face_prompt=FACE_PROMPT if args.face_prompt is None else args.face_prompt or None,
-        seeds=tuple(range(args.seeds)), baseline=not args.no_baseline and clip is not None, generation=generation,
-        batch_size=args.batch_size,
-    )
+    people, scorers = _people_and_scorers(photos_of, analyzer, evaluator)
+    settings = _protocol_settings(args, prompts, generation, clip)
     from ..pipelines import load_face_pipeline
 
     face = load_face_pipeline(options, id_embeddings_dim=next(iter(people.values())).embedding_dim)
@@ -163,7 +151,6 @@ def run_eval_run(args: argparse.Namespace) -> int:
 
 def run_comparison_command(args: argparse.Namespace) -> int:
     """``eval-run --compare``: every method on the same people, prompts and seeds, one report."""
-    from ..evaluation import FACE_PROMPT, IdentityScorer, ProtocolSettings
     from ..evaluation.compare import comparison_folders, run_comparison
     from ..evaluation.methods import (
         MethodPipelines,
@@ -172,7 +159,6 @@ def run_comparison_command(args: argparse.Namespace) -> int:
         check_methods,
         method_options,
     )
-    from ..identity import Identity
 
     # every method, person, prompt and setting is checked before any model loads
     if args.variant:
@@ -193,17 +179,8 @@ def run_comparison_command(args: argparse.Namespace) -> int:
     check_identity_width(methods, analyzer.face_model, analyzer.backend.embedding_dim)
     evaluator = _comparison_evaluator(args, analyzer)
     clip = _clip_scorer(args.clip, args.device)
-    people = {name: Identity.from_images(photos, analyzer, name=name) for name, photos in photos_of.items()}
-    scorers = {
-        name: IdentityScorer.from_identity(people[name], analyzer) if evaluator is analyzer
-        else IdentityScorer.from_photos(photos, evaluator)
-        for name, photos in photos_of.items()
-    }
-    settings = ProtocolSettings(
-        prompts=prompts, face_prompt=FACE_PROMPT if args.face_prompt is None else args.face_prompt or None,
-        seeds=tuple(range(args.seeds)), baseline=not args.no_baseline and clip is not None, generation=generation,
-        batch_size=args.batch_size,
-    )
+    people, scorers = _people_and_scorers(photos_of, analyzer, evaluator)
+    settings = _protocol_settings(args, prompts, generation, clip)
     pipelines = MethodPipelines(options, id_embeddings_dim=next(iter(people.values())).embedding_dim,
                                 face_model=analyzer.face_model)
     images_per_method = len(people) * len(settings.jobs())
@@ -252,6 +229,33 @@ def _checked_protocol(args: argparse.Namespace) -> tuple[list[str], dict, dict]:
     generation = {key: value for key, value in generation.items() if value is not None}
     _check_generation(prompts, photos_of, generation)
     return prompts, photos_of, generation
+
+
+def _people_and_scorers(photos_of: dict, analyzer, evaluator) -> tuple[dict, dict]:
+    """Each person's identity (read by ``analyzer``) and the scorer of their generated images (``evaluator``)."""
+    from ..evaluation import IdentityScorer
+    from ..identity import Identity
+
+    people, scorers = {}, {}
+    for name, photos in photos_of.items():
+        people[name] = Identity.from_images(photos, analyzer, name=name)
+        if evaluator is analyzer:
+            scorers[name] = IdentityScorer.from_identity(people[name], analyzer)  # the same embeddings
+        else:
+            scorers[name] = IdentityScorer.from_photos(photos, evaluator)
+    return people, scorers
+
+
+def _protocol_settings(args: argparse.Namespace, prompts: list[str], generation: dict, clip):
+    """The protocol's prompts, seeds and generation settings from the command line."""
+    from ..evaluation import FACE_PROMPT, ProtocolSettings
+
+    return ProtocolSettings(
+        prompts=prompts,
+        face_prompt=FACE_PROMPT if args.face_prompt is None else args.face_prompt or None,
+        seeds=tuple(range(args.seeds)), baseline=not args.no_baseline and clip is not None, generation=generation,
+        batch_size=args.batch_size,
+    )
 
 
 def _comparison_evaluator(args: argparse.Namespace, analyzer):
