@@ -129,7 +129,7 @@ def load_encoder(
     )
     if arc2face_model is None:
         raise CheckpointError(f"{encoder_source.text}: holds no Arc2Face encoder; pass arc2face=")
-    loaded_tokenizer = _tokenizer(tokenizer_source, content, **download) if tokenizer_source is not None else None
+    loaded_tokenizer = _tokenizer(tokenizer_source, **download) if tokenizer_source is not None else None
     templates = content.templates
     if loaded_tokenizer is not None or templates is None:
         templates = _templates(loaded_tokenizer, content)
@@ -226,8 +226,6 @@ def _consistentid_branch(
         image_encoder = _image_encoder_from_file(content)
     templates = content.templates if tokenizer is None and content.templates is not None else None
     if templates is None:
-        if tokenizer is None:
-            raise CheckpointError(f"{content.source}: records no templates; pass tokenizer=")
         templates = _templates(tokenizer, content)
     return ConsistentIDBranch(
         projection, image_encoder, content.build_translator(), content.layer_weights, templates, content.num_tokens
@@ -310,15 +308,13 @@ def _load_arc2face(
     if source.local is not None:
         location, options = str(source.local), {}
     else:
-        location, options = source.text, dict(subfolder=ARC2FACE_SUBFOLDER, cache_dir=cache_dir)
+        location, options = source.text, {"subfolder": ARC2FACE_SUBFOLDER, "cache_dir": cache_dir}
     what = f"Arc2Face encoder {source.text}"
     model = _from_pretrained_complete(CLIPTextModel, location, options, local_files_only, what)
     return build_text_model(model.config, model.state_dict(), None, source.text, "Arc2Face encoder")
 
 
-def _tokenizer(
-    source: _Source, content: EncoderFile, *, cache_dir: str | os.PathLike | None, local_files_only: bool | None
-) -> Any:
+def _tokenizer(source: _Source, *, cache_dir: str | os.PathLike | None, local_files_only: bool | None) -> Any:
     from transformers import CLIPTokenizer
 
     location = str(source.local) if source.local is not None else source.text
