@@ -164,9 +164,9 @@ def _from_release(content: Any, source: str) -> EncoderFile:
     subjects = [s for s in (content.get("subject_strings") or []) if s in generators]
     key = subjects[0] if subjects else ("z" if "z" in generators else next(iter(generators)))
     branches = _branches(generators[key], source)
-    content = _from_generator(branches[-1], source, [])
+    content = _from_generator(branches[-1], source)
     if len(branches) == 2:
-        content.consistent_id = _from_generator(branches[0], f"{source} (ConsistentID branch)", [])
+        content.consistent_id = _from_generator(branches[0], f"{source} (ConsistentID branch)")
     return content
 
 
@@ -182,7 +182,7 @@ def _branches(entry: Any, source: str) -> list[PickledObject]:
     return branches
 
 
-def _from_generator(generator: PickledObject, source: str, notes: list[str]) -> EncoderFile:
+def _from_generator(generator: PickledObject, source: str) -> EncoderFile:
     if generator.attr("placeholder_is_bg"):
         raise CheckpointError(f"{source}: the generator is a background generator, not a face encoder")
     num_tokens = generator.attr("N_ID", generator.attr("num_id_vecs"))
@@ -214,7 +214,6 @@ def _from_generator(generator: PickledObject, source: str, notes: list[str]) -> 
         kv_multipliers=multipliers,
         num_tokens=num_tokens,
         source=source,
-        notes=notes,
     )
 
 
