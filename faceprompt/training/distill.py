@@ -23,7 +23,6 @@ teacher are frozen.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -402,14 +401,14 @@ class DistillationModel(nn.Module):
 
 
 def write_checkpoint_weights(
-    model, folder: Path, metadata: Callable[[], dict[str, str]], *, ema: bool
+    model, folder: Path, metadata: dict[str, str], *, ema: bool
 ) -> None:
     """A checkpoint's exported weights: ``encoder[-ema].safetensors`` of a :class:`DistillationModel` (the file
-    records its face model), else the adapter ``adapter[-ema].safetensors`` with ``metadata()``."""
+    records its face model), else the adapter ``adapter[-ema].safetensors`` with ``metadata``."""
     if isinstance(model, DistillationModel):
         model.write(folder / (EMA_ENCODER_FILE if ema else ENCODER_FILE))
         return
-    recorded = {**metadata(), **({"ema": "true"} if ema else {})}
+    recorded = {**metadata, **({"ema": "true"} if ema else {})}
     write_adapter(
         adapter_checkpoint(model),
         folder / (EMA_ADAPTER_FILE if ema else ADAPTER_FILE),

@@ -44,6 +44,8 @@ from .data import (
     build_latent_cache,
     build_text_cache,
 )
+from .dataset import PreparedDataset
+from .distill import ENCODER_FILE, DistillationModel, check_teacher, write_checkpoint_weights
 from .export import (
     ADAPTER_FILE,
     CHECKPOINTS_DIR,
@@ -58,8 +60,6 @@ from .model import (
     enable_gradient_checkpointing,
     registry_variant_for,
 )
-from .dataset import PreparedDataset
-from .distill import ENCODER_FILE, DistillationModel, check_teacher, write_checkpoint_weights
 
 STATE_FILE = "trainer_state.json"
 CONFIG_FILE = "config.yaml"
@@ -458,12 +458,13 @@ class Trainer:
         accelerator.wait_for_everyone()
         accelerator.save_state(str(folder))
         if accelerator.is_main_process:
-            write_checkpoint_weights(unwrapped, folder, lambda: self._metadata(unwrapped, step), ema=False)
+            metadata = {} if self.config.is_adaface else self._metadata(unwrapped, step)
+            write_checkpoint_weights(unwrapped, folder, metadata, ema=False)
             if ema is not None:
                 trainable = [p for p in unwrapped.parameters() if p.requires_grad]
                 ema.store(trainable)
                 ema.copy_to(trainable)
-                write_checkpoint_weights(unwrapped, folder, lambda: self._metadata(unwrapped, step), ema=True)
+                write_checkpoint_weights(unwrapped, folder, metadata, ema=True)
                 ema.restore(trainable)
             state = {"step": step, "batches": batches, "output_dir": str(self.output_dir.resolve()),
                      "settings": run_settings(self.config)}
