@@ -323,13 +323,13 @@ def _adaface_info(method: Method, *, tiny: bool) -> MethodInfo:
             raise EvaluationError("method adaface:tiny is the random test encoder of the tiny models: add --model tiny")
         return MethodInfo(method, None, None, None, "adaface:tiny")
     path = Path(RELEASES.get(source, source)).expanduser()
-    if tiny and not (path.is_file() and _adaface_metadata(path) is not None):
+    metadata = _adaface_metadata(path) if path.is_file() else None
+    if tiny and metadata is None:
         raise EvaluationError(
             f"method {method.label}: the tiny models run adaface:tiny or an encoder file trained on the tiny base "
             "(`faceprompt train export`); leave out --model tiny to compare released encoders"
         )
     if path.is_file():
-        metadata = _adaface_metadata(path)
         if path.suffix.lower() == ".safetensors":
             if metadata is None:
                 raise EvaluationError(
