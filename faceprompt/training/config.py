@@ -326,7 +326,7 @@ def _validate(config: TrainConfig) -> None:
                 f"{cache} needs deterministic images: set the color_jitter_* settings to 0, or {cache}: false"
             )
     variant = VARIANTS.get(config.variant)
-    reads_face_crops = variant is not None and (variant.projection == "plus" or variant.face_input is not None)
+    reads_face_crops = variant is not None and variant.needs_image_encoder
     if config.cache_clip_features and not reads_face_crops:
         raise TrainingError(
             f"cache_clip_features applies to the variants that read face crops through CLIP (FaceID-Plus, PlusV2, "

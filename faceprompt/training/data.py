@@ -108,7 +108,7 @@ class SampleOptions:
             faces_per_sample=config.faces_per_sample,
             multi_face=variant.multi_face,
             normalized=variant.normalized_embedding,
-            clip_faces=variant.projection == "plus" or variant.face_input is not None,
+            clip_faces=variant.needs_image_encoder,
             segmented_faces=segmented_faces,
             color_jitter=config.color_jitter,
             sdxl=variant.base == "sdxl",

@@ -557,7 +557,7 @@ def validation_images(model: AdapterTrainingModel, prepared: PreparedDataset, co
         else:
             embeds = torch.from_numpy(embeddings[0])[None]
         clip_cond = clip_uncond = keep = None
-        if variant.projection == "plus" or variant.face_input is not None:
+        if variant.needs_image_encoder:
             face = prepared.face(members[0], segmented=variant.face_input == "segmented_crop")
             clip_cond = clip_pixel_values([face])
             clip_uncond = torch.zeros_like(clip_cond)
